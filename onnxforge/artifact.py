@@ -1,0 +1,193 @@
+"""The artifact format: a directory of model + tokenizer files described by ``manifest.json``.
+
+Every stage reads and writes artifacts through this module; the runtime imports it too, so it depends on the
+standard library alone. Artifacts are staged in a hidden sibling directory and renamed into place only once
+``manifest.json`` (the last file written) lists the sha256 of every other file: a directory with a valid
+manifest is therefore always complete, and an interrupted build leaves only a hidden ``.*.tmp-*`` directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+FORMAT = "onnxforge-artifact/1"
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+class ArtifactError(ValueError):
+    """An artifact directory is missing, incomplete, damaged or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, element type and shape (ints for fixed axes, names for dynamic)."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    """Self-description of one artifact; see design.md for the meaning of each section."""
+
+    name: str
+    variant: str
+    task: str
+    source: dict[str, Any]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    precision: dict[str, Any] = field(default_factory=dict)
+    graph: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    build: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    model_file: str = "model.onnx"
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path) -> Manifest:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: manifest is not a JSON object")
+        found = data.get("format")
+        if found != FORMAT:
+            raise ArtifactError(f"{where}: unknown artifact format {found!r}; this onnxforge reads {FORMAT!r}")
+        try:
+            fields = dict(data)
+            fields["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+            fields["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+            fields["files"] = {k: FileEntry(**v) for k, v in data.get("files", {}).items()}
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"{where}: malformed manifest ({exc})") from exc
+
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise ArtifactError(f"artifact {self.name}/{self.variant} has no output {name!r}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _safe_member(root: Path, name: str) -> Path:
+    """Resolve a file named by a manifest, refusing names that leave the artifact directory or are links."""
+    if not name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise ArtifactError(f"{root}: manifest names a file outside the artifact: {name!r}")
+    path = root / name
+    if path.is_symlink():
+        raise ArtifactError(f"{path}: is a symbolic link; artifacts hold plain files only")
+    return path
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
+    """Read ``manifest.json`` from an artifact directory (no hash check; see :func:`verify`)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: no such artifact directory")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {root} is not an onnxforge artifact (or its build did not finish)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
+    return Manifest.from_dict(data, path)
+
+
+def verify(directory: str | os.PathLike[str], manifest: Manifest | None = None) -> Manifest:
+    """Check that every file the manifest lists exists with its recorded size and sha256."""
+    root = Path(directory)
+    manifest = manifest or read_manifest(root)
+    if manifest.model_file not in manifest.files:
+        raise ArtifactError(f"{root / MANIFEST}: does not list its model file {manifest.model_file!r}")
+    for name, entry in manifest.files.items():
+        path = _safe_member(root, name)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise ArtifactError(f"{path}: {size} bytes, manifest says {entry.bytes}; the file is damaged")
+        if sha256_file(path) != entry.sha256:
+            raise ArtifactError(f"{path}: sha256 does not match {MANIFEST}; the file is damaged or was modified")
+    return manifest
+
+
+def hash_files(directory: Path) -> dict[str, FileEntry]:
+    """sha256 and size of every file under ``directory`` except the manifest, by relative POSIX path."""
+    entries = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = path.relative_to(directory).as_posix()
+        if name != MANIFEST:
+            entries[name] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+    return entries
+
+
+@contextlib.contextmanager
+def staging(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh hidden directory beside ``final`` to build into; removed if the block raises."""
+    target = Path(final)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it private; the published artifact is an ordinary dir
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def publish(stage: Path, manifest: Manifest, final: str | os.PathLike[str]) -> Path:
+    """Hash the staged files, write the manifest last, then move the directory into place atomically.
+
+    An existing artifact at ``final`` is replaced: it is first renamed aside, so a reader sees either the old
+    complete artifact or the new one, and it is deleted only after the new one is in place.
+    """
+    target = Path(final)
+    manifest.files = hash_files(stage)
+    if manifest.model_file not in manifest.files:
+        raise ArtifactError(f"{stage}: the staged artifact has no {manifest.model_file}")
+    _write_synced(stage / MANIFEST, manifest.to_json())
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(stage, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,129 @@
+"""Build recipe (``artifacts.toml``) → artifacts: fp32 exported from the source, other variants quantized.
+
+A variant whose artifact already verifies and was built from the same recipe entry and source is skipped, so
+``make artifacts`` is cheap to re-run; ``force=True`` rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import models
+from .artifact import ArtifactError, Manifest, read_manifest, verify
+from .tasks import get_task
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODEL_KEYS = {"source", "task", "variants"}
+VARIANT_KEYS = {"method", "per_channel", "op_types", "reduce_range", "exclude_nodes", "gate", "target", "opset"}
+METHODS = ("export", "int8")
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str
+    name: str
+    source: str
+    task: str
+    method: str  # "export" for fp32, else a quantization method
+    options: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.name}"
+
+    def fingerprint(self, origin: str) -> str:
+        """Changes when the recipe entry or what it is built from (``origin``: digests of inputs) changes."""
+        text = json.dumps([self.source, self.task, self.method, self.options, origin], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parse(path: str | Path) -> list[Variant]:
+    """Read a recipe; unknown keys and methods are errors that name them."""
+    file = Path(path)
+    data = tomllib.loads(file.read_text(encoding="utf-8"))
+    variants = []
+    for model, entry in data.items():
+        _known(file, model, entry, MODEL_KEYS)
+        get_task(entry.get("task", ""))
+        if "fp32" not in entry.get("variants", {}):
+            raise ValueError(f"{file}: [{model}] needs a variants.fp32 table (every other variant starts from it)")
+        for name, options in entry["variants"].items():
+            _known(file, f"{model}.variants.{name}", options, VARIANT_KEYS)
+            method = options.pop("method", "export" if name == "fp32" else "")
+            if method not in METHODS:
+                raise ValueError(f"{file}: [{model}.variants.{name}] method {method!r}; supported: {', '.join(METHODS)}")
+            variants.append(Variant(model, name, entry["source"], entry["task"], method, options))
+    return variants
+
+
+def _known(file: Path, where: str, entry: object, allowed: set[str]) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{file}: [{where}] must be a table")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ValueError(f"{file}: [{where}] unknown keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def up_to_date(directory: Path, fingerprint: str) -> Manifest | None:
+    try:
+        manifest = read_manifest(directory)
+        if manifest.build.get("recipe") != fingerprint:
+            return None
+        return verify(directory, manifest)
+    except ArtifactError:
+        return None
+
+
+def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Manifest, bool]:
+    """Build one variant under ``root``; returns its manifest and whether it was (re)built."""
+    from .export import ExportConfig, export
+    from .quantization import Gate, Int8Config, quantize
+
+    origin = models.resolve(variant.source).sha256
+    fp32 = root / variant.model / "fp32"
+    if variant.method != "export":  # a quantized variant is stale when its fp32 parent changed
+        parent = read_manifest(fp32)
+        origin += parent.files[parent.model_file].sha256
+    fingerprint = variant.fingerprint(origin)
+    out = root / variant.model / variant.name
+    if not force and (current := up_to_date(out, fingerprint)):
+        return current, False
+    opts = dict(variant.options)
+    if variant.method == "export":
+        config = ExportConfig(opset=opts.get("opset", 18), target=opts.get("target", "cpu"))
+        manifest = export(variant.source, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
+    else:
+        gate = Gate(opts.pop("gate", {}))
+        int8 = Int8Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
+        manifest = quantize(fp32, out, int8, gate, recipe=fingerprint)
+    return manifest, True
+
+
+def build(recipe: str | Path, root: str | Path = "artifacts", only: list[str] | None = None,
+          force: bool = False) -> list[tuple[Variant, Manifest, bool]]:  # fmt: skip
+    """Build every variant of ``recipe`` (or those named ``model/variant`` in ``only``), fp32 first."""
+    variants = parse(recipe)
+    if only:
+        missing = sorted(set(only) - {v.key for v in variants})
+        if missing:
+            raise ValueError(f"{recipe}: no such variants {missing}; it has {[v.key for v in variants]}")
+    selected = [v for v in variants if not only or v.key in only or (v.name == "fp32" and _needed(v, only))]
+    results = []
+    for variant in sorted(selected, key=lambda v: (v.model, v.method != "export")):
+        print(f"▸ {variant.key}", file=sys.stderr, flush=True)
+        manifest, built = build_variant(variant, Path(root), force)
+        results.append((variant, manifest, built))
+    return results
+
+
+def _needed(fp32: Variant, only: list[str]) -> bool:
+    """fp32 is built when a quantized variant of the same model is asked for (it starts from it)."""
+    return any(key.split("/")[0] == fp32.model for key in only)

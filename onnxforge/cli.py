@@ -1,0 +1,166 @@
+"""The ``onnxforge`` command: a thin layer over the library. Build commands need the ``build`` extra."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .artifact import ArtifactError, Manifest, read_manifest
+from .table import fmt, render
+
+BUILD_HINT = "this command needs the build tools: pip install 'onnxforge[build]'"
+
+
+def _size_mb(manifest: Manifest) -> str:
+    return f"{sum(f.bytes for f in manifest.files.values()) / 1e6:.1f} MB"
+
+
+def _quality(manifest: Manifest) -> str:
+    q = manifest.quality
+    figures = ", ".join(f"{k} {fmt(v)}" for k, v in q.items() if isinstance(v, float))
+    return f"{figures} ({'pass' if q.get('passed') else 'FAIL'})" if q else ""
+
+
+def summary_rows(items: list[tuple[str, Manifest, str]]) -> str:
+    rows = []
+    for key, m, state in items:
+        parity = {} if "inherited_from" in m.parity else m.parity  # a quantized variant reports quality instead
+        rows.append([
+            key, m.task, m.precision.get("weights", ""), _size_mb(m), state,
+            fmt(parity.get("max_abs_diff")), fmt(parity.get("min_cosine"), 7), _quality(m) or "n/a (reference)",
+        ])  # fmt: skip
+    headers = ["artifact", "task", "weights", "size", "build", "parity max|Δ|", "parity min cos", "quality vs fp32"]
+    return render(headers, rows)
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from .build import build
+
+    results = build(args.recipe, args.root, args.only, args.force)
+    items = [(v.key, m, "built" if built else "up to date") for v, m, built in results]
+    print(summary_rows(items))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import ExportConfig, export
+
+    manifest = export(args.model, args.output, args.task, config=ExportConfig(opset=args.opset, target=args.target))
+    print(summary_rows([(str(args.output), manifest, "built")]))
+
+
+def _gate(pairs: list[str]) -> dict[str, float]:
+    gate = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            gate[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--gate takes FIGURE=MINIMUM (e.g. mean_cosine=0.99), got {pair!r}") from None
+        if not sep or not name:
+            raise ValueError(f"--gate takes FIGURE=MINIMUM (e.g. mean_cosine=0.99), got {pair!r}")
+    return gate
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from .quantization import Gate, Int8Config, quantize
+
+    config = Int8Config(op_types=tuple(args.op_types), per_channel=not args.per_tensor)
+    manifest = quantize(args.input, args.output, config, Gate(_gate(args.gate)))
+    print(summary_rows([(str(args.output), manifest, "built")]))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    m = read_manifest(args.artifact)
+    rows = [["name", f"{m.name}/{m.variant}"], ["task", m.task], ["source", m.source.get("model")],
+            ["size", _size_mb(m)], ["targets", ", ".join(m.targets)]]  # fmt: skip
+    rows += [[f"input {t.name}", f"{t.dtype} {t.shape}"] for t in m.inputs]
+    rows += [[f"output {t.name}", f"{t.dtype} {t.shape}"] for t in m.outputs]
+    for section in ("preprocess", "precision", "graph", "parity", "quality", "build"):
+        for key, value in getattr(m, section).items():
+            rows.append([f"{section}.{key}", fmt(value, 6) if isinstance(value, float) else json.dumps(value)])
+    rows += [[f"file {name}", f"{entry.bytes:,} B  sha256 {entry.sha256[:16]}…"] for name, entry in m.files.items()]
+    print(render(["field", "value"], rows))
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from .runtime import load
+
+    embedder = load(args.artifact, providers=args.providers, threads=args.threads)
+    vectors = embedder.embed(args.texts)
+    if args.json:
+        for text, vector in zip(args.texts, vectors):
+            print(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}))
+        return
+    print(f"{len(vectors)} × {embedder.dim} on {embedder.provider}", file=sys.stderr)
+    rows = [[t if len(t) <= 40 else t[:39] + "…", " ".join(f"{x:+.4f}" for x in v[:4]) + " …"]
+            for t, v in zip(args.texts, vectors)]  # fmt: skip
+    print(render(["text", "embedding"], rows))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onnxforge", description="PyTorch transformers → validated ONNX artifacts.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("build", help="build the artifacts of a recipe and print a summary")
+    s.add_argument("recipe", nargs="?", default="artifacts.toml")
+    s.add_argument("--root", default="artifacts", type=Path, help="where artifacts go (default: artifacts)")
+    s.add_argument("--only", action="append", metavar="NAME/VARIANT", help="build just this variant (repeatable)")
+    s.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    s.set_defaults(run=cmd_build)
+
+    s = sub.add_parser("export", help="export a model to an fp32 artifact")
+    s.add_argument("model", help="packaged model name or local Hugging Face directory")
+    s.add_argument("--task", default="embed")
+    s.add_argument("-o", "--output", required=True, type=Path)
+    s.add_argument("--opset", type=int, default=18)
+    s.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    s.set_defaults(run=cmd_export)
+
+    s = sub.add_parser("quantize", help="quantize an fp32 artifact, gated against it")
+    s.add_argument("input", type=Path)
+    s.add_argument("--to", choices=["int8"], default="int8")
+    s.add_argument("-o", "--output", required=True, type=Path)
+    s.add_argument("--gate", action="append", default=[], metavar="FIGURE=MIN", help="e.g. mean_cosine=0.99")
+    s.add_argument("--op-types", nargs="+", default=["MatMul", "Attention"])
+    s.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per channel")
+    s.set_defaults(run=cmd_quantize)
+
+    s = sub.add_parser("inspect", help="show an artifact's manifest as a table")
+    s.add_argument("artifact", type=Path)
+    s.set_defaults(run=cmd_inspect)
+
+    s = sub.add_parser("embed", help="embed texts with an embed artifact")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("texts", nargs="+")
+    s.add_argument("--providers", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--json", action="store_true", help="print full vectors as JSON lines")
+    s.set_defaults(run=cmd_embed)
+    return p
+
+
+EXPECTED: tuple[type[BaseException], ...] = (ArtifactError, ValueError, TypeError, FileNotFoundError, RuntimeError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    run: Callable[[argparse.Namespace], None] = args.run
+    try:
+        run(args)
+    except ModuleNotFoundError as exc:
+        print(f"onnxforge: error: {exc.name} is not installed; {BUILD_HINT}", file=sys.stderr)
+        return 2
+    except EXPECTED as exc:
+        print(f"onnxforge: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Export stage: a Hugging Face model + task → a parity-checked, fused fp32 artifact.
+
+``export(source, out_dir, task)`` runs load → export (optimum) → task head (pooling) → optimize (ORT fusions)
+→ parity vs PyTorch → publish. It needs the ``build`` extra (torch, transformers, optimum-onnx, onnx).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import corpus, models
+from ..artifact import Manifest, publish, staging
+from ..progress import step
+from ..tasks import get_task
+from ..versions import tool_versions
+from . import parity
+from .graph import signature
+from .optimize import optimize
+from .parity import ParityError, Tolerance
+from .pooling import append_pooling, pooling_of
+
+__all__ = ["export", "ExportConfig", "Tolerance", "ParityError"]
+DEFAULT_MAX_LENGTH = 512
+PARITY_TEXTS = 96
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    target: str = "cpu"  # fusions for "cpu" or "cuda"
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    parity_texts: list[str] | None = None  # default: the held-out split of the shipped corpus
+
+
+def text_settings(model_dir: Path) -> dict[str, int]:
+    """Maximum tokens per text (the sentence-transformers setting if any) and the pad token id."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sbert = model_dir / "sentence_bert_config.json"
+    if sbert.is_file():
+        max_length = int(json.loads(sbert.read_text(encoding="utf-8"))["max_seq_length"])
+    else:
+        positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", DEFAULT_MAX_LENGTH)
+        max_length = min(int(tokenizer.model_max_length), int(positions), DEFAULT_MAX_LENGTH)
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{model_dir}: the tokenizer has no pad token; embedding batches need one")
+    return {"max_length": max_length, "pad_token_id": int(tokenizer.pad_token_id)}
+
+
+def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int) -> Path:
+    from optimum.exporters.onnx import main_export
+
+    with warnings.catch_warnings():  # tracer and deprecation chatter from torch/transformers, not actionable
+        warnings.simplefilter("ignore")
+        main_export(
+            str(model_dir), output=work, task=exporter_task, opset=opset, device="cpu", library_name="transformers",
+            do_validation=False, no_post_process=True, trust_remote_code=False,
+        )  # fmt: skip
+    return work / "model.onnx"
+
+
+def _copy_text_files(model_dir: Path, stage: Path) -> None:
+    """Tokenizer (always as a fast tokenizer.json) and config.json: what runtimes and ORTModel classes read."""
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(stage)
+    shutil.copy2(model_dir / "config.json", stage / "config.json")
+
+
+def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name: str | None = None,
+           config: ExportConfig = ExportConfig(), recipe: str | None = None) -> Manifest:  # fmt: skip
+    """Export ``source`` (packaged model name or local HF dir) for ``task`` into the artifact ``out_dir``.
+
+    ``recipe``: the build recipe's fingerprint of this variant, kept in ``manifest.build`` to skip rebuilds.
+    """
+    spec = get_task(task)
+    src = models.resolve(source)
+    model_type = src.config.get("model_type", "?")
+    settings = text_settings(src.path)
+    pooling = pooling_of(src.path)
+    texts = config.parity_texts or corpus.split(corpus.load()).evaluation[:PARITY_TEXTS]
+    out = Path(out_dir)
+    with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-export-") as tmp:
+        with step(f"export {src.label} ({model_type}) for {task}, opset {config.opset}"):
+            raw = _optimum_export(src.path, spec.exporter_task, Path(tmp), config.opset)
+            append_pooling(raw, pooling)
+        with step(f"fuse for {config.target}"):
+            fused = optimize(raw, stage / "model.onnx", model_type, config.target)
+        with step(f"parity vs PyTorch on {len(texts)} real texts"):
+            figures = parity.check(stage / "model.onnx", src.path, texts, pooling, settings["max_length"],
+                                   config.tolerance)  # fmt: skip
+        _copy_text_files(src.path, stage)
+        inputs, outputs = signature(stage / "model.onnx")
+        manifest = Manifest(
+            name=name or out.parent.name, variant=out.name, task=task, source=src.as_record(),
+            inputs=inputs, outputs=outputs,
+            preprocess={**settings, "pooling": pooling.mode, "normalize": pooling.normalize},
+            precision={"weights": "float32", "activations": "float32"},
+            graph={"model_type": model_type, "target": config.target, "fused_ops": fused},
+            parity={"reference": "pytorch", **figures},
+            targets=["CUDAExecutionProvider"] if config.target == "cuda" else ["CPUExecutionProvider"],
+            build=tool_versions(config.opset, recipe),
+        )  # fmt: skip
+        publish(stage, manifest, out)
+    return manifest

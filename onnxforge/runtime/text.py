@@ -1,0 +1,71 @@
+"""Text in, padded int64 feeds out: input checks, tokenization and length-sorted batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+
+def check_texts(texts: object) -> list[str]:
+    """A str (one text) or a sequence of str → list; anything else is a TypeError naming the culprit."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is {type(text).__name__}, not str")
+    return list(texts)
+
+
+def check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+@dataclass
+class TextEncoder:
+    """A ``tokenizers`` tokenizer that truncates to ``max_length`` tokens (special tokens included)."""
+
+    tokenizer: Tokenizer
+    max_length: int
+    pad_id: int
+
+    @classmethod
+    def from_file(cls, path: Path, max_length: int, pad_id: int) -> TextEncoder:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer file missing from the artifact")
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=max_length)
+        return cls(tokenizer=tokenizer, max_length=max_length, pad_id=pad_id)
+
+    def encode(self, texts: list[str]) -> list[Encoding]:
+        return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def pad_batch(encodings: list[Encoding], pad_id: int, wanted: Sequence[str]) -> dict[str, np.ndarray]:
+    """Right-padded ``input_ids``/``attention_mask``/``token_type_ids`` arrays, only those the graph declares."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding.ids)] = encoding.ids
+        mask[row, : len(encoding.ids)] = 1
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    unknown = [name for name in wanted if name not in feeds]
+    if unknown:
+        raise ValueError(f"the graph wants inputs this pipeline cannot make: {', '.join(unknown)}")
+    return {name: feeds[name] for name in wanted}
