@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], None] = args.run
     try:
         run(args)
-    except ModuleNotFoundError as exc:
-        print(f"onnxforge: error: {exc.name} is not installed; {BUILD_HINT}", file=sys.stderr)
+    except ImportError as exc:  # a build-only library is missing (or broken) in this environment
+        print(f"onnxforge: error: cannot import {exc.name or exc}; {BUILD_HINT}", file=sys.stderr)
         return 2
     except EXPECTED as exc:
         print(f"onnxforge: error: {exc}", file=sys.stderr)

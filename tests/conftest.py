@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random-weight artifacts (fast) and the real MiniLM build (marker ``model``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory) -> Path:
+    from tests.tiny_models import make_encoder
+
+    return make_encoder(tmp_path_factory.mktemp("tiny-bert-source"))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory, tiny_source) -> Path:
+    from onnxforge.export import export
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-bert" / "fp32"
+    export(tiny_source, out, "embed", name="tiny-bert")
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_root(tmp_path_factory) -> Path:
+    """The default recipe (artifacts.toml) built from scratch into a temporary root."""
+    from onnxforge.build import build
+
+    root = tmp_path_factory.mktemp("minilm-build")
+    build(ROOT / "artifacts.toml", root)
+    return root

@@ -1,0 +1,28 @@
+"""Run by `make test-runtime-env` with a venv that has only `pip install .` (onnxruntime, tokenizers, numpy).
+
+Usage: python runtime_env_check.py ARTIFACT_DIR — exits non-zero if a build-time library is importable or
+the artifact does not embed.
+"""
+
+import importlib.util
+import sys
+
+import numpy as np
+
+BUILD_ONLY = ("torch", "transformers", "optimum", "onnx", "onnxconverter_common", "sentence_transformers")
+
+present = [name for name in BUILD_ONLY if importlib.util.find_spec(name) is not None]
+if present:
+    sys.exit(f"runtime venv is not minimal: {present} installed")
+
+from onnxforge import cli  # noqa: E402
+from onnxforge.runtime import load  # noqa: E402
+
+embedder = load(sys.argv[1])
+vectors = embedder.embed(["An edge app ships only the runtime.", "No torch here.", ""])
+assert vectors.shape == (3, embedder.dim) and vectors.dtype == np.float32, (vectors.shape, vectors.dtype)
+assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+assert cli.main(["inspect", sys.argv[1]]) == 0
+assert cli.main(["export", "any-model", "-o", "/tmp/never-written"]) == 2  # says to install the build extra
+print(f"runtime-only environment OK: {vectors.shape[0]} × {embedder.dim} on {embedder.provider}, "
+      f"numpy {np.__version__}, no {', '.join(BUILD_ONLY)}")

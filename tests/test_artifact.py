@@ -1,0 +1,133 @@
+"""The artifact format: atomic publish, verification on load, and errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from onnxforge.artifact import (
+    FORMAT, MANIFEST, ArtifactError, Manifest, TensorSpec, publish, read_manifest, staging, verify,
+)  # fmt: skip
+
+
+def _manifest() -> Manifest:
+    spec = TensorSpec("input_ids", "int64", ["batch", "sequence"])
+    return Manifest(name="m", variant="fp32", task="embed", source={"model": "x"}, inputs=[spec], outputs=[spec])
+
+
+def _publish(tmp_path, files=None):
+    final = tmp_path / "m" / "fp32"
+    with staging(final) as stage:
+        for name, data in (files or {"model.onnx": b"graph-bytes", "tokenizer.json": b"{}"}).items():
+            (stage / name).write_bytes(data)
+        publish(stage, _manifest(), final)
+    return final
+
+
+def test_publish_hashes_every_file_and_round_trips(tmp_path):
+    final = _publish(tmp_path)
+    manifest = verify(final)
+    assert set(manifest.files) == {"model.onnx", "tokenizer.json"}
+    assert manifest.files["model.onnx"].bytes == len(b"graph-bytes")
+    assert manifest.format == FORMAT and manifest.inputs[0].shape == ["batch", "sequence"]
+    assert [p.name for p in final.parent.iterdir()] == ["fp32"]  # no staging directory left behind
+
+
+def test_published_directory_is_not_private(tmp_path):
+    mode = stat.S_IMODE(_publish(tmp_path).stat().st_mode)
+    assert mode == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    final = tmp_path / "m" / "fp32"
+    with pytest.raises(RuntimeError, match="boom"):
+        with staging(final) as stage:
+            (stage / "model.onnx").write_bytes(b"half")
+            raise RuntimeError("boom")
+    assert not final.exists() and list(final.parent.iterdir()) == []
+
+
+def test_republish_replaces_old_artifact(tmp_path):
+    _publish(tmp_path)
+    final = _publish(tmp_path, {"model.onnx": b"new graph"})
+    assert verify(final).files["model.onnx"].bytes == len(b"new graph")
+    assert not (final / "tokenizer.json").exists()
+    assert [p.name for p in final.parent.iterdir()] == ["fp32"]
+
+
+def test_altered_file_is_refused_by_name(tmp_path):
+    final = _publish(tmp_path)
+    (final / "model.onnx").write_bytes(b"graph-byteX")  # same size, other content
+    with pytest.raises(ArtifactError, match=r"model\.onnx: sha256 does not match"):
+        verify(final)
+
+
+def test_truncated_file_is_refused_by_name(tmp_path):
+    final = _publish(tmp_path)
+    (final / "tokenizer.json").write_bytes(b"{")
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: 1 bytes, manifest says 2"):
+        verify(final)
+
+
+def test_missing_file_is_refused_by_name(tmp_path):
+    final = _publish(tmp_path)
+    (final / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: missing"):
+        verify(final)
+
+
+def test_missing_directory_and_manifest(tmp_path):
+    with pytest.raises(ArtifactError, match="no such artifact directory"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(ArtifactError, match=r"manifest\.json: missing"):
+        read_manifest(tmp_path)
+
+
+def _edit_manifest(final, change):
+    data = json.loads((final / MANIFEST).read_text())
+    change(data)
+    (final / MANIFEST).write_text(json.dumps(data))
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+    final = _publish(tmp_path)
+    _edit_manifest(final, lambda d: d.update(format="onnxforge-artifact/99"))
+    with pytest.raises(ArtifactError, match="unknown artifact format 'onnxforge-artifact/99'"):
+        read_manifest(final)
+
+
+@pytest.mark.parametrize("name", ["../escape.onnx", "/etc/passwd", "sub/../../x"])
+def test_manifest_paths_may_not_leave_the_directory(tmp_path, name):
+    final = _publish(tmp_path)
+    _edit_manifest(final, lambda d: d["files"].update({name: {"sha256": "0" * 64, "bytes": 1}}))
+    with pytest.raises(ArtifactError, match="outside the artifact"):
+        verify(final)
+
+
+def test_symlinked_file_is_refused(tmp_path):
+    final = _publish(tmp_path)
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b"{}")
+    (final / "tokenizer.json").unlink()
+    (final / "tokenizer.json").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        verify(final)
+
+
+def test_malformed_manifest_is_an_artifact_error(tmp_path):
+    final = _publish(tmp_path)
+    (final / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        read_manifest(final)
+    (final / MANIFEST).write_text(json.dumps({"format": FORMAT, "name": "m"}))
+    with pytest.raises(ArtifactError, match="malformed manifest"):
+        read_manifest(final)

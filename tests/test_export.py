@@ -1,0 +1,104 @@
+"""Export of a tiny random-weight BERT: parity at many shapes, failure paths leave no artifact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from onnxforge.artifact import read_manifest, verify
+from onnxforge.export import ExportConfig, ParityError, Tolerance, export
+from onnxforge.export.parity import reference_pool
+from onnxforge.export.pooling import Pooling, pooling_of
+
+
+def test_manifest_records_signature_parity_and_fusions(tiny_artifact):
+    m = verify(tiny_artifact)
+    assert m.task == "embed" and m.variant == "fp32" and m.name == "tiny-bert"
+    assert [o.name for o in m.outputs] == ["sentence_embedding", "last_hidden_state"]
+    assert m.outputs[0].shape == ["batch_size", 32]
+    assert {i.name for i in m.inputs} >= {"input_ids", "attention_mask"}
+    assert m.parity["max_abs_diff"] <= m.parity["tolerance_max_abs"]
+    assert m.parity["min_cosine"] >= 0.99999 and m.parity["texts"] > 90
+    assert m.graph["fused_ops"].get("Attention") == 2  # one per layer
+    assert m.build["opset"] == 18 and m.build["torch"] and m.build["onnxruntime"]
+    assert set(m.files) >= {"model.onnx", "tokenizer.json", "config.json"}
+
+
+@pytest.mark.parametrize("batch,words", [(1, 1), (1, 300), (2, 7), (5, 40), (9, 3)])
+def test_parity_at_shapes_not_seen_at_export(tiny_artifact, tiny_source, batch, words):
+    """Batch 1 and a sequence longer than anything traced (300 words → 300+ tokens) included."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_source)
+    model = AutoModel.from_pretrained(tiny_source).eval()
+    rng = np.random.default_rng(batch * 1000 + words)
+    vocab = ["model", "export", "graph", "runtime", "token", "batch", "the", "of", "onnx", "parity"]
+    texts = [" ".join(rng.choice(vocab, size=rng.integers(1, words + 1))) for _ in range(batch)]
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="np")
+    with torch.no_grad():
+        hidden = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).last_hidden_state.numpy()
+    session = ort.InferenceSession(str(tiny_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: enc[i.name] for i in session.get_inputs()}
+    embedding, onnx_hidden = session.run(None, feeds)
+    mask = enc["attention_mask"].astype(bool)
+    np.testing.assert_allclose(onnx_hidden[mask], hidden[mask], atol=1e-4)
+    np.testing.assert_allclose(embedding, reference_pool(hidden, enc["attention_mask"], Pooling()), atol=1e-5)
+
+
+def test_missed_tolerance_fails_and_leaves_no_artifact(tmp_path, tiny_source):
+    out = tmp_path / "tiny" / "fp32"
+    strict = ExportConfig(tolerance=Tolerance(max_abs=1e-12))
+    with pytest.raises(ParityError, match="hidden states differ from PyTorch"):
+        export(tiny_source, out, "embed", config=strict)
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_unknown_task_and_missing_model_are_named(tmp_path, tiny_source):
+    with pytest.raises(ValueError, match="unknown task 'summarize'; supported tasks: embed"):
+        export(tiny_source, tmp_path / "x", "summarize")
+    with pytest.raises(FileNotFoundError, match="never downloads from a model hub"):
+        export(tmp_path / "no-such-model", tmp_path / "x", "embed")
+
+
+def test_tolerance_must_be_sane():
+    with pytest.raises(ValueError):
+        Tolerance(max_abs=0)
+    with pytest.raises(ValueError):
+        Tolerance(min_cosine=1.5)
+
+
+def _sbert_dir(tmp_path, pooling_config, normalize=True):
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    return tmp_path
+
+
+def test_pooling_is_read_from_sentence_transformers_files(tmp_path):
+    assert pooling_of(tmp_path) == Pooling("mean", True)  # plain encoder: the defaults
+    cls = _sbert_dir(tmp_path, {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, normalize=False)
+    assert pooling_of(cls) == Pooling("cls", False)
+
+
+def test_unsupported_pooling_is_named(tmp_path):
+    both = _sbert_dir(tmp_path, {"pooling_mode_max_tokens": True})
+    with pytest.raises(ValueError, match=r"pooling \['max'\] is not supported"):
+        pooling_of(both)
+
+
+def test_cls_pooling_graph_matches_reference(tmp_path, tiny_source):
+    import shutil
+
+    source = tmp_path / "cls-source"
+    shutil.copytree(tiny_source, source)
+    _sbert_dir(source, {"pooling_mode_cls_token": True})
+    out = tmp_path / "cls" / "fp32"
+    manifest = export(source, out, "embed")
+    assert manifest.preprocess["pooling"] == "cls" and read_manifest(out).parity["min_cosine"] >= 0.99999

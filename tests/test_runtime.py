@@ -1,0 +1,101 @@
+"""The runtime embed pipeline: outputs, input checks, batching order, truncation, concurrency."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from onnxforge import corpus
+from onnxforge.artifact import ArtifactError
+from onnxforge.runtime import load
+
+TEXTS = corpus.load()[:40]
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_artifact):
+    return load(tiny_artifact, providers="cpu", threads=1)
+
+
+def test_embeddings_are_float32_unit_vectors(embedder):
+    vectors = embedder.embed(TEXTS)
+    assert vectors.shape == (len(TEXTS), 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.provider == "CPUExecutionProvider"
+
+
+def test_length_sorted_batches_come_back_in_input_order(embedder):
+    mixed = [TEXTS[0], "short", " ".join(TEXTS[:10]), "a b", TEXTS[5], ""]
+    batched = embedder.embed(mixed, batch_size=4)
+    singly = np.stack([embedder.embed([t])[0] for t in mixed])
+    np.testing.assert_allclose(batched, singly, atol=1e-5)
+    assert len({tuple(np.round(v, 4)) for v in batched}) == len(mixed)  # really different rows
+
+
+def test_empty_input_gives_zero_rows(embedder):
+    assert embedder.embed([]).shape == (0, 32)
+
+
+def test_a_single_string_is_one_text(embedder):
+    np.testing.assert_allclose(embedder.embed("hello world"), embedder.embed(["hello world"]))
+
+
+@pytest.mark.parametrize("bad,message", [
+    (["ok", "fine", 3], r"texts\[2\] is int, not str"),
+    (["ok", None], r"texts\[1\] is NoneType, not str"),
+    ([b"bytes"], r"texts\[0\] is bytes, not str"),
+    (b"bytes", "texts must be a str or a list of str, got bytes"),
+    (42, "texts must be a str or a list of str, got int"),
+])  # fmt: skip
+def test_wrong_types_are_named(embedder, bad, message):
+    with pytest.raises(TypeError, match=message):
+        embedder.embed(bad)
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_bad_batch_size(embedder, size):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        embedder.embed(["x"], batch_size=size)
+
+
+def test_texts_over_max_length_are_truncated(embedder):
+    """Documented behaviour: only the first ``preprocess.max_length`` tokens count."""
+    limit = embedder.loaded.manifest.preprocess["max_length"]
+    long_text = " ".join(["word"] * (limit + 50))
+    longer = long_text + " completely different ending " * 20
+    a, b = embedder.embed([long_text, longer])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    short = embedder.embed(" ".join(["word"] * (limit // 4)))[0]
+    assert not np.allclose(a, short, atol=1e-3)  # truncation, not a constant output
+
+
+def test_concurrent_calls_match_serial(embedder):
+    serial = [embedder.embed(TEXTS[i : i + 5]) for i in range(0, 40, 5)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda i: embedder.embed(TEXTS[i : i + 5]), range(0, 40, 5)))
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_artifact_is_refused_on_load(tiny_artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(tiny_artifact, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"model\.onnx: sha256 does not match"):
+        load(copy)
+
+
+def test_missing_tokenizer_is_named(tiny_artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_artifact, copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: missing"):
+        load(copy)
