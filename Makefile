@@ -36,7 +36,8 @@ test-runtime-env: $(VENV)/.ok
 	$(BIN)/python -m tests.tiny_models embed .cache/runtime-env/tiny-embed
 	cd /tmp && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/tests/runtime_env_check.py $(CURDIR)/.cache/runtime-env/tiny-embed
 
-bench: $(VENV)/.ok
+## Side-by-side benchmark (QUICK=1 for a few minutes); results in bench/results/.
+bench: artifacts
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 lint: $(VENV)/.ok

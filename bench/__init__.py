@@ -1,0 +1,1 @@
+"""`make bench`: onnxforge side by side with what users would pick instead, on this machine, in one run."""

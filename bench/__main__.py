@@ -1,0 +1,112 @@
+"""`make bench` (`python -m bench [--quick]`): every MiniLM system side by side, one run, one machine.
+
+Figures: sentences/s at batch 32, batch-1 p50/p99, cold start (new process → first embedding), peak RSS,
+size, mean/min cosine and recall@10 vs torch fp32, and achieved GFLOP/s as a share of the measured fp32 GEMM
+rate. Results go to bench/results/ (results.md, results.json, PNG plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from onnxforge import corpus
+from onnxforge.quantization.metrics import embedding_fidelity
+
+from . import report
+from .systems import MINILM, ROOT, encoder_systems
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def _worker(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bench.worker", *args], check=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def encoder_flops(texts: list[str]) -> float:
+    """Useful fp32 FLOPs for MiniLM over ``texts`` (real tokens only: projections, FFN and attention)."""
+    from tokenizers import Tokenizer
+
+    from onnxforge.models import resolve
+
+    source = resolve(MINILM)
+    config = source.config
+    layers, hidden, inner = config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
+    tokenizer = Tokenizer.from_file(str(source.path / "tokenizer.json"))
+    tokenizer.no_padding()  # the packaged tokenizer.json pads to 128: count real tokens only
+    tokenizer.enable_truncation(max_length=256)
+    total = 0.0
+    for encoding in tokenizer.encode_batch(texts):
+        t = len(encoding.ids)
+        total += layers * (8 * t * hidden**2 + 4 * t * hidden * inner + 4 * t * t * hidden)
+    return total
+
+
+def _size_mb(path: Path | None) -> float | None:
+    if path is None or not path.exists():
+        return None
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in (".onnx", ".data", ".safetensors")) / 1e6
+
+
+def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> list[dict]:
+    texts = corpus.split(corpus.load()).evaluation[: 256 if quick else 1024]
+    flops_per_pass = encoder_flops(texts)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
+        text_file = Path(tmp) / "texts.json"
+        text_file.write_text(json.dumps(texts))
+        common = ["--texts", str(text_file), "--threads", str(threads), "--providers", providers]
+        extra = ["--repeats", "1", "--latency-n", "40"] if quick else ["--repeats", "3", "--latency-n", "200"]
+        reference = None
+        for index, system in enumerate(encoder_systems()):
+            print(f"▸ {system.name}", file=sys.stderr, flush=True)
+            out = Path(tmp) / f"{index}.json"
+            _worker(["--system", system.name, "--out", str(out), *common, *extra])
+            cold = _worker(["--system", system.name, "--out", str(out) + ".cold", "--cold", *common])
+            row = {"system": system.name, "family": system.family, **json.loads(out.read_text()), "cold_start_s": cold}
+            vectors = np.load(out.with_suffix(".npy"))
+            reference = vectors if reference is None else reference
+            row.update(embedding_fidelity(reference, vectors))
+            row["size_mb"] = _size_mb(system.path())
+            row["gflops"] = flops_per_pass / 1e9 * row["sentences_per_s"] / len(texts)
+            row["gemm_pct"] = 100 * row["gflops"] / machine["gemm_fp32_gflops"]
+            rows.append(row)
+    for row in rows:
+        row["speedup"] = row["sentences_per_s"] / rows[0]["sentences_per_s"]
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("--quick", action="store_true", help="256 sentences, 1 repeat: a few minutes")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--providers", choices=["cpu", "cuda"], default="cpu")
+    args = p.parse_args()
+    print("▸ machine: fp32 GEMM rate and memory bandwidth", file=sys.stderr, flush=True)
+    probe = subprocess.run([sys.executable, "-m", "bench.machine", str(args.threads)], check=True, cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    machine = json.loads(probe.stdout)
+    print("▸ preparing the peers' models (once)", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "bench.prepare"], check=True, cwd=ROOT)  # keeps torch out of this process
+    rows = run_encoders(args.quick, args.threads, args.providers, machine)
+    title = f"MiniLM-L6 embeddings, {'256' if args.quick else '1,024'} real sentences, {args.providers}, " \
+            f"{args.threads} threads{' (quick)' if args.quick else ''}"  # fmt: skip
+    table = report.markdown(rows, machine, title)
+    results = {"machine": machine, "encoder": rows, "quick": args.quick, "providers": args.providers}
+    report.save(results, table, RESULTS)
+    plots = report.plots(rows, RESULTS)
+    print(table)
+    print(f"saved {RESULTS / 'results.md'}, results.json, " + ", ".join(p.name for p in plots))
+
+
+if __name__ == "__main__":
+    main()

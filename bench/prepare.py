@@ -1,0 +1,29 @@
+"""One-time preparation of the peers' models (Optimum fp32 export, O2, avx512_vnni int8) under bench/.cache."""
+
+from __future__ import annotations
+
+import warnings
+
+from .systems import CACHE, _source_dir
+
+
+def optimum_models() -> None:
+    """What an Optimum user would run: export, ORTOptimizer O2, ORTQuantizer's avx512_vnni dynamic preset."""
+    base = CACHE / "optimum"
+    if (base / "int8" / "config.json").is_file():
+        return
+    from optimum.exporters.onnx import main_export
+    from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTOptimizer, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(_source_dir()), output=base / "fp32", task="feature-extraction", library_name="transformers")
+        model = ORTModelForFeatureExtraction.from_pretrained(base / "fp32")
+        ORTOptimizer.from_pretrained(model).optimize(AutoOptimizationConfig.O2(), save_dir=base / "o2")
+        quantizer = ORTQuantizer.from_pretrained(model)
+        quantizer.quantize(AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False), save_dir=base / "int8")
+
+
+if __name__ == "__main__":
+    optimum_models()

@@ -1,0 +1,64 @@
+"""Bench output: a markdown table (printed and saved), JSON with every raw figure, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COLUMNS = [
+    ("system", "system", None), ("sent/s b32", "sentences_per_s", 1), ("× torch", "speedup", 2),
+    ("p50 ms b1", "p50_ms", 2), ("p99 ms b1", "p99_ms", 2), ("cold s", "cold_start_s", 2),
+    ("peak RSS MB", "peak_rss_mb", 0), ("size MB", "size_mb", 1), ("mean cos", "mean_cosine", 4),
+    ("min cos", "min_cosine", 4), ("R@10", "recall_at_10", 3), ("GFLOP/s", "gflops", 1), ("% GEMM peak", "gemm_pct", 1),
+]  # fmt: skip
+
+
+def markdown(rows: list[dict], machine: dict, title: str) -> str:
+    head = "| " + " | ".join(c[0] for c in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    lines = [f"### {title}", "", head, rule]
+    for row in rows:
+        cells = [row[key] if digits is None else f"{row[key]:.{digits}f}" if row.get(key) is not None else ""
+                 for _, key, digits in COLUMNS]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", f"Machine: {machine['cpu']}, {machine['threads']} threads of {machine['cores_usable']} usable, "
+              f"{'/'.join(machine['isa'])}; fp32 GEMM {machine['gemm_fp32_gflops']:.0f} GFLOP/s, "
+              f"memory copy {machine['memory_gbps']:.1f} GB/s (measured in this run)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        ax.scatter(row["sentences_per_s"], 1 - row["mean_cosine"] + 1e-7, s=60)
+        ax.annotate(row["system"], (row["sentences_per_s"], 1 - row["mean_cosine"] + 1e-7), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.set(xlabel="sentences/s at batch 32 (higher is better)", ylabel="1 − mean cosine to torch fp32 (lower is better)",
+           yscale="log", title="MiniLM-L6: throughput vs fidelity")  # fmt: skip
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    scatter = out / "encoder_throughput_vs_fidelity.png"
+    fig.savefig(scatter, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    ax.boxplot([row["latencies_ms"] for row in rows], vert=False, showfliers=True)
+    ax.set_yticks(range(1, len(rows) + 1), [row["system"] for row in rows], fontsize=8)
+    ax.set(xlabel="batch-1 latency, ms", xscale="log", title="MiniLM-L6: batch-1 latency distribution")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    box = out / "encoder_latency.png"
+    fig.savefig(box, dpi=120)
+    plt.close(fig)
+    return [scatter, box]
+
+
+def save(results: dict, table: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(table)
