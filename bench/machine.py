@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -42,8 +43,9 @@ def memory_gbps(mbytes: int = 256, repeats: int = 6) -> float:
 
 
 def describe(threads: int) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    flags = next((line for line in info if line.startswith("flags")), "")
     return {
         "cpu": cpu, "cores_usable": len(os.sched_getaffinity(0)), "threads": threads,
         "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f" {f}" in flags],

@@ -5,9 +5,9 @@ Each loader runs inside a worker process (bench/worker.py), so imports, memory a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -4,6 +4,8 @@ Every stage reads and writes artifacts through this module; the runtime imports 
 standard library alone. Artifacts are staged in a hidden sibling directory and renamed into place only once
 ``manifest.json`` (the last file written) lists the sha256 of every other file: a directory with a valid
 manifest is therefore always complete, and an interrupted build leaves only a hidden ``.*.tmp-*`` directory.
+Builders of one artifact take an exclusive lock (``.<name>.lock`` beside it, POSIX ``flock``): concurrent builds
+run one after the other, and whoever holds the lock clears what killed builders left behind.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: builds are not locked there (the runtime never needs it)
+    fcntl = None
 
 FORMAT = "onnxforge-artifact/1"
 MANIFEST = "manifest.json"
@@ -129,6 +137,9 @@ def verify(directory: str | os.PathLike[str], manifest: Manifest | None = None) 
     manifest = manifest or read_manifest(root)
     if manifest.model_file not in manifest.files:
         raise ArtifactError(f"{root / MANIFEST}: does not list its model file {manifest.model_file!r}")
+    for path in root.rglob("*"):  # a link could point the runtime (or onnxruntime's external data) elsewhere
+        if path.is_symlink():
+            raise ArtifactError(f"{path}: is a symbolic link; artifacts hold plain files only")
     for name, entry in manifest.files.items():
         path = _safe_member(root, name)
         if not path.is_file():
@@ -152,19 +163,51 @@ def hash_files(directory: Path) -> dict[str, FileEntry]:
 
 
 @contextlib.contextmanager
-def staging(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """A fresh hidden directory beside ``final`` to build into; removed if the block raises."""
+def build_lock(final: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the exclusive build lock of the artifact at ``final`` (blocks while another process holds it)."""
     target = Path(final)
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it private; the published artifact is an ordinary dir
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    with open(target.with_name(f".{target.name}.lock"), "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def recover(final: str | os.PathLike[str]) -> None:
+    """Clear what a killed build of ``final`` left behind; call with its build lock held.
+
+    Half-built ``.tmp-`` directories are deleted. A build killed between moving the old artifact aside and
+    moving the new one in leaves ``final`` missing and a complete ``.old-`` copy: that copy is put back.
+    """
+    target = Path(final)
+    for leftover in sorted(target.parent.glob(f".{target.name}.tmp-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not target.exists():
+            os.replace(old, target)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Lock ``final``, then give a fresh hidden directory beside it to build into; removed if the block raises."""
+    target = Path(final)
+    with build_lock(target):
+        recover(target)
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it private; the published artifact is an ordinary dir
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
 
 
 def publish(stage: Path, manifest: Manifest, final: str | os.PathLike[str]) -> Path:

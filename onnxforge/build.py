@@ -66,7 +66,7 @@ def parse(path: str | Path) -> list[Variant]:
 
 def _known(file: Path, where: str, entry: object, allowed: set[str]) -> None:
     if not isinstance(entry, dict):
-        raise ValueError(f"{file}: [{where}] must be a table")
+        raise ValueError(f"{file}: [{where}] must be a table")  # noqa: TRY004 - a malformed file, not a wrong argument
     unknown = sorted(set(entry) - allowed)
     if unknown:
         raise ValueError(f"{file}: [{where}] unknown keys {unknown}; allowed: {sorted(allowed)}")

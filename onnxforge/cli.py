@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .artifact import ArtifactError, Manifest, read_manifest
 from .table import fmt, render

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pydoc_data.topics
 import re
 import sys
 from pathlib import Path
 
-import pydoc_data.topics
-
-MODULES = (
-    "argparse asyncio base64 bisect calendar collections contextlib csv dataclasses datetime decimal difflib "
-    "email enum fractions functools glob gzip hashlib heapq http.client inspect io ipaddress itertools json "
-    "logging mailbox multiprocessing os pathlib pickle queue random re shutil socket sqlite3 ssl statistics "
-    "string subprocess tarfile tempfile textwrap threading typing unittest urllib.parse uuid warnings zipfile"
-).split()
+MODULES = ["argparse", "asyncio", "base64", "bisect", "calendar", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions", "functools", "glob", "gzip", "hashlib", "heapq", "http.client", "inspect", "io", "ipaddress", "itertools", "json", "logging", "mailbox", "multiprocessing", "os", "pathlib", "pickle", "queue", "random", "re", "shutil", "socket", "sqlite3", "ssl", "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "typing", "unittest", "urllib.parse", "uuid", "warnings", "zipfile"]
 CLEAN = re.compile(r"[A-Za-z0-9 ,.;:'\"()\-!?]+")
 OUT = Path(__file__).resolve().parents[1] / "onnxforge" / "data" / "sentences.txt"
 

@@ -15,8 +15,8 @@ present = [name for name in BUILD_ONLY if importlib.util.find_spec(name) is not 
 if present:
     sys.exit(f"runtime venv is not minimal: {present} installed")
 
-from onnxforge import cli  # noqa: E402
-from onnxforge.runtime import load  # noqa: E402
+from onnxforge import cli
+from onnxforge.runtime import load
 
 embedder = load(sys.argv[1])
 vectors = embedder.embed(["An edge app ships only the runtime.", "No torch here.", ""])

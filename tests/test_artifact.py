@@ -9,8 +9,17 @@ import stat
 import pytest
 
 from onnxforge.artifact import (
-    FORMAT, MANIFEST, ArtifactError, Manifest, TensorSpec, publish, read_manifest, staging, verify,
+    FORMAT,
+    MANIFEST,
+    ArtifactError,
+    Manifest,
+    TensorSpec,
+    publish,
+    read_manifest,
+    staging,
+    verify,
 )  # fmt: skip
+from tests.util import siblings
 
 
 def _manifest() -> Manifest:
@@ -33,7 +42,7 @@ def test_publish_hashes_every_file_and_round_trips(tmp_path):
     assert set(manifest.files) == {"model.onnx", "tokenizer.json"}
     assert manifest.files["model.onnx"].bytes == len(b"graph-bytes")
     assert manifest.format == FORMAT and manifest.inputs[0].shape == ["batch", "sequence"]
-    assert [p.name for p in final.parent.iterdir()] == ["fp32"]  # no staging directory left behind
+    assert siblings(final) == ["fp32"]  # no staging directory left behind
 
 
 def test_published_directory_is_not_private(tmp_path):
@@ -49,11 +58,10 @@ def _umask() -> int:
 
 def test_failed_build_leaves_nothing(tmp_path):
     final = tmp_path / "m" / "fp32"
-    with pytest.raises(RuntimeError, match="boom"):
-        with staging(final) as stage:
-            (stage / "model.onnx").write_bytes(b"half")
-            raise RuntimeError("boom")
-    assert not final.exists() and list(final.parent.iterdir()) == []
+    with pytest.raises(RuntimeError, match="boom"), staging(final) as stage:
+        (stage / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert not final.exists() and siblings(final) == []
 
 
 def test_republish_replaces_old_artifact(tmp_path):
@@ -61,7 +69,7 @@ def test_republish_replaces_old_artifact(tmp_path):
     final = _publish(tmp_path, {"model.onnx": b"new graph"})
     assert verify(final).files["model.onnx"].bytes == len(b"new graph")
     assert not (final / "tokenizer.json").exists()
-    assert [p.name for p in final.parent.iterdir()] == ["fp32"]
+    assert siblings(final) == ["fp32"]
 
 
 def test_altered_file_is_refused_by_name(tmp_path):

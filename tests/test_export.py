@@ -14,6 +14,7 @@ from onnxforge.artifact import read_manifest, verify
 from onnxforge.export import ExportConfig, ParityError, Tolerance, export
 from onnxforge.export.parity import reference_pool
 from onnxforge.export.pooling import Pooling, pooling_of
+from tests.util import siblings
 
 
 def test_manifest_records_signature_parity_and_fusions(tiny_artifact):
@@ -53,7 +54,7 @@ def test_missed_tolerance_fails_and_leaves_no_artifact(tmp_path, tiny_source):
     strict = ExportConfig(tolerance=Tolerance(max_abs=1e-12))
     with pytest.raises(ParityError, match="hidden states differ from PyTorch"):
         export(tiny_source, out, "embed", config=strict)
-    assert not out.exists() and list(out.parent.iterdir()) == []
+    assert not out.exists() and siblings(out) == []
 
 
 def test_unknown_task_and_missing_model_are_named(tmp_path, tiny_source):
@@ -102,3 +103,31 @@ def test_cls_pooling_graph_matches_reference(tmp_path, tiny_source):
     out = tmp_path / "cls" / "fp32"
     manifest = export(source, out, "embed")
     assert manifest.preprocess["pooling"] == "cls" and read_manifest(out).parity["min_cosine"] >= 0.99999
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path, tiny_source):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_source, source)
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps(dict(config, model_type="t5")))
+    with pytest.raises(ValueError, match=r"model type 't5' is not supported.*supported: bert, distilbert"):
+        export(source, tmp_path / "out" / "fp32", "embed")
+    assert not (tmp_path / "out" / "fp32").exists()
+
+
+def test_remote_code_in_a_model_directory_is_never_run(tmp_path, tiny_source):
+    """A config that points at custom code: transformers' built-in class is used and the code is not imported."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_source, source)
+    marker = tmp_path / "remote-code-ran"
+    (source / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((source / "config.json").read_text())
+    auto_map = {"AutoModel": "modeling_evil.EvilModel", "AutoConfig": "modeling_evil.EvilConfig"}
+    (source / "config.json").write_text(json.dumps(dict(config, auto_map=auto_map)))
+    manifest = export(source, tmp_path / "out" / "fp32", "embed")
+    assert not marker.exists()
+    assert manifest.parity["min_cosine"] > 0.9999  # the built-in BertModel was exported, parity-checked

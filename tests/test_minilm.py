@@ -13,6 +13,7 @@ from onnxforge.quantization import Gate, GateError, Int8Config, quantize
 from onnxforge.quantization.metrics import row_cosines
 from onnxforge.runtime import load
 from tests.conftest import ROOT
+from tests.util import siblings
 
 pytestmark = pytest.mark.model
 SENTENCES = corpus.split(corpus.load()).evaluation[:256]
@@ -71,4 +72,4 @@ def test_missed_gate_fails_with_report_and_writes_nothing(minilm_root, tmp_path)
     out = tmp_path / "models" / "int8"
     with pytest.raises(GateError, match=r"mean_cosine 0\.99\d+ < 0\.9995.*No artifact was written"):
         quantize(minilm_root / "minilm-l6" / "fp32", out, Int8Config(), Gate({"mean_cosine": 0.9995}), SENTENCES)
-    assert not out.exists() and list(out.parent.iterdir()) == []
+    assert not out.exists() and siblings(out) == []

@@ -9,7 +9,7 @@ from onnxruntime.quantization import quantize_dynamic
 from onnxforge import corpus
 from onnxforge.artifact import verify
 from onnxforge.export.graph import op_counts
-from onnxforge.quantization import Gate, GateError, Int8Config, quantize
+from onnxforge.quantization import Gate, Int8Config, quantize
 from onnxforge.quantization.metrics import recall_at_k, row_cosines
 
 EVAL = corpus.split(corpus.load()).evaluation[:120]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 
@@ -71,14 +69,6 @@ def test_texts_over_max_length_are_truncated(embedder):
     assert not np.allclose(a, short, atol=1e-3)  # truncation, not a constant output
 
 
-def test_concurrent_calls_match_serial(embedder):
-    serial = [embedder.embed(TEXTS[i : i + 5]) for i in range(0, 40, 5)]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        parallel = list(pool.map(lambda i: embedder.embed(TEXTS[i : i + 5]), range(0, 40, 5)))
-    for a, b in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_damaged_artifact_is_refused_on_load(tiny_artifact, tmp_path):
     import shutil
 
@@ -99,3 +89,14 @@ def test_missing_tokenizer_is_named(tiny_artifact, tmp_path):
     (copy / "tokenizer.json").unlink()
     with pytest.raises(ArtifactError, match=r"tokenizer\.json: missing"):
         load(copy)
+
+
+def test_session_settings_pass_through_config(embedder, tiny_artifact):
+    from onnxforge.runtime import SessionConfig
+
+    config = SessionConfig(providers="cpu", threads=1, inter_op_threads=2, cpu_mem_arena=False,
+                           graph_optimization="basic")  # fmt: skip
+    other = load(tiny_artifact, config=config)
+    np.testing.assert_allclose(other.embed(TEXTS[:8]), embedder.embed(TEXTS[:8]), atol=1e-5)
+    with pytest.raises(ValueError, match="inside config="):
+        load(tiny_artifact, threads=2, config=config)

@@ -7,7 +7,14 @@ import pytest
 
 from onnxforge.runtime import load
 from onnxforge.runtime.session import (
-    CPU, CUDA, THREADS_ENV, ProviderError, SessionConfig, available_cpus, cgroup_cpu_limit, default_threads,
+    CPU,
+    CUDA,
+    THREADS_ENV,
+    ProviderError,
+    SessionConfig,
+    available_cpus,
+    cgroup_cpu_limit,
+    default_threads,
     resolve_providers,
 )  # fmt: skip
 

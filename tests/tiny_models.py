@@ -13,7 +13,7 @@ from pathlib import Path
 from onnxforge import models
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 FAMILIES: dict[str, tuple[str, dict]] = {
     "bert": ("BertConfig", dict(SMALL, vocab_size=30522, max_position_embeddings=512)),
 }

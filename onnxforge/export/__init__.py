@@ -20,11 +20,11 @@ from ..tasks import get_task
 from ..versions import tool_versions
 from . import parity
 from .graph import signature
-from .optimize import optimize
+from .optimize import fusion_type, optimize
 from .parity import ParityError, Tolerance
 from .pooling import append_pooling, pooling_of
 
-__all__ = ["export", "ExportConfig", "Tolerance", "ParityError"]
+__all__ = ["ExportConfig", "ParityError", "Tolerance", "export"]
 DEFAULT_MAX_LENGTH = 512
 PARITY_TEXTS = 96
 
@@ -82,6 +82,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     spec = get_task(task)
     src = models.resolve(source)
     model_type = src.config.get("model_type", "?")
+    fusion_type(model_type)  # before any slow step: an unsupported family fails at once, listing ours
     settings = text_settings(src.path)
     pooling = pooling_of(src.path)
     texts = config.parity_texts or corpus.split(corpus.load()).evaluation[:PARITY_TEXTS]

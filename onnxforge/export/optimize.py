@@ -21,13 +21,21 @@ ORT_MODEL_TYPES: dict[str, str] = {
 TARGETS = ("cpu", "cuda")
 
 
+def fusion_type(model_type: str) -> str:
+    """The optimizer's name for a Hugging Face ``model_type``; unsupported families are an error listing ours."""
+    ort_type = ORT_MODEL_TYPES.get(model_type)
+    if ort_type is None:
+        raise ValueError(
+            f"model type {model_type!r} is not supported by onnxforge export; supported: {', '.join(ORT_MODEL_TYPES)}"
+        )
+    return ort_type
+
+
 def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu") -> dict[str, int]:
     """Fuse the graph at ``src`` into ``dst`` for ``target``; returns the fused operators it now has."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
-    ort_type = ORT_MODEL_TYPES.get(model_type)
-    if ort_type is None:
-        raise ValueError(f"no fusion recipe for model type {model_type!r}; supported: {', '.join(ORT_MODEL_TYPES)}")
+    ort_type = fusion_type(model_type)
     options = FusionOptions(ort_type)
     options.enable_gelu_approximation = False  # exact GELU: fidelity first, it costs little on CPU
     model = optimize_model(

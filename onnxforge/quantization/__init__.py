@@ -13,16 +13,16 @@ from pathlib import Path
 
 from .. import corpus
 from ..artifact import MANIFEST, Manifest, publish, staging, verify
+from ..export.graph import fused_ops, op_counts
 from ..progress import step
 from ..runtime import open_artifact
 from ..runtime.pipelines import Loaded
 from ..runtime.session import SessionConfig, create_session
-from ..export.graph import fused_ops, op_counts
 from ..versions import tool_versions
 from .gate import Gate, GateError, measure
 from .int8 import Int8Config, quantize_int8
 
-__all__ = ["quantize", "Int8Config", "Gate", "GateError"]
+__all__ = ["Gate", "GateError", "Int8Config", "quantize"]
 
 
 def _stage_copy(src: Path, stage: Path, model_file: str) -> None:

@@ -12,31 +12,36 @@ import os
 from pathlib import Path
 
 from ..artifact import ArtifactError, read_manifest, verify
-from .pipelines import PIPELINES, Embedder, Loaded
+from .pipelines import PIPELINES, Embedder, InferenceError, Loaded, Pipeline
 from .session import ProviderError, Providers, SessionConfig, available_cpus, create_session
 
-__all__ = ["load", "open_artifact", "Embedder", "SessionConfig", "ProviderError", "ArtifactError", "available_cpus"]
+__all__ = ["ArtifactError", "Embedder", "InferenceError", "Pipeline", "ProviderError", "SessionConfig", "available_cpus", "load", "open_artifact"]
 
 
 def open_artifact(
-    path: str | os.PathLike[str], providers: Providers = "auto", threads: int | None = None, verify_files: bool = True
-) -> Loaded:
+    path: str | os.PathLike[str], providers: Providers = "auto", threads: int | None = None, verify_files: bool = True,
+    *, config: SessionConfig | None = None,
+) -> Loaded:  # fmt: skip
     """Read and verify an artifact's manifest and files, then open one session for it."""
+    if config is not None and (providers != "auto" or threads is not None):
+        raise ValueError("pass providers/threads inside config=SessionConfig(...), not beside it")
     directory = Path(path)
     manifest = verify(directory) if verify_files else read_manifest(directory)
-    session = create_session(directory / manifest.model_file, SessionConfig(providers=providers, threads=threads))
+    session = create_session(directory / manifest.model_file, config or SessionConfig(providers, threads))
     return Loaded(directory=directory, manifest=manifest, session=session)
 
 
 def load(
-    path: str | os.PathLike[str], providers: Providers = "auto", threads: int | None = None, verify_files: bool = True
-):
+    path: str | os.PathLike[str], providers: Providers = "auto", threads: int | None = None, verify_files: bool = True,
+    *, config: SessionConfig | None = None,
+) -> Pipeline:  # fmt: skip
     """The pipeline for an artifact's task, e.g. an :class:`Embedder` for ``embed``.
 
     ``providers``: "auto" (CUDA if usable, else CPU), "cpu", "cuda" or a list of onnxruntime provider names.
     ``threads``: intra-op threads; default ``ONNXFORGE_NUM_THREADS`` or the CPUs this process may use.
+    ``config``: every session setting at once (inter-op threads, memory arena, graph optimization level).
     """
-    loaded = open_artifact(path, providers, threads, verify_files)
+    loaded = open_artifact(path, providers, threads, verify_files, config=config)
     pipeline = PIPELINES.get(loaded.manifest.task)
     if pipeline is None:
         raise ArtifactError(

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 
 def check_texts(texts: object) -> list[str]:
-    """A str (one text) or a sequence of str → list; anything else is a TypeError naming the culprit."""
+    """A str (one text) or a sequence of str → list; anything else is a TypeError naming the culprit.
+
+    Lone surrogates (invalid UTF-16 halves, e.g. from ``surrogateescape``) become U+FFFD, as a UTF-8 decoder with
+    ``errors="replace"`` would give; every other character, control characters included, goes to the tokenizer.
+    """
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
     if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-    for index, text in enumerate(texts):
+    items = list(texts)
+    for index, text in enumerate(items):
         if not isinstance(text, str):
             raise TypeError(f"texts[{index}] is {type(text).__name__}, not str")
-    return list(texts)
+        if not text.isascii():
+            items[index] = _without_lone_surrogates(text)
+    return items
+
+
+def _without_lone_surrogates(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # pairs written as two code points join up; lone halves become U+FFFD
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def check_batch_size(batch_size: object) -> int:
