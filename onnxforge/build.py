@@ -6,6 +6,7 @@ A variant whose artifact already verifies and was built from the same recipe ent
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -22,8 +23,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MODEL_KEYS = {"source", "task", "variants"}
-VARIANT_KEYS = {"method", "per_channel", "op_types", "reduce_range", "exclude_nodes", "gate", "target", "opset"}
-METHODS = ("export", "int8")
+INT8_KEYS = {
+    "activations", "calibration", "op_types", "per_channel", "reduce_range", "symmetric_weights", "smooth_alpha",
+    "keep", "keep_as", "max_keep", "calibration_texts",
+}  # fmt: skip  (the fields of quantization.Int8Config)
+VARIANT_KEYS = {"method", "gate", "target", "opset", "block"} | INT8_KEYS
+METHODS = ("export", "int8", "fp16")
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,19 @@ class Variant:
         return f"{self.model}/{self.name}"
 
     def fingerprint(self, origin: str) -> str:
-        """Changes when the recipe entry or what it is built from (``origin``: digests of inputs) changes."""
-        text = json.dumps([self.source, self.task, self.method, self.options, origin], sort_keys=True)
+        """Changes when the recipe entry, what it is built from (``origin``) or onnxforge's own code changes."""
+        text = json.dumps([self.source, self.task, self.method, self.options, origin, code_digest()], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 over onnxforge's Python sources: a change to the exporter or quantizer makes artifacts stale."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def parse(path: str | Path) -> list[Variant]:
@@ -85,7 +100,7 @@ def up_to_date(directory: Path, fingerprint: str) -> Manifest | None:
 def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Manifest, bool]:
     """Build one variant under ``root``; returns its manifest and whether it was (re)built."""
     from .export import ExportConfig, export
-    from .quantization import Gate, Int8Config, quantize
+    from .quantization import Fp16Config, Gate, Int8Config, quantize
 
     origin = models.resolve(variant.source).sha256
     fp32 = root / variant.model / "fp32"
@@ -102,8 +117,9 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
         manifest = export(variant.source, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
     else:
         gate = Gate(opts.pop("gate", {}))
-        int8 = Int8Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
-        manifest = quantize(fp32, out, int8, gate, recipe=fingerprint)
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
+        config = Fp16Config(**settings) if variant.method == "fp16" else Int8Config(**settings)
+        manifest = quantize(fp32, out, config, gate, recipe=fingerprint)
     return manifest, True
 
 

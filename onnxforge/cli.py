@@ -65,12 +65,52 @@ def _gate(pairs: list[str]) -> dict[str, float]:
     return gate
 
 
-def cmd_quantize(args: argparse.Namespace) -> None:
-    from .quantization import Gate, Int8Config, quantize
+def _lines(path: Path | None) -> list[str] | None:
+    """One text per non-empty line of a UTF-8 file (``--calibration`` / ``--evaluation``)."""
+    if path is None:
+        return None
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(texts) < 20:
+        raise ValueError(f"{path}: {len(texts)} texts; quality figures need at least 20 (one per line)")
+    return texts
 
-    config = Int8Config(op_types=tuple(args.op_types), per_channel=not args.per_tensor)
-    manifest = quantize(args.input, args.output, config, Gate(_gate(args.gate)))
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from .quantization import Fp16Config, Gate, Int8Config, quantize
+
+    if args.to == "fp16":
+        config = Fp16Config()
+    else:
+        config = Int8Config(
+            activations=args.activations, calibration=args.calibration_method, op_types=tuple(args.op_types),
+            per_channel=not args.per_tensor, smooth_alpha=args.smooth_alpha, max_keep=args.max_keep,
+            keep_as=args.keep_as,
+        )  # fmt: skip
+    manifest = quantize(args.input, args.output, config, Gate(_gate(args.gate)), texts=_lines(args.evaluation),
+                        calibration=_lines(args.calibration))  # fmt: skip
     print(summary_rows([(str(args.output), manifest, "built")]))
+
+
+def _search_rows(steps: list[dict]) -> list[list[str]]:
+    return [[f"quality.search[{s['kept']} kept apart]",
+             ", ".join(f"{k} {fmt(v, 5)}" for k, v in s["figures"].items() if isinstance(v, float))
+             + ("  pass" if s["passed"] else "  fail")] for s in steps]  # fmt: skip
+
+
+def _sensitivity_rows(nodes: list[dict]) -> list[list[str]]:
+    return [[f"quality.sensitivity #{i + 1}", f"{n['node']}  error {n['error']:.2e}"] for i, n in enumerate(nodes)]
+
+
+def _kept_rows(names: list[str]) -> list[list[str]]:
+    return [["precision.kept", f"{len(names)} nodes"]] + [["", name] for name in names]
+
+
+# Manifest fields that read better as several rows than as one JSON blob.
+REPORT_ROWS: dict[tuple[str, str], Callable[[list], list[list[str]]]] = {
+    ("quality", "search"): _search_rows,
+    ("quality", "sensitivity"): _sensitivity_rows,
+    ("precision", "kept"): _kept_rows,
+}
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -81,7 +121,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     rows += [[f"output {t.name}", f"{t.dtype} {t.shape}"] for t in m.outputs]
     for section in ("preprocess", "precision", "graph", "parity", "quality", "build"):
         for key, value in getattr(m, section).items():
-            rows.append([f"{section}.{key}", fmt(value, 6) if isinstance(value, float) else json.dumps(value)])
+            if (section, key) in REPORT_ROWS:
+                rows += REPORT_ROWS[section, key](value)
+            else:
+                rows.append([f"{section}.{key}", fmt(value, 6) if isinstance(value, float) else json.dumps(value)])
     rows += [[f"file {name}", f"{entry.bytes:,} B  sha256 {entry.sha256[:16]}…"] for name, entry in m.files.items()]
     print(render(["field", "value"], rows))
 
@@ -123,11 +166,18 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("quantize", help="quantize an fp32 artifact, gated against it")
     s.add_argument("input", type=Path)
-    s.add_argument("--to", choices=["int8"], default="int8")
+    s.add_argument("--to", choices=["int8", "fp16"], default="int8")
     s.add_argument("-o", "--output", required=True, type=Path)
     s.add_argument("--gate", action="append", default=[], metavar="FIGURE=MIN", help="e.g. mean_cosine=0.99")
-    s.add_argument("--op-types", nargs="+", default=["MatMul", "Attention"])
+    s.add_argument("--op-types", nargs="+", default=["MatMul"])
     s.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per channel")
+    s.add_argument("--activations", choices=["dynamic", "static"], default="dynamic")
+    s.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    s.add_argument("--smooth-alpha", type=float, help="SmoothQuant migration strength in (0, 1)")
+    s.add_argument("--max-keep", type=int, default=0, help="keep up to N most sensitive nodes apart to pass --gate")
+    s.add_argument("--keep-as", choices=["int8-block", "fp32"], default="int8-block")
+    s.add_argument("--calibration", type=Path, help="calibration/search texts, one per line")
+    s.add_argument("--evaluation", type=Path, help="held-out texts for the gate, one per line")
     s.set_defaults(run=cmd_quantize)
 
     s = sub.add_parser("inspect", help="show an artifact's manifest as a table")

@@ -16,7 +16,7 @@ def _recipe(tmp_path, text):
 
 def test_default_recipe_parses():
     keys = [v.key for v in parse(ROOT / "artifacts.toml")]
-    assert keys == ["minilm-l6/fp32", "minilm-l6/int8"]
+    assert keys == ["minilm-l6/fp32", "minilm-l6/int8", "minilm-l6/int8-fast", "minilm-l6/fp16"]
 
 
 @pytest.mark.parametrize("text,message", [

@@ -25,7 +25,7 @@ def test_manifest_records_signature_parity_and_fusions(tiny_artifact):
     assert {i.name for i in m.inputs} >= {"input_ids", "attention_mask"}
     assert m.parity["max_abs_diff"] <= m.parity["tolerance_max_abs"]
     assert m.parity["min_cosine"] >= 0.99999 and m.parity["texts"] > 90
-    assert m.graph["fused_ops"].get("Attention") == 2  # one per layer
+    assert m.graph["fused_ops"].get("MultiHeadAttention") == 2  # one per layer
     assert m.build["opset"] == 18 and m.build["torch"] and m.build["onnxruntime"]
     assert set(m.files) >= {"model.onnx", "tokenizer.json", "config.json"}
 

@@ -1,14 +1,16 @@
 """Quantize stage: an fp32 artifact → a quantized artifact that passed its quality gate, or no artifact.
 
-``quantize(fp32_dir, out_dir, Int8Config(), Gate({...}))`` quantizes the fused fp32 graph, measures the
-candidate against the fp32 artifact on held-out real text with the task's own figures, and publishes only
-when every figure meets the gate. Needs the ``build`` extra.
+``quantize(fp32_dir, out_dir, Int8Config(...) | Fp16Config(), Gate({...}))``. For int8 it prepares the fused fp32 graph (typed, smoothed if
+asked), quantizes it, and with ``max_keep > 0`` keeps the most sensitive nodes apart until the gate passes on
+calibration-side search text. The chosen candidate is then measured against the fp32 artifact on the held-out
+evaluation split and published only when every figure meets the gate. Needs the ``build`` extra.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
+import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import corpus
@@ -19,10 +21,15 @@ from ..runtime import open_artifact
 from ..runtime.pipelines import Loaded
 from ..runtime.session import SessionConfig, create_session
 from ..versions import tool_versions
+from .calibration import text_feeds
+from .fp16 import Fp16Config, to_fp16
 from .gate import Gate, GateError, measure
-from .int8 import Int8Config, quantize_int8
+from .int8 import Int8Config, finish, prepare
+from .search import greedy, sensitivity
+from .speed import speed_vs
 
-__all__ = ["Gate", "GateError", "Int8Config", "quantize"]
+__all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "quantize"]
+SENSITIVITY_TEXTS = 64
 
 
 def _stage_copy(src: Path, stage: Path, model_file: str) -> None:
@@ -31,32 +38,88 @@ def _stage_copy(src: Path, stage: Path, model_file: str) -> None:
             shutil.copy2(path, stage / path.name)
 
 
-def quantize(src_dir: str | Path, out_dir: str | Path, config: Int8Config = Int8Config(), gate: Gate = Gate(),
-             texts: list[str] | None = None, variant: str | None = None, recipe: str | None = None) -> Manifest:  # fmt: skip
-    """Quantize the artifact at ``src_dir`` into ``out_dir``; raises :class:`GateError` if the gate is missed."""
-    src = Path(src_dir)
-    out = Path(out_dir)
+def _candidate(reference: Loaded, model: Path) -> Loaded:
+    """A candidate graph with the reference's tokenizer and manifest, on CPU."""
+    return replace(reference, session=create_session(model, SessionConfig(providers="cpu")))
+
+
+def quantize(src_dir: str | Path, out_dir: str | Path, config: Int8Config | Fp16Config | None = None,
+             gate: Gate | None = None,
+             texts: list[str] | None = None, calibration: list[str] | None = None, variant: str | None = None,
+             recipe: str | None = None) -> Manifest:  # fmt: skip
+    """Quantize the artifact at ``src_dir`` into ``out_dir``; raises :class:`GateError` if the gate is missed.
+
+    ``texts``: held-out evaluation text (default: the shipped corpus's evaluation split); ``calibration``:
+    calibration and search text (default: its calibration split). The two must not overlap.
+    """
+    config, gate = config or Int8Config(), gate or Gate()
+    src, out = Path(src_dir), Path(out_dir)
     reference = open_artifact(src, providers="cpu")
     base = reference.manifest
-    held_out = texts or corpus.split(corpus.load()).evaluation
-    with staging(out) as stage:
-        with step(f"int8 {base.name}: per_channel={config.per_channel}, ops={'/'.join(config.op_types)}"):
-            quantize_int8(src / base.model_file, stage / base.model_file, config)
-            _stage_copy(src, stage, base.model_file)
-        candidate = Loaded(stage, base, create_session(stage / base.model_file, SessionConfig(providers="cpu")))
+    split = corpus.split(corpus.load())
+    held_out, calib = texts or split.evaluation, calibration or split.calibration
+    if overlap := set(held_out) & set(calib):
+        raise ValueError(f"{len(overlap)} texts are in both the calibration and the evaluation set")
+    report: dict[str, object] = {}
+    with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as tmp:
+        model = stage / base.model_file
+        if isinstance(config, Fp16Config):
+            with step(f"fp16 {base.name}, {len(config.block)} fragile op types kept fp32"):
+                to_fp16(src / base.model_file, model, config.block)
+        else:
+            search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
+            config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report)
+        _stage_copy(src, stage, base.model_file)
+        candidate = _candidate(reference, model)
         with step(f"quality gate on {len(held_out)} held-out texts"):
             figures = measure(base.task, reference, candidate, held_out)
-        failures = gate.failures(figures)
-        if failures:
+        if failures := gate.failures(figures):
             shown = ", ".join(f"{k}={v:.5f}" for k, v in figures.items() if isinstance(v, float))
-            raise GateError(f"{base.name} int8 missed its gate ({'; '.join(failures)}); figures: {shown}. "
-                            "No artifact was written.")  # fmt: skip
+            raise GateError(f"{base.name} {out.name} missed its gate ({'; '.join(failures)}); figures: {shown}."
+                            f"{_search_summary(report)} No artifact was written.")  # fmt: skip
+        report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, text_feeds(reference, calib[:256]))
         manifest = replace(
-            base, variant=variant or out.name, precision=config.describe(), quality=gate.record(figures),
-            graph={**base.graph, "fused_ops": fused_ops(op_counts(stage / base.model_file))},
+            base, variant=variant or out.name, precision=config.describe(),
+            quality={**gate.record(figures), **report},
+            graph={**base.graph, "fused_ops": fused_ops(op_counts(model))},
             parity={"inherited_from": base.variant, **base.parity}, build=tool_versions(base.build.get("opset"), recipe),
             files={},
         )  # fmt: skip
         publish(stage, manifest, out)
     verify(out)
     return manifest
+
+
+def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: Gate, calib: list[str],
+          search_texts: list[str], tmp: Path, report: dict[str, object]) -> Int8Config:  # fmt: skip
+    """int8 of ``src`` into ``model``, searching for nodes to keep apart when ``config.max_keep`` allows."""
+    base = reference.manifest
+    feeds = text_feeds(reference, calib[: config.calibration_texts], same_width=config.activations == "static")
+    with step(f"prepare int8 {base.name}: {config.activations}, smooth_alpha={config.smooth_alpha}"):
+        prepared = prepare(src, tmp / "prepared.onnx", config, feeds)
+    if config.max_keep == 0:
+        with step(f"int8 {base.name}"):
+            finish(prepared, model, config, feeds)
+        return config
+    with step(f"sensitivity of each node on {SENSITIVITY_TEXTS} calibration texts"):
+        ranking = sensitivity(prepared, config, text_feeds(reference, calib[:SENSITIVITY_TEXTS]))
+    report["sensitivity"] = [{"node": n, "error": round(e, 6)} for n, e in ranking[:12]]
+
+    def judge(path: Path) -> tuple[dict[str, float], bool]:
+        figures = measure(base.task, reference, _candidate(reference, path), search_texts)
+        return figures, not gate.failures(figures)
+
+    with step(f"greedy search on {len(search_texts)} calibration texts: keep up to {config.max_keep} nodes apart"):
+        config, steps = greedy(prepared, config, [n for n, _ in ranking], feeds, judge, model)
+    report["search"] = [asdict(s) for s in steps]
+    return config
+
+
+def _search_summary(report: dict[str, object]) -> str:
+    """' Search on calibration text: 0 kept apart → mean_cosine 0.99310, …' or '' when no search ran."""
+    steps = report.get("search") or []
+    shown = "; ".join(
+        f"{s['kept']} kept apart → " + ", ".join(f"{k} {v:.5f}" for k, v in s["figures"].items() if isinstance(v, float))
+        for s in steps
+    )
+    return f" Search on calibration text: {shown}." if shown else ""

@@ -71,9 +71,14 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
         yield order[start : start + batch_size]
 
 
-def pad_batch(encodings: list[Encoding], pad_id: int, wanted: Sequence[str]) -> dict[str, np.ndarray]:
-    """Right-padded ``input_ids``/``attention_mask``/``token_type_ids`` arrays, only those the graph declares."""
-    width = max(len(e.ids) for e in encodings)
+def pad_batch(
+    encodings: list[Encoding], pad_id: int, wanted: Sequence[str], width: int | None = None
+) -> dict[str, np.ndarray]:
+    """Right-padded ``input_ids``/``attention_mask``/``token_type_ids`` arrays, only those the graph declares.
+
+    ``width``: pad to this many tokens instead of the longest text's (it must be at least that).
+    """
+    width = width or max(len(e.ids) for e in encodings)
     ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(encodings), width), dtype=np.int64)
     for row, encoding in enumerate(encodings):

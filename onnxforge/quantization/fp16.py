@@ -1,0 +1,73 @@
+"""fp16 weights and compute with fp32 inputs and outputs, numerically fragile ops kept in fp32.
+
+The conversion is onnxconverter-common's float16 pass as vendored and maintained in onnxruntime.transformers
+(``OnnxModel.convert_float_to_float16``): onnxconverter-common 1.16 itself emits a duplicate ``_output_cast_0``
+on fused graphs with two outputs, which onnxruntime refuses. Normalisations, reductions, softmax and pow/exp
+stay fp32 (``FRAGILE_OPS``): their intermediate squares and sums overflow fp16's 65,504 on large activations.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+FRAGILE_OPS = (
+    "LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "Softmax", "Pow",
+    "Exp", "Sqrt", "Div", "Erf", "Max", "Min", "Clip",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Fp16Config:
+    """fp16 conversion settings: the op types that stay fp32."""
+
+    block: tuple[str, ...] = FRAGILE_OPS
+
+    def describe(self) -> dict[str, object]:
+        return {"weights": "float16", "activations": "float16", "io": "float32", "fp32_ops": list(self.block)}
+
+
+def sandwiched(model: onnx.ModelProto, block: tuple[str, ...]) -> list[str]:
+    """Nodes fed only by blocked nodes or constants that feed a blocked node, e.g. the ``+ eps`` between
+    ReduceMean and Sqrt of a decomposed norm: left fp16, their output would be cast down and overflow there."""
+    constants = {t.name for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    blocked = {id(node) for node in model.graph.node if node.op_type in block}
+    names: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for node in model.graph.node:
+            if id(node) in blocked:
+                continue
+            fed = all(n in constants or (n in producer and id(producer[n]) in blocked) for n in node.input if n)
+            feeds = any(id(r) in blocked for out in node.output for r in readers.get(out, []))
+            if fed and feeds:
+                blocked.add(id(node))
+                names.append(node.name)
+                changed = True
+    return names
+
+
+def to_fp16(src: Path, dst: Path, block: tuple[str, ...] = FRAGILE_OPS) -> None:
+    """Convert the graph at ``src`` to fp16 into ``dst``, keeping fp32 I/O and the ops in ``block``."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(src)))
+    for node in model.model.graph.node:  # the converter blocks nodes by name
+        node.name = node.name or f"{node.op_type}:{node.output[0]}"
+    with warnings.catch_warnings():  # "number truncated" notes for constants of blocked ops' neighbours
+        warnings.simplefilter("ignore")
+        model.convert_float_to_float16(
+            keep_io_types=True, op_block_list=list(block), node_block_list=sandwiched(model.model, block)
+        )
+    model.topological_sort()  # the pass appends its Cast nodes at the end; strict evaluators need order
+    onnx.save(model.model, str(dst))

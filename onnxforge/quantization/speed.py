@@ -1,0 +1,25 @@
+"""Throughput of a candidate relative to its fp32 reference, timed alternately on the same batches."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+
+def _seconds(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> float:
+    first = session.get_outputs()[0].name
+    start = time.perf_counter()
+    for feed in feeds:
+        session.run([first], feed)
+    return time.perf_counter() - start
+
+
+def speed_vs(reference: ort.InferenceSession, candidate: ort.InferenceSession,
+             feeds: list[dict[str, np.ndarray]], repeats: int = 3) -> float:  # fmt: skip
+    """Median over ``repeats`` of reference time / candidate time (> 1: the candidate is faster)."""
+    _seconds(reference, feeds[:1]), _seconds(candidate, feeds[:1])  # warm-up
+    ratios = [_seconds(reference, feeds) / _seconds(candidate, feeds) for _ in range(repeats)]
+    return round(statistics.median(ratios), 3)
