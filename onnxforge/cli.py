@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .artifact import ArtifactError, Manifest, read_manifest
 from .table import fmt, render
+from .tasks import HF_TASKS
 
 BUILD_HINT = "this command needs the build tools: pip install 'onnxforge[build]'"
 
@@ -129,6 +130,65 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(render(["field", "value"], rows))
 
 
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _run_classify(pipeline, args: argparse.Namespace) -> tuple[list[str], list[list]]:
+    results = pipeline.classify(args.texts, top_k=args.top_k or 1)
+    return ["text", "label", "score"], [[_short(t), r["label"], f"{r['score']:.4f}"]
+                                        for t, rows in zip(args.texts, results) for r in rows]  # fmt: skip
+
+
+def _run_entities(pipeline, args: argparse.Namespace) -> tuple[list[str], list[list]]:
+    results = pipeline.entities(args.texts, aggregation=args.aggregation)
+    return ["text", "entity", "word", "start", "end", "score"], [
+        [_short(t, 30), e.get("entity_group", e.get("entity")), e["word"], e["start"], e["end"], f"{e['score']:.4f}"]
+        for t, found in zip(args.texts, results) for e in found
+    ]  # fmt: skip
+
+
+def _run_answer(pipeline, args: argparse.Namespace) -> tuple[list[str], list[list]]:
+    if not args.question:
+        raise ValueError("answer artifacts need --question (and --context or texts)")
+    found = pipeline.answer(args.question, args.context or " ".join(args.texts), top_k=args.top_k or 1)
+    answers = found if isinstance(found, list) else [found]
+    return ["answer", "start", "end", "score"], [[a["answer"], a["start"], a["end"], f"{a['score']:.4f}"] for a in answers]
+
+
+def _run_fill(pipeline, args: argparse.Namespace) -> tuple[list[str], list[list]]:
+    results = pipeline.fill(args.texts, top_k=args.top_k or 5)
+    return ["text", "token", "score", "sequence"], [[_short(t, 30), r["token_str"], f"{r['score']:.4f}", r["sequence"]]
+                                                    for t, rows in zip(args.texts, results) for r in rows]  # fmt: skip
+
+
+def _run_embed(pipeline, args: argparse.Namespace) -> tuple[list[str], list[list]]:
+    vectors = pipeline.embed(args.texts)
+    return ["text", f"embedding (first 4 of {pipeline.dim})"], [
+        [_short(t), " ".join(f"{x:+.4f}" for x in v[:4]) + " …"] for t, v in zip(args.texts, vectors)
+    ]  # fmt: skip
+
+
+# Task → how `onnxforge run` calls its pipeline and tabulates the result.
+RUNNERS: dict[str, Callable[..., tuple[list[str], list[list]]]] = {
+    "classify": _run_classify, "token-classify": _run_entities, "answer": _run_answer, "fill-mask": _run_fill,
+    "embed": _run_embed,
+}  # fmt: skip
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .runtime import load
+
+    pipeline = load(args.artifact, providers=args.providers)
+    runner = RUNNERS.get(pipeline.task)
+    if runner is None:
+        raise ValueError(f"{args.artifact}: task {pipeline.task!r} has no text runner; supported: {', '.join(RUNNERS)}")
+    if pipeline.task != "answer" and not args.texts:
+        raise ValueError("give at least one text")
+    headers, rows = runner(pipeline, args)
+    print(render(headers, rows))
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
     from .runtime import load
 
@@ -158,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="export a model to an fp32 artifact")
     s.add_argument("model", help="packaged model name or local Hugging Face directory")
-    s.add_argument("--task", default="embed")
+    s.add_argument("--task", default="embed", choices=HF_TASKS)
     s.add_argument("-o", "--output", required=True, type=Path)
     s.add_argument("--opset", type=int, default=18)
     s.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
@@ -191,6 +251,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.add_argument("--json", action="store_true", help="print full vectors as JSON lines")
     s.set_defaults(run=cmd_embed)
+
+    s = sub.add_parser("run", help="run any text artifact (classify, token-classify, answer, fill-mask, embed)")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("texts", nargs="*", help="texts (for answer: the context, or use --context)")
+    s.add_argument("--question", help="answer: the question")
+    s.add_argument("--context", help="answer: the context (else the texts joined)")
+    s.add_argument("--top-k", type=int, default=None, help="labels / answers / tokens to show")
+    s.add_argument("--aggregation", default="simple", help="token-classify: none, simple, first, max, average")
+    s.add_argument("--providers", default="auto", help="auto, cpu or cuda")
+    s.set_defaults(run=cmd_run)
     return p
 
 

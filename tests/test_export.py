@@ -58,7 +58,7 @@ def test_missed_tolerance_fails_and_leaves_no_artifact(tmp_path, tiny_source):
 
 
 def test_unknown_task_and_missing_model_are_named(tmp_path, tiny_source):
-    with pytest.raises(ValueError, match="unknown task 'summarize'; supported tasks: embed"):
+    with pytest.raises(ValueError, match="unknown task 'summarize'; supported tasks: answer, classify, embed, fill-mask"):
         export(tiny_source, tmp_path / "x", "summarize")
     with pytest.raises(FileNotFoundError, match="never downloads from a model hub"):
         export(tmp_path / "no-such-model", tmp_path / "x", "embed")
@@ -131,3 +131,8 @@ def test_remote_code_in_a_model_directory_is_never_run(tmp_path, tiny_source):
     manifest = export(source, tmp_path / "out" / "fp32", "embed")
     assert not marker.exists()
     assert manifest.parity["min_cosine"] > 0.9999  # the built-in BertModel was exported, parity-checked
+
+
+def test_module_task_is_not_exported_from_a_directory(tmp_path, tiny_source):
+    with pytest.raises(ValueError, match="exported with onnxforge.export.export_module"):
+        export(tiny_source, tmp_path / "x", "module")

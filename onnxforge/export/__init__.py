@@ -20,11 +20,12 @@ from ..tasks import get_task
 from ..versions import tool_versions
 from . import parity
 from .graph import signature
+from .module import export_module
 from .optimize import fusion_type, optimize
 from .parity import ParityError, Tolerance
 from .pooling import append_pooling, pooling_of
 
-__all__ = ["ExportConfig", "ParityError", "Tolerance", "export"]
+__all__ = ["ExportConfig", "ParityError", "Tolerance", "export", "export_module"]
 DEFAULT_MAX_LENGTH = 512
 PARITY_TEXTS = 96
 
@@ -37,8 +38,9 @@ class ExportConfig:
     parity_texts: list[str] | None = None  # default: the held-out split of the shipped corpus
 
 
-def text_settings(model_dir: Path) -> dict[str, int]:
-    """Maximum tokens per text (the sentence-transformers setting if any) and the pad token id."""
+def text_settings(model_dir: Path) -> dict[str, int | bool]:
+    """Maximum tokens per text (the sentence-transformers setting if any), special token ids, and whether
+    decoded text gets transformers' clean-up of spaces before punctuation: what the runtime pipelines need."""
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -49,8 +51,13 @@ def text_settings(model_dir: Path) -> dict[str, int]:
         positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", DEFAULT_MAX_LENGTH)
         max_length = min(int(tokenizer.model_max_length), int(positions), DEFAULT_MAX_LENGTH)
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"{model_dir}: the tokenizer has no pad token; embedding batches need one")
-    return {"max_length": max_length, "pad_token_id": int(tokenizer.pad_token_id)}
+        raise ValueError(f"{model_dir}: the tokenizer has no pad token; batches need one")
+    settings: dict[str, int | bool] = {"max_length": max_length, "pad_token_id": int(tokenizer.pad_token_id)}
+    for name in ("cls_token_id", "unk_token_id", "mask_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            settings[name] = int(getattr(tokenizer, name))
+    settings["clean_up_tokenization_spaces"] = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+    return settings
 
 
 def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int) -> Path:
@@ -80,28 +87,35 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     ``recipe``: the build recipe's fingerprint of this variant, kept in ``manifest.build`` to skip rebuilds.
     """
     spec = get_task(task)
+    if not spec.exporter_task:
+        raise ValueError(f"task {task!r} is exported with onnxforge.export.export_module, not from a model directory")
     src = models.resolve(source)
     model_type = src.config.get("model_type", "?")
     fusion_type(model_type)  # before any slow step: an unsupported family fails at once, listing ours
     settings = text_settings(src.path)
-    pooling = pooling_of(src.path)
+    pooling = pooling_of(src.path) if spec.pooled else None
     texts = config.parity_texts or corpus.split(corpus.load()).evaluation[:PARITY_TEXTS]
     out = Path(out_dir)
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-export-") as tmp:
         with step(f"export {src.label} ({model_type}) for {task}, opset {config.opset}"):
             raw = _optimum_export(src.path, spec.exporter_task, Path(tmp), config.opset)
-            append_pooling(raw, pooling)
+            if pooling:
+                append_pooling(raw, pooling)
         with step(f"fuse for {config.target}"):
             fused = optimize(raw, stage / "model.onnx", model_type, config.target)
         with step(f"parity vs PyTorch on {len(texts)} real texts"):
-            figures = parity.check(stage / "model.onnx", src.path, texts, pooling, settings["max_length"],
-                                   config.tolerance)  # fmt: skip
+            if pooling:
+                figures = parity.check(stage / "model.onnx", src.path, texts, pooling, settings["max_length"],
+                                       config.tolerance)  # fmt: skip
+            else:
+                figures = parity.check_task(stage / "model.onnx", src.path, texts, spec, settings["max_length"],
+                                            config.tolerance)  # fmt: skip
         _copy_text_files(src.path, stage)
         inputs, outputs = signature(stage / "model.onnx")
         manifest = Manifest(
             name=name or out.parent.name, variant=out.name, task=task, source=src.as_record(),
             inputs=inputs, outputs=outputs,
-            preprocess={**settings, "pooling": pooling.mode, "normalize": pooling.normalize},
+            preprocess={**settings, **({"pooling": pooling.mode, "normalize": pooling.normalize} if pooling else {})},
             precision={"weights": "float32", "activations": "float32"},
             graph={"model_type": model_type, "target": config.target, "fused_ops": fused},
             parity={"reference": "pytorch", **figures},

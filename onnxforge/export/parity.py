@@ -1,8 +1,8 @@
 """Parity of an exported encoder graph against the PyTorch model it came from, on real sentences.
 
-The reference pools and normalises PyTorch's hidden states in numpy, independently of the ONNX pooling nodes.
-Batches vary in size (1 upwards) and length, and one text runs to the full ``max_length``, longer than anything
-the exporter traced.
+For ``embed`` the reference pools and normalises PyTorch's hidden states in numpy, independently of the ONNX
+pooling nodes; other tasks compare every graph output with the task's transformers model. Batches vary in size
+(1 upwards) and length, and one text runs to the full ``max_length``, longer than anything the exporter traced.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+import transformers
 from transformers import AutoModel, AutoTokenizer
 
+from ..tasks import Task
 from .pooling import Pooling
 
 BATCH_SIZES = (1, 3, 16, 32)
@@ -70,7 +72,7 @@ def check(onnx_path: Path, model_dir: Path, texts: list[str], pooling: Pooling, 
     for batch in _batches([long_text, *texts]):
         enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="np")
         with torch.no_grad():
-            hidden_ref = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).last_hidden_state.numpy()
+            hidden_ref = model(**{k: torch.from_numpy(enc[k]) for k in wanted}).last_hidden_state.numpy()
         embedding, hidden = session.run(["sentence_embedding", "last_hidden_state"], {k: enc[k] for k in wanted})
         mask = enc["attention_mask"].astype(bool)
         max_abs = max(max_abs, float(np.abs(hidden - hidden_ref)[mask].max()))
@@ -88,4 +90,48 @@ def check(onnx_path: Path, model_dir: Path, texts: list[str], pooling: Pooling, 
         raise ParityError(
             f"{onnx_path.name}: sentence embedding cosine to PyTorch {figures['min_cosine']:.7f} < {tolerance.min_cosine}"
         )
+    return figures
+
+
+def _rows(got: np.ndarray, want: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Comparable rows of one output: per real token for (batch, sequence, …), per text otherwise."""
+    if got.ndim == 3:
+        return got[mask], want[mask]
+    if got.ndim == 2 and got.shape[1] == mask.shape[1]:  # (batch, sequence) logits: padded positions zeroed
+        return np.where(mask, got, 0.0), np.where(mask, want, 0.0)
+    return got, want
+
+
+def check_task(onnx_path: Path, model_dir: Path, texts: list[str], task: Task, max_length: int,
+               tolerance: Tolerance = Tolerance()) -> dict[str, float]:  # fmt: skip
+    """Every output of the graph vs the task's transformers model; :class:`ParityError` names the output."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = getattr(transformers, task.model_class).from_pretrained(model_dir).eval()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    wanted = [i.name for i in session.get_inputs()]
+    long_text = " ".join(texts[:64])
+    max_abs, cosines, shapes = {name: 0.0 for name in task.outputs}, [], set()
+    for batch in _batches([long_text, *texts]):
+        pairs = (batch, batch[::-1]) if task.text_pairs else (batch,)
+        enc = tokenizer(*pairs, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        with torch.no_grad():
+            reference = model(**{k: torch.from_numpy(enc[k]) for k in wanted})
+        mask = enc["attention_mask"].astype(bool)
+        for name, got in zip(task.outputs, session.run(list(task.outputs), {k: enc[k] for k in wanted})):
+            rows, want = _rows(got, getattr(reference, name).numpy(), mask)
+            max_abs[name] = max(max_abs[name], float(np.abs(rows - want).max()))
+            cosines.append(_cosines(rows.reshape(len(rows), -1), want.reshape(len(want), -1)))
+        shapes.add(enc["input_ids"].shape)
+    cos = np.concatenate(cosines)
+    worst = max(max_abs, key=max_abs.get)
+    figures = {
+        "texts": len(texts) + 1, "batch_shapes": len(shapes), "max_sequence": max(s[1] for s in shapes),
+        "max_abs_diff": max_abs[worst], "max_abs_by_output": max_abs, "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()), "tolerance_max_abs": tolerance.max_abs,
+        "tolerance_min_cosine": tolerance.min_cosine,
+    }  # fmt: skip
+    if max_abs[worst] > tolerance.max_abs:
+        raise ParityError(f"{onnx_path.name}: {worst} differs from PyTorch by {max_abs[worst]:.3g} > {tolerance.max_abs:g}")
+    if figures["min_cosine"] < tolerance.min_cosine:
+        raise ParityError(f"{onnx_path.name}: output cosine to PyTorch {figures['min_cosine']:.7f} < {tolerance.min_cosine}")
     return figures

@@ -18,12 +18,12 @@ from ..artifact import MANIFEST, Manifest, publish, staging, verify
 from ..export.graph import fused_ops, op_counts
 from ..progress import step
 from ..runtime import open_artifact
-from ..runtime.pipelines import Loaded
+from ..runtime.base import Loaded
 from ..runtime.session import SessionConfig, create_session
 from ..versions import tool_versions
 from .calibration import text_feeds
 from .fp16 import Fp16Config, to_fp16
-from .gate import Gate, GateError, measure
+from .gate import Gate, GateError, expected, measure
 from .int8 import Int8Config, finish, prepare
 from .search import greedy, sensitivity
 from .speed import speed_vs
@@ -105,8 +105,10 @@ def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: G
         ranking = sensitivity(prepared, config, text_feeds(reference, calib[:SENSITIVITY_TEXTS]))
     report["sensitivity"] = [{"node": n, "error": round(e, 6)} for n, e in ranking[:12]]
 
+    wanted = expected(base.task, reference, search_texts)
+
     def judge(path: Path) -> tuple[dict[str, float], bool]:
-        figures = measure(base.task, reference, _candidate(reference, path), search_texts)
+        figures = measure(base.task, reference, _candidate(reference, path), search_texts, wanted)
         return figures, not gate.failures(figures)
 
     with step(f"greedy search on {len(search_texts)} calibration texts: keep up to {config.max_keep} nodes apart"):

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..runtime.pipelines import Loaded
+from ..runtime.base import Loaded
 from ..runtime.text import length_sorted_batches, pad_batch
 
 

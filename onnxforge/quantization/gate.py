@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..progress import bar
-from ..runtime.pipelines import PIPELINES, Loaded
+from ..runtime.base import Loaded, Pipeline
+from ..runtime.pipelines import PIPELINES
 from .metrics import embedding_fidelity
 
 
@@ -33,20 +35,76 @@ class Gate:
         return {"reference": "fp32", **figures, "gate": dict(self.minimums), "passed": not self.failures(figures)}
 
 
-def _embed_figures(reference: Loaded, candidate: Loaded, texts: list[str]) -> dict[str, float]:
-    pipelines = [PIPELINES["embed"](loaded) for loaded in (reference, candidate)]
-    chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
-    outputs = [[], []]
-    for chunk in bar(chunks, "gate"):
-        for out, pipeline in zip(outputs, pipelines):
-            out.append(pipeline.embed(chunk))
-    return {"texts": len(texts), **embedding_fidelity(np.concatenate(outputs[0]), np.concatenate(outputs[1]))}
+def _embeddings(loaded: Loaded, texts: list[str]) -> np.ndarray:
+    embedder = PIPELINES["embed"](loaded)
+    return np.concatenate([embedder.embed(texts[i : i + 256]) for i in bar(range(0, len(texts), 256), "gate")])
 
 
-FIGURES: dict[str, Callable[[Loaded, Loaded, list[str]], dict[str, float]]] = {"embed": _embed_figures}
+def _per_text(loaded: Loaded, texts: list[str], output: str = "logits") -> list[np.ndarray]:
+    """One output of the graph per text, padding removed from per-token outputs."""
+    encoder = loaded.text_encoder()
+    encodings = encoder.encode(texts)
+    found: list[np.ndarray] = [np.empty(0)] * len(texts)
+    for index, (values,) in Pipeline(loaded).forward(encodings, encoder.pad_id, [output], 32):
+        for row, value in zip(index, values):
+            found[row] = value[: len(encodings[row].ids)] if values.ndim == 3 else value
+    return found
 
 
-def measure(task: str, reference: Loaded, candidate: Loaded, texts: list[str]) -> dict[str, float]:
+def _agreement(name: str, join: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[[list, list], dict[str, float]]:
+    """Share of rows whose arg-max agrees, and the largest logit difference."""
+
+    def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
+        ref, cand = join(reference), join(candidate)
+        return {"rows": len(ref), name: float((ref.argmax(-1) == cand.argmax(-1)).mean()),
+                "max_logit_error": float(np.abs(ref - cand).max())}  # fmt: skip
+
+    return compare
+
+
+def _spans(loaded: Loaded, texts: list[str]) -> list[tuple[int, int]]:
+    """Top answer span for (question, context) pairs made of neighbouring held-out sentences."""
+    qa = PIPELINES["answer"](loaded)
+    pairs = [(texts[i], f"{texts[i + 1]} {texts[i + 2]}") for i in range(0, min(len(texts) - 2, 300), 3)]
+    return [(a["start"], a["end"]) for a in (qa.answer(q, c) for q, c in pairs)]
+
+
+def _top5(loaded: Loaded, texts: list[str]) -> list[set[int]]:
+    """Top-5 tokens for the middle word of each text (of 3+ words), masked."""
+    filler = PIPELINES["fill-mask"](loaded)
+    masked = []
+    for words in (text.split() for text in texts):
+        if len(words) >= 3:
+            words[len(words) // 2] = filler.mask_token
+            masked.append(" ".join(words))
+    return [{x["token"] for x in row} for row in filler.fill(masked, top_k=5)]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """How a task's gate measures: its outputs on texts, and the figures comparing two such outputs."""
+
+    outputs: Callable[[Loaded, list[str]], Any]
+    compare: Callable[[Any, Any], dict[str, float]]
+
+
+FIGURES: dict[str, Figures] = {
+    "embed": Figures(_embeddings, embedding_fidelity),
+    "classify": Figures(_per_text, _agreement("top1_agreement", np.stack)),
+    "token-classify": Figures(_per_text, _agreement("token_agreement", np.concatenate)),
+    "answer": Figures(_spans, lambda r, c: {"pairs": len(r), "span_agreement": float(np.mean([a == b for a, b in zip(r, c)]))}),
+    "fill-mask": Figures(_top5, lambda r, c: {"texts": len(r), "top5_overlap": float(np.mean([len(a & b) / 5 for a, b in zip(r, c)]))}),
+}  # fmt: skip
+
+
+def expected(task: str, reference: Loaded, texts: list[str]) -> Any:
+    """The reference's outputs on ``texts``, to compare many candidates with (see :func:`measure`)."""
     if task not in FIGURES:
         raise ValueError(f"no quality figures for task {task!r}; supported: {', '.join(sorted(FIGURES))}")
-    return FIGURES[task](reference, candidate, texts)
+    return FIGURES[task].outputs(reference, texts)
+
+
+def measure(task: str, reference: Loaded, candidate: Loaded, texts: list[str], reference_outputs: Any = None) -> dict[str, float]:
+    """The task's figures of ``candidate`` against ``reference`` on ``texts``."""
+    wanted = expected(task, reference, texts) if reference_outputs is None else reference_outputs
+    return {"texts": len(texts), **FIGURES[task].compare(wanted, FIGURES[task].outputs(candidate, texts))}

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from ..artifact import ArtifactError, read_manifest, verify
-from .pipelines import PIPELINES, Embedder, InferenceError, Loaded, Pipeline
+from .base import InferenceError, Loaded, Pipeline
+from .pipelines import PIPELINES, Embedder
 from .session import ProviderError, Providers, SessionConfig, available_cpus, create_session
 
 __all__ = ["ArtifactError", "Embedder", "InferenceError", "Pipeline", "ProviderError", "SessionConfig", "available_cpus", "load", "open_artifact"]

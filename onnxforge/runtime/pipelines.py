@@ -2,83 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from ..artifact import Manifest
-from .feeds import check_feeds
-from .text import TextEncoder, check_batch_size, check_texts, length_sorted_batches, pad_batch
-
-
-class InferenceError(RuntimeError):
-    """onnxruntime failed while running a graph (after onnxforge's own checks on the feeds passed)."""
-
-
-@dataclass
-class Loaded:
-    """An artifact opened for inference: its directory, manifest and one session shared by all calls."""
-
-    directory: Path
-    manifest: Manifest
-    session: ort.InferenceSession
-
-    @property
-    def provider(self) -> str:
-        return self.session.get_providers()[0]
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i.name for i in self.session.get_inputs()]
-
-    def infer(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """``session.run`` with onnxruntime's errors turned into a ValueError / InferenceError naming the artifact."""
-        try:
-            return self.session.run(outputs, feeds)
-        except ort_errors.InvalidArgument as exc:
-            raise ValueError(f"{self.directory}: onnxruntime rejected the feeds: {_first_line(exc)}") from None
-        except Exception as exc:
-            if type(exc).__module__ != ort_errors.__name__:
-                raise
-            raise InferenceError(f"{self.directory}: onnxruntime failed: {_first_line(exc)}") from None
-
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """The raw graph: feeds checked against the manifest, every (or the named) output by name."""
-        checked = check_feeds(self.manifest.inputs, feeds)
-        names = outputs or [spec.name for spec in self.manifest.outputs]
-        unknown = sorted(set(names) - {spec.name for spec in self.manifest.outputs})
-        if unknown:
-            raise ValueError(f"unknown outputs {unknown}; the graph has {[s.name for s in self.manifest.outputs]}")
-        return dict(zip(names, self.infer(names, checked)))
-
-    def text_encoder(self) -> TextEncoder:
-        pre = self.manifest.preprocess
-        return TextEncoder.from_file(self.directory / "tokenizer.json", pre["max_length"], pre["pad_token_id"])
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-class Pipeline:
-    """What every task pipeline shares: the loaded artifact, its provider and the raw :meth:`Loaded.run`."""
-
-    def __init__(self, loaded: Loaded) -> None:
-        self.loaded = loaded
-
-    @property
-    def provider(self) -> str:
-        return self.loaded.provider
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.loaded.manifest
-
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        return self.loaded.run(feeds, outputs)
+from .answer import QuestionAnswerer
+from .base import Loaded, Pipeline
+from .classify import Classifier, TokenClassifier
+from .fill import MaskFiller
+from .text import check_batch_size, check_texts
 
 
 class Embedder(Pipeline):
@@ -95,7 +25,6 @@ class Embedder(Pipeline):
         super().__init__(loaded)
         self.encoder = loaded.text_encoder()
         self.dim = int(loaded.manifest.output(self.output).shape[-1])
-        self._inputs = loaded.input_names
 
     def embed(self, texts: str | list[str], batch_size: int = 32) -> np.ndarray:
         items = check_texts(texts)
@@ -103,11 +32,28 @@ class Embedder(Pipeline):
         result = np.empty((len(items), self.dim), dtype=np.float32)
         if not items:
             return result
-        encodings = self.encoder.encode(items)
-        for index in length_sorted_batches([len(e.ids) for e in encodings], batch_size):
-            feeds = pad_batch([encodings[i] for i in index], self.encoder.pad_id, self._inputs)
-            (result[index],) = self.loaded.infer([self.output], feeds)
+        for index, (vectors,) in self.forward(self.encoder.encode(items), self.encoder.pad_id, [self.output], batch_size):
+            result[index] = vectors
         return result
 
 
-PIPELINES: dict[str, type[Pipeline]] = {"embed": Embedder}
+class ModuleRunner(Pipeline):
+    """An exported ``torch.nn.Module``: ``run(feeds)`` (or calling it) → dict of numpy arrays by output name.
+
+    Feeds are checked against the manifest (names, dtypes, ranks, shared dynamic axes) before onnxruntime runs.
+    """
+
+    task = "module"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run(feeds)
+
+
+PIPELINES: dict[str, type[Pipeline]] = {
+    "module": ModuleRunner,
+    "embed": Embedder,
+    "classify": Classifier,
+    "token-classify": TokenClassifier,
+    "answer": QuestionAnswerer,
+    "fill-mask": MaskFiller,
+}

@@ -81,10 +81,12 @@ def pad_batch(
     width = width or max(len(e.ids) for e in encodings)
     ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(encodings), width), dtype=np.int64)
+    types = np.zeros((len(encodings), width), dtype=np.int64)
     for row, encoding in enumerate(encodings):
         ids[row, : len(encoding.ids)] = encoding.ids
         mask[row, : len(encoding.ids)] = 1
-    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        types[row, : len(encoding.ids)] = encoding.type_ids  # 1 on the second text of a pair
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     unknown = [name for name in wanted if name not in feeds]
     if unknown:
         raise ValueError(f"the graph wants inputs this pipeline cannot make: {', '.join(unknown)}")
