@@ -100,3 +100,32 @@ def test_session_settings_pass_through_config(embedder, tiny_artifact):
     np.testing.assert_allclose(other.embed(TEXTS[:8]), embedder.embed(TEXTS[:8]), atol=1e-5)
     with pytest.raises(ValueError, match="inside config="):
         load(tiny_artifact, threads=2, config=config)
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/tmp/onnxforge-outside.bin"])
+def test_external_data_outside_the_artifact_is_refused(tmp_path, location):
+    """A model whose weights point outside its directory, with a manifest that hashes it correctly."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxforge.artifact import Manifest, TensorSpec, publish, staging
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, str(tmp_path / "inside.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    (tmp_path / "outside.bin").write_bytes((tmp_path / "w.bin").read_bytes())
+    if location.startswith("/"):
+        (tmp_path / "outside.bin").replace(location)
+    proto = onnx.load(str(tmp_path / "inside.onnx"), load_external_data=False)
+    proto.graph.initializer[0].external_data[0].value = location
+    final = tmp_path / "evil" / "fp32"
+    spec = TensorSpec("x", "float32", [1, 4])
+    with staging(final) as stage:
+        (stage / "model.onnx").write_bytes(proto.SerializeToString())
+        publish(stage, Manifest(name="evil", variant="fp32", task="module", source={}, inputs=[spec],
+                                outputs=[TensorSpec("y", "float32", [1, 4])]), final)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"model\.onnx: onnxruntime could not load the model"):
+        load(final, providers="cpu")
