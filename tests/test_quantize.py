@@ -16,7 +16,7 @@ EVAL = corpus.split(corpus.load()).evaluation[:120]
 
 
 def test_plain_quantize_dynamic_fails_on_fused_graph(tiny_artifact, tmp_path):
-    """Why quantize_int8 runs symbolic shape inference first: without it onnxruntime cannot type contrib ops."""
+    """Why int8.prepare runs symbolic shape inference first: without it onnxruntime cannot type contrib ops."""
     with pytest.raises(RuntimeError, match="Unable to find data type"):
         quantize_dynamic(str(tiny_artifact / "model.onnx"), str(tmp_path / "q.onnx"), per_channel=True)
 

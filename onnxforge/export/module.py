@@ -19,6 +19,7 @@ import torch
 
 from ..artifact import Manifest, publish, staging
 from ..progress import step
+from ..runtime.base import first_line
 from ..versions import tool_versions
 from .graph import signature
 from .parity import ParityError, Tolerance
@@ -72,8 +73,7 @@ def _parity(module: torch.nn.Module, path: Path, cases: list[list[torch.Tensor]]
             got = session.run(output_names, {n: t.numpy() for n, t in zip(input_names, inputs)})
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are untyped; typically a baked-in shape
             shapes_now = [list(t.shape) for t in inputs]
-            first = str(exc).strip().splitlines()[0][:300]
-            raise ParityError(f"{path.name}: the graph fails on input shapes {shapes_now} ({first}); "
+            raise ParityError(f"{path.name}: the graph fails on input shapes {shapes_now} ({first_line(exc)[:300]}); "
                               "the module likely has a traced size baked in") from None  # fmt: skip
         for name, want, have in zip(output_names, expected, got):
             if tuple(want.shape) != have.shape:

@@ -11,7 +11,6 @@ Nodes in ``keep`` are not given per-tensor int8 activations: ``keep_as="fp32"`` 
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,12 +102,6 @@ def finish(prepared: Path, dst: Path, config: Int8Config, feeds: list[dict[str, 
         )  # fmt: skip
     if config.keep and config.keep_as == "int8-block":
         _block_int8(dst, set(config.keep))
-
-
-def quantize_int8(src: Path, dst: Path, config: Int8Config, feeds: list[dict[str, np.ndarray]]) -> None:
-    """int8 of the graph at ``src`` into ``dst``; ``feeds`` are calibration batches (smoothing, static)."""
-    with tempfile.TemporaryDirectory(prefix="onnxforge-int8-") as tmp:
-        finish(prepare(src, Path(tmp) / "prepared.onnx", config, feeds), dst, config, feeds)
 
 
 def _block_int8(path: Path, names: set[str]) -> None:

@@ -13,16 +13,10 @@ from tokenizers import Encoding, Tokenizer
 
 from .base import Loaded, Pipeline
 from .classify import _check_top_k
-from .text import pad_batch
+from .text import check_positive, pad_batch
 
 MAX_SEQ_LEN = 384
 DOC_STRIDE = 128
-
-
-def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _softmax_masked(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -85,9 +79,9 @@ class QuestionAnswerer(Pipeline):
             if not value.strip():
                 raise ValueError(f"{name} is empty")
         top = _check_top_k(top_k, 10**6)
-        max_len = _positive("max_answer_len", max_answer_len)
-        seq_len = _positive("max_seq_len", max_seq_len or self.max_seq_len)
-        stride = _positive("doc_stride", doc_stride or min(seq_len // 2, DOC_STRIDE))
+        max_len = check_positive("max_answer_len", max_answer_len)
+        seq_len = check_positive("max_seq_len", max_seq_len or self.max_seq_len)
+        stride = check_positive("doc_stride", doc_stride or min(seq_len // 2, DOC_STRIDE))
         if stride >= seq_len:
             raise ValueError(f"doc_stride ({stride}) must be smaller than max_seq_len ({seq_len})")
         first = self._tokenizer(seq_len, stride).encode(question, context)

@@ -41,11 +41,11 @@ class Loaded:
         try:
             return self.session.run(outputs, feeds)
         except ort_errors.InvalidArgument as exc:
-            raise ValueError(f"{self.directory}: onnxruntime rejected the feeds: {_first_line(exc)}") from None
+            raise ValueError(f"{self.directory}: onnxruntime rejected the feeds: {first_line(exc)}") from None
         except Exception as exc:
             if type(exc).__module__ != ort_errors.__name__:
                 raise
-            raise InferenceError(f"{self.directory}: onnxruntime failed: {_first_line(exc)}") from None
+            raise InferenceError(f"{self.directory}: onnxruntime failed: {first_line(exc)}") from None
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """The raw graph: feeds checked against the manifest, every (or the named) output by name."""
@@ -61,7 +61,8 @@ class Loaded:
         return TextEncoder.from_file(self.directory / "tokenizer.json", pre["max_length"], pre["pad_token_id"])
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
+    """The first line of an exception's message (onnxruntime's carry C++ source paths after it)."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
