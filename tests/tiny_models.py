@@ -64,6 +64,57 @@ def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str
     return directory
 
 
+DECODER_SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                 "intermediate_size": 64, "max_position_embeddings": 256}  # fmt: skip
+DECODERS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", {**DECODER_SMALL, "tie_word_embeddings": True}),
+    "qwen2": ("Qwen2Config", DECODER_SMALL),
+    "gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+}  # fmt: skip
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2, as in SmolLM2
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def byte_bpe_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained in-process on the shipped corpus, with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    from onnxforge import corpus
+
+    tokenizer = Tokenizer(BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tokenizer.train_from_iterator(corpus.load(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=SPECIALS[1], eos_token=SPECIALS[2],
+                                   unk_token=SPECIALS[0], chat_template=CHATML)  # fmt: skip
+
+
+def make_decoder(directory: Path, family: str = "llama", seed: int = 0) -> Path:
+    """Save a random-weight causal LM of ``family`` with a byte-level BPE tokenizer and a ChatML chat template."""
+    import torch
+    import transformers
+
+    config_class, kwargs = DECODERS[family]
+    tokenizer = byte_bpe_tokenizer()
+    config = getattr(transformers, config_class)(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, **kwargs)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # spread the logits so greedy choices are clear-cut, as in a trained model
+        model.get_output_embeddings().weight.normal_(0.0, 0.5)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def export_tiny_embed(out: Path) -> Path:
     """A tiny BERT embed artifact at ``out``."""
     from onnxforge.export import export

@@ -18,7 +18,8 @@ from ..artifact import Manifest, publish, staging
 from ..progress import step
 from ..tasks import get_task
 from ..versions import tool_versions
-from . import parity
+from . import generate_parity, parity
+from .decoder import generation_settings
 from .graph import signature
 from .module import export_module
 from .optimize import fusion_type, optimize
@@ -72,12 +73,20 @@ def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int)
     return work / "model.onnx"
 
 
+def _passages(texts: list[str], size: int = 4, count: int = 12) -> list[str]:
+    """Neighbouring sentences joined: decoder parity wants sequences longer than one sentence."""
+    return [" ".join(texts[i : i + size]) for i in range(0, min(len(texts), size * count), size)]
+
+
 def _copy_text_files(model_dir: Path, stage: Path) -> None:
-    """Tokenizer (always as a fast tokenizer.json) and config.json: what runtimes and ORTModel classes read."""
+    """Tokenizer (always as a fast tokenizer.json), config.json and generation_config.json if any: what runtimes
+    and ORTModel classes read."""
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(stage)
-    shutil.copy2(model_dir / "config.json", stage / "config.json")
+    for name in ("config.json", "generation_config.json"):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, stage / name)
 
 
 def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name: str | None = None,
@@ -92,7 +101,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     src = models.resolve(source)
     model_type = src.config.get("model_type", "?")
     fusion_type(model_type)  # before any slow step: an unsupported family fails at once, listing ours
-    settings = text_settings(src.path)
+    settings = generation_settings(src.path) if task == "generate" else text_settings(src.path)
     pooling = pooling_of(src.path) if spec.pooled else None
     texts = config.parity_texts or corpus.split(corpus.load()).evaluation[:PARITY_TEXTS]
     out = Path(out_dir)
@@ -102,9 +111,13 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
             if pooling:
                 append_pooling(raw, pooling)
         with step(f"fuse for {config.target}"):
-            fused = optimize(raw, stage / "model.onnx", model_type, config.target)
-        with step(f"parity vs PyTorch on {len(texts)} real texts"):
-            if pooling:
+            fused = optimize(raw, stage / "model.onnx", model_type, config.target, src.config)
+        parity_texts = _passages(texts) if task == "generate" else texts
+        with step(f"parity vs PyTorch on {len(parity_texts)} real texts"):
+            if task == "generate":
+                figures = generate_parity.check(stage / "model.onnx", src.path, parity_texts, settings,
+                                                config.tolerance.max_logit_abs)  # fmt: skip
+            elif pooling:
                 figures = parity.check(stage / "model.onnx", src.path, texts, pooling, settings["max_length"],
                                        config.tolerance)  # fmt: skip
             else:

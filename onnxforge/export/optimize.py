@@ -20,6 +20,9 @@ from .graph import fused_ops, op_counts
 ORT_MODEL_TYPES: dict[str, str] = {
     "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "albert": "bert",
     "electra": "bert", "deberta-v2": "bert", "mpnet": "bert",
+    # Decoders: the "qwen3" rules fuse RMS norms (Skip)SimplifiedLayerNormalization and RotaryEmbedding in Llama
+    # and Qwen2 graphs as well; "gpt2" fuses GPT-2's layer norms, GELU and attention with past.
+    "llama": "qwen3", "qwen2": "qwen3", "qwen3": "qwen3", "gpt2": "gpt2",
 }  # fmt: skip
 TARGETS = ("cpu", "cuda")
 
@@ -34,8 +37,11 @@ def fusion_type(model_type: str) -> str:
     return ort_type
 
 
-def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu") -> dict[str, int]:
-    """Fuse the graph at ``src`` into ``dst`` for ``target``; returns the fused operators it now has."""
+def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu", config: dict | None = None) -> dict[str, int]:
+    """Fuse the graph at ``src`` into ``dst`` for ``target``; returns the fused operators it now has.
+
+    ``config``: the model's config.json, for the head count and width some fusion rules need (0: detect).
+    """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
     ort_type = fusion_type(model_type)
@@ -43,8 +49,13 @@ def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu") -> dict
     options.enable_gelu_approximation = False  # exact GELU: fidelity first, it costs little on CPU
     options.use_multi_head_attention = True
     model = optimize_model(
-        str(src), model_type=ort_type, num_heads=0, hidden_size=0, opt_level=0,
+        str(src), model_type=ort_type, num_heads=_first(config, "num_attention_heads", "n_head"),
+        hidden_size=_first(config, "hidden_size", "n_embd"), opt_level=0,
         optimization_options=options, use_gpu=target == "cuda",
     )  # fmt: skip
     model.save_model_to_file(str(dst))
     return fused_ops(op_counts(dst))
+
+
+def _first(config: dict | None, *keys: str) -> int:
+    return next((int(config[k]) for k in keys if config and config.get(k)), 0)

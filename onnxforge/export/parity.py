@@ -30,9 +30,10 @@ class ParityError(RuntimeError):
 class Tolerance:
     max_abs: float = 1e-4  # on hidden states, over real (unpadded) tokens
     min_cosine: float = 0.99999  # on pooled sentence embeddings
+    max_logit_abs: float = 1e-3  # on a decoder's logits, prefill and every decode step
 
     def __post_init__(self) -> None:
-        if self.max_abs <= 0 or not 0 < self.min_cosine <= 1:
+        if self.max_abs <= 0 or self.max_logit_abs <= 0 or not 0 < self.min_cosine <= 1:
             raise ValueError(f"tolerance needs max_abs > 0 and 0 < min_cosine <= 1, got {self}")
 
 

@@ -26,10 +26,24 @@ from .fp16 import Fp16Config, to_fp16
 from .gate import Gate, GateError, expected, measure
 from .int8 import Int8Config, finish, prepare
 from .search import greedy, sensitivity
-from .speed import speed_vs
+from .speed import decode_feeds, speed_vs
+from .weights import WeightOnlyConfig, quantize_weights
 
-__all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "quantize"]
+__all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "WeightOnlyConfig", "config_for", "quantize"]
+Config = Int8Config | Fp16Config | WeightOnlyConfig
 SENSITIVITY_TEXTS = 64
+
+
+def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
+    """A method ("int8", "int4", "fp16") and task → its config. Decoders quantize weights only, int8 as well as
+    int4: decoding is bound by the bytes of weights read per token, not by arithmetic."""
+    if method == "fp16":
+        return Fp16Config(**settings)
+    if method == "int4" or (method == "int8" and task == "generate"):
+        return WeightOnlyConfig(bits=4 if method == "int4" else 8, **settings)
+    if method == "int8":
+        return Int8Config(**settings)
+    raise ValueError(f"unknown quantization method {method!r}; supported: int8, int4, fp16")
 
 
 def _stage_copy(src: Path, stage: Path, model_file: str) -> None:
@@ -43,7 +57,7 @@ def _candidate(reference: Loaded, model: Path) -> Loaded:
     return replace(reference, session=create_session(model, SessionConfig(providers="cpu")))
 
 
-def quantize(src_dir: str | Path, out_dir: str | Path, config: Int8Config | Fp16Config | None = None,
+def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = None,
              gate: Gate | None = None,
              texts: list[str] | None = None, calibration: list[str] | None = None, variant: str | None = None,
              recipe: str | None = None) -> Manifest:  # fmt: skip
@@ -66,6 +80,9 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Int8Config | Fp16
         if isinstance(config, Fp16Config):
             with step(f"fp16 {base.name}, {len(config.block)} fragile op types kept fp32"):
                 to_fp16(src / base.model_file, model, config.block)
+        elif isinstance(config, WeightOnlyConfig):
+            with step(f"int{config.bits} weights of {base.name}, block {config.block_size}"):
+                quantize_weights(src / base.model_file, model, config)
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
             config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report)
@@ -77,7 +94,8 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Int8Config | Fp16
             shown = ", ".join(f"{k}={v:.5f}" for k, v in figures.items() if isinstance(v, float))
             raise GateError(f"{base.name} {out.name} missed its gate ({'; '.join(failures)}); figures: {shown}."
                             f"{_search_summary(report)} No artifact was written.")  # fmt: skip
-        report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, text_feeds(reference, calib[:256]))
+        feeds = decode_feeds(reference.session) if base.task == "generate" else text_feeds(reference, calib[:256])
+        report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, feeds)
         manifest = replace(
             base, variant=variant or out.name, precision=config.describe(),
             quality={**gate.record(figures), **report},

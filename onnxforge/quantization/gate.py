@@ -80,6 +80,35 @@ def _top5(loaded: Loaded, texts: list[str]) -> list[set[int]]:
     return [{x["token"] for x in row} for row in filler.fill(masked, top_k=5)]
 
 
+PASSAGE_SENTENCES = 8  # neighbouring held-out sentences per teacher-forced passage
+PASSAGES = 48  # at most; ~9,000 tokens of SmolLM2 text
+PASSAGE_TOKENS = 256  # at most (and within the model's context)
+
+
+def _next_tokens(loaded: Loaded, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per passage of held-out text: the predicted next token at each position and the log-probability given
+    to the true next token (teacher forcing: the true text is fed, whatever the model would have said)."""
+    generator = PIPELINES["generate"](loaded)
+    found = []
+    limit = min(PASSAGE_TOKENS, generator.context)
+    for start in bar(range(0, min(len(texts), PASSAGES * PASSAGE_SENTENCES), PASSAGE_SENTENCES), "gate"):
+        ids = generator.tokenizer.encode(" ".join(texts[start : start + PASSAGE_SENTENCES])).ids[:limit]
+        logits = generator.decoder.logits(ids)[:-1].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        found.append((log_probs.argmax(-1), log_probs[np.arange(len(ids) - 1), ids[1:]]))
+    return found
+
+
+def _language_model(reference: list, candidate: list) -> dict[str, float]:
+    """Top-1 next-token agreement with the reference, both perplexities, and their ratio (1 = no loss)."""
+    agree = np.concatenate([r[0] == c[0] for r, c in zip(reference, candidate)])
+    ppl_ref = float(np.exp(-np.concatenate([r[1] for r in reference]).mean()))
+    ppl = float(np.exp(-np.concatenate([c[1] for c in candidate]).mean()))
+    return {"tokens": int(agree.size), "next_token_agreement": float(agree.mean()), "perplexity_fp32": ppl_ref,
+            "perplexity": ppl, "perplexity_retention": ppl_ref / ppl}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Figures:
     """How a task's gate measures: its outputs on texts, and the figures comparing two such outputs."""
@@ -93,6 +122,7 @@ FIGURES: dict[str, Figures] = {
     "classify": Figures(_per_text, _agreement("top1_agreement", np.stack)),
     "token-classify": Figures(_per_text, _agreement("token_agreement", np.concatenate)),
     "answer": Figures(_spans, lambda r, c: {"pairs": len(r), "span_agreement": float(np.mean([a == b for a, b in zip(r, c)]))}),
+    "generate": Figures(_next_tokens, _language_model),
     "fill-mask": Figures(_top5, lambda r, c: {"texts": len(r), "top5_overlap": float(np.mean([len(a & b) / 5 for a, b in zip(r, c)]))}),
 }  # fmt: skip
 

@@ -17,6 +17,21 @@ def _seconds(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) 
     return time.perf_counter() - start
 
 
+def decode_feeds(session: ort.InferenceSession, past: int = 64, steps: int = 32) -> list[dict[str, np.ndarray]]:
+    """Feeds of ``steps`` batch-1 decode steps of a ``generate`` graph after ``past`` cached tokens."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in session.get_inputs():
+        if spec.name.startswith("past_key_values."):
+            feeds[spec.name] = np.zeros((1, spec.shape[1], past, spec.shape[3]), dtype=np.float32)
+    names = {spec.name for spec in session.get_inputs()}
+    feeds["input_ids"] = np.array([[1]], dtype=np.int64)
+    if "attention_mask" in names:
+        feeds["attention_mask"] = np.ones((1, past + 1), dtype=np.int64)
+    if "position_ids" in names:
+        feeds["position_ids"] = np.array([[past]], dtype=np.int64)
+    return [feeds] * steps
+
+
 def speed_vs(reference: ort.InferenceSession, candidate: ort.InferenceSession,
              feeds: list[dict[str, np.ndarray]], repeats: int = 3) -> float:  # fmt: skip
     """Median over ``repeats`` of reference time / candidate time (> 1: the candidate is faster)."""

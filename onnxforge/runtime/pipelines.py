@@ -8,6 +8,7 @@ from .answer import QuestionAnswerer
 from .base import Loaded, Pipeline
 from .classify import Classifier, TokenClassifier
 from .fill import MaskFiller
+from .generate import Generator
 from .text import check_batch_size, check_texts
 
 
@@ -56,4 +57,5 @@ PIPELINES: dict[str, type[Pipeline]] = {
     "token-classify": TokenClassifier,
     "answer": QuestionAnswerer,
     "fill-mask": MaskFiller,
+    "generate": Generator,
 }

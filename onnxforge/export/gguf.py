@@ -1,0 +1,68 @@
+"""GGUF → a cached Hugging Face directory (fp32 PyTorch weights, tokenizer, chat template), converted once.
+
+transformers de-quantizes the GGUF's tensors into a normal PyTorch model (``gguf_file=``; needs ``gguf`` and
+``accelerate``). The tokenizer keeps the GGUF's own ``add_bos_token`` setting, which transformers' conversion drops
+(SmolLM2's says False: its chat template writes every special token itself) and its end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """``$ONNXFORGE_CACHE`` or ``~/.cache/onnxforge``."""
+    return Path(os.environ.get("ONNXFORGE_CACHE") or Path.home() / ".cache" / "onnxforge")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def converted(gguf: Path, digest: str | None = None) -> Path:
+    """The Hugging Face directory for ``gguf``, converting it on first use (into a temp dir, then renamed)."""
+    digest = digest or file_sha256(gguf)
+    target = cache_root() / "gguf" / f"{gguf.stem}-{digest[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        _convert(gguf, work)
+        try:
+            work.rename(target)
+        except OSError:  # another process converted it meanwhile
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    fields = GGUFReader(gguf).fields
+
+    def value(key: str) -> int | None:
+        return int(fields[key].parts[fields[key].data[0]][0]) if key in fields else None
+
+    if (add_bos := value("tokenizer.ggml.add_bos_token")) is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(add_bos)
+    for name in ("bos", "eos"):
+        if (token_id := value(f"tokenizer.ggml.{name}_token_id")) is not None:
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

