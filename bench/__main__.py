@@ -21,6 +21,9 @@ from onnxforge import corpus
 from onnxforge.quantization.metrics import embedding_fidelity
 
 from . import report
+from .decoder import markdown as decoder_markdown
+from .decoder import plot as decoder_plot
+from .decoder import run_decoders
 from .systems import MINILM, ROOT, encoder_systems
 
 RESULTS = ROOT / "bench" / "results"
@@ -90,6 +93,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="256 sentences, 1 repeat: a few minutes")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--providers", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--part", choices=["all", "encoder", "decoder"], default="all")
     args = p.parse_args()
     print("▸ machine: fp32 GEMM rate and memory bandwidth", file=sys.stderr, flush=True)
     probe = subprocess.run([sys.executable, "-m", "bench.machine", str(args.threads)], check=True, cwd=ROOT,
@@ -97,13 +101,31 @@ def main() -> None:
     machine = json.loads(probe.stdout)
     print("▸ preparing the peers' models (once)", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "bench.prepare"], check=True, cwd=ROOT)  # keeps torch out of this process
-    rows = run_encoders(args.quick, args.threads, args.providers, machine)
-    title = f"MiniLM-L6 embeddings, {'256' if args.quick else '1,024'} real sentences, {args.providers}, " \
-            f"{args.threads} threads{' (quick)' if args.quick else ''}"  # fmt: skip
-    table = report.markdown(rows, machine, title)
-    results = {"machine": machine, "encoder": rows, "quick": args.quick, "providers": args.providers}
+    results: dict = {"machine": machine, "quick": args.quick, "providers": args.providers}
+    previous = RESULTS / "results.json"
+    if args.part != "all" and previous.is_file():  # one part re-run: keep the other part's last results
+        kept = json.loads(previous.read_text())
+        tables = kept.get("tables") or {"encoder": (RESULTS / "results.md").read_text()}  # results of before --part
+        results["tables"] = {k: v for k, v in tables.items() if k != args.part}
+        results.update({k: kept[k] for k in ("encoder", "decoder") if k in kept and k != args.part})
+    plots: list[Path] = []
+    if args.part in ("all", "encoder"):
+        rows = run_encoders(args.quick, args.threads, args.providers, machine)
+        title = f"MiniLM-L6 embeddings, {'256' if args.quick else '1,024'} real sentences, {args.providers}, " \
+                f"{args.threads} threads{' (quick)' if args.quick else ''}"  # fmt: skip
+        results.setdefault("tables", {})["encoder"] = report.markdown(rows, machine, title)
+        results["encoder"] = rows
+        plots += report.plots(rows, RESULTS)
+    if args.part in ("all", "decoder"):
+        with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
+            rows = run_decoders(args.quick, args.threads, machine, Path(tmp))
+        results.setdefault("tables", {})["decoder"] = decoder_markdown(
+            rows, f"SmolLM2-135M-Instruct greedy decoding, cpu, {args.threads} threads{' (quick: 64 tokens)' if args.quick else ''}"
+        )
+        results["decoder"] = rows
+        plots.append(decoder_plot(rows, RESULTS))
+    table = "\n".join(results["tables"][k] for k in ("encoder", "decoder") if k in results["tables"])
     report.save(results, table, RESULTS)
-    plots = report.plots(rows, RESULTS)
     print(table)
     print(f"saved {RESULTS / 'results.md'}, results.json, " + ", ".join(p.name for p in plots))
 

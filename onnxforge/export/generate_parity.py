@@ -25,19 +25,19 @@ PROMPTS = (
 
 
 def check(onnx_path: Path, model_dir: Path, texts: list[str], settings: dict, max_abs: float,
-          new_tokens: int = 64) -> dict[str, float | int]:  # fmt: skip
+          new_tokens: int = 64, in_place: bool = False) -> dict[str, float | int]:  # fmt: skip
     """Figures of the graph vs PyTorch; raises :class:`ParityError` naming what missed."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    decoder = Decoder(session, int(settings["max_length"]))
+    decoder = Decoder(session, int(settings["max_length"]), in_place)
     worst, positions = 0.0, 0
     for text in texts:
         ids = tokenizer(text).input_ids[: decoder.context]
         with torch.no_grad():
             reference = model(torch.tensor([ids])).logits[0].numpy()
         half = max(1, len(ids) // 2)
-        cache = decoder.empty()
+        cache = decoder.empty(len(ids))
         ours = [decoder.forward(cache, ids[:half], all_logits=True)]
         ours += [decoder.forward(cache, [token])[None] for token in ids[half:]]
         worst = max(worst, float(np.abs(np.concatenate(ours) - reference).max()))

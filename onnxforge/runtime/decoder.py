@@ -1,8 +1,10 @@
 """The decode loop over a ``generate`` graph: prefill, then one token per step with the KV cache handed on.
 
-The graph takes ``past_key_values.{i}.key/value`` and returns ``present.{i}.key/value``. Between steps the present
-tensors stay onnxruntime values (on the GPU under CUDA) bound straight back as the next step's past through IO
-binding: no copy to numpy, no concatenation in Python. Only the last position's logits come back to the host.
+The graph takes ``past_key_values.{i}.key/value`` and returns ``present.{i}.key/value``. With onnxforge's fused
+graph (GroupQueryAttention) the cache is preallocated once per generation at its final length and bound as both
+past and present: each step writes its new keys and values in place, nothing is copied or concatenated. With a
+traced graph (which concatenates inside) the present tensors stay onnxruntime values (on the GPU under CUDA)
+bound straight back as the next step's past. Only the last position's logits come back to the host.
 """
 
 from __future__ import annotations
@@ -23,15 +25,19 @@ class Cache:
     """One sequence's state: the tokens seen so far and the graph's present key/values for them."""
 
     length: int = 0
+    capacity: int = 0  # tokens the preallocated buffers hold; 0: the graph returns a grown cache each step
     values: dict[str, ort.OrtValue] = field(default_factory=dict)
 
 
 class Decoder:
     """Batch-1 prefill and decode steps over one session; thread-safe as long as each thread has its own Cache."""
 
-    def __init__(self, session: ort.InferenceSession, context: int) -> None:
+    def __init__(self, session: ort.InferenceSession, context: int, in_place: bool = False) -> None:
+        """``in_place``: the graph updates a preallocated cache bound as both past and present (GroupQueryAttention
+        with a shared buffer, as onnxforge's fused graph does)."""
         self.session = session
         self.context = context
+        self.in_place = in_place
         inputs = {i.name: i for i in session.get_inputs()}
         self.past = [name for name in inputs if name.startswith(PAST)]
         if "input_ids" not in inputs or not self.past:
@@ -48,15 +54,20 @@ class Decoder:
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.mask = np.ones((1, context), dtype=np.int64)
 
-    def empty(self) -> Cache:
-        empty = np.zeros(self.kv_shape, dtype=self.kv_dtype)
-        return Cache(0, {name: ort.OrtValue.ortvalue_from_numpy(empty, self.device) for name in self.past})
+    def empty(self, capacity: int) -> Cache:
+        """A cache for up to ``capacity`` tokens (preallocated where the graph updates it in place)."""
+        size = min(capacity, self.context) if self.in_place else 0
+        shape = (*self.kv_shape[:2], size, self.kv_shape[3])
+        values = {
+            name: ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, self.device, 0) for name in self.past
+        }  # fmt: skip
+        return Cache(0, size, values)
 
     def forward(self, cache: Cache, ids: list[int], all_logits: bool = False) -> np.ndarray:
         """Feed ``ids`` after the cache's tokens; returns the last position's logits (or every position's)."""
         start, end = cache.length, cache.length + len(ids)
-        if end > self.context:
-            raise ValueError(f"{end} tokens exceed the model's context of {self.context}")
+        if end > (cache.capacity or self.context):
+            raise ValueError(f"{end} tokens exceed the cache's {cache.capacity or self.context}")
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
         if self.uses_mask:
@@ -67,17 +78,21 @@ class Decoder:
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
         for name in self.past:
-            binding.bind_output(self.present[name], self.device)
+            if cache.capacity:
+                binding.bind_ortvalue_output(self.present[name], cache.values[name])
+            else:
+                binding.bind_output(self.present[name], self.device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        cache.values = {name: outputs[1 + k] for k, name in enumerate(self.past)}
+        if not cache.capacity:
+            cache.values = {name: outputs[1 + k] for k, name in enumerate(self.past)}
         cache.length = end
         logits = outputs[0].numpy()[0]
         return logits if all_logits else logits[-1]
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Teacher-forced logits of every position of ``ids`` from an empty cache: (len(ids), vocab)."""
-        return self.forward(self.empty(), ids, all_logits=True)
+        return self.forward(self.empty(len(ids)), ids, all_logits=True)
 
     def continuation(self, ids: list[int], budget: int, pick: Picker, eos: frozenset[int],
                      prompt_counts: bool = False) -> Iterator[int]:  # fmt: skip
@@ -88,7 +103,7 @@ class Decoder:
         budget = min(budget, self.context - len(ids))
         if budget <= 0:
             return
-        cache = self.empty()
+        cache = self.empty(len(ids) + budget)
         logits = self.forward(cache, ids)
         generated: list[int] = []
         while True:

@@ -30,6 +30,11 @@ class Request:
         return cls(max_new_tokens, Sampling(**sampling), check_stop(stop))  # type: ignore[arg-type]
 
 
+def in_place(graph: dict) -> bool:
+    """Whether a manifest's graph updates its KV cache in place (onnxforge's fused decoder graph)."""
+    return graph.get("builder") == "onnxforge"
+
+
 class Generator(Pipeline):
     """A causal language model with a KV cache. Batch 1 per call; calls may run from several threads at once.
 
@@ -47,7 +52,7 @@ class Generator(Pipeline):
         self.context = int(pre["max_length"])
         self.eos = frozenset(int(i) for i in pre.get("eos_token_ids", []))
         self.chat_template = pre.get("chat")
-        self.decoder = Decoder(loaded.session, self.context)
+        self.decoder = Decoder(loaded.session, self.context, in_place=in_place(loaded.manifest.graph))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Prompt text → token ids; an empty prompt or one that fills the context is an error."""

@@ -1,0 +1,170 @@
+"""Time one decoder in a process of its own: ``python -m bench.decode_worker --system NAME --model DIR --out F``.
+
+Runs in the project's venv or in a peer's own venv (llama.cpp, onnxruntime-genai), so it imports nothing from
+onnxforge at module level. Every system decodes greedily exactly ``n`` new tokens (end-of-sequence ignored) after the
+same chat-formatted prompt text, tokenized by its own tokenizer without added special tokens.
+Figures per run: time to first token (prefill + one token) and decode tokens/s over the remaining n - 1 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+Decode = Callable[[str, int], list[int]]  # (prompt text, n) → n new token ids; calls `mark()` after the first
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.start = self.first = 0.0
+
+    def mark(self) -> None:
+        if not self.first:
+            self.first = time.perf_counter()
+
+
+def _torch(model_dir: Path, threads: int, clock: Clock) -> Decode:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    class Mark(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            clock.mark()
+            return scores
+
+    def decode(prompt: str, n: int) -> list[int]:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 logits_processor=LogitsProcessorList([Mark()]), pad_token_id=2)  # fmt: skip
+        return out[0, ids.input_ids.shape[1] :].tolist()
+
+    return decode
+
+
+def _optimum(model_dir: Path, threads: int, clock: Clock) -> Decode:
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = ORTModelForCausalLM.from_pretrained(model_dir, session_options=options, use_cache=True)
+
+    class Mark(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            clock.mark()
+            return scores
+
+    def decode(prompt: str, n: int) -> list[int]:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 logits_processor=LogitsProcessorList([Mark()]), pad_token_id=2)  # fmt: skip
+        return out[0, ids.input_ids.shape[1] :].tolist()
+
+    return decode
+
+
+def _onnxforge(model_dir: Path, threads: int, clock: Clock) -> Decode:
+    from onnxforge.runtime import load
+    from onnxforge.runtime.decoder import greedy
+
+    generator = load(model_dir, providers="cpu", threads=threads)
+
+    def pick(logits, previous):
+        clock.mark()
+        return greedy(logits, previous)
+
+    def decode(prompt: str, n: int) -> list[int]:
+        ids = generator.encode(prompt, add_special_tokens=False)
+        return list(generator.decoder.continuation(ids, n, pick, eos=frozenset()))
+
+    return decode
+
+
+def _llama_cpp(model_file: Path, threads: int, clock: Clock) -> Decode:
+    from llama_cpp import Llama
+
+    llm = Llama(str(model_file), n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
+
+    def decode(prompt: str, n: int) -> list[int]:
+        llm.reset()
+        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        out = []
+        for token in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            clock.mark()
+            out.append(token)
+            if len(out) == n:
+                break
+        return out
+
+    return decode
+
+
+def _genai(model_dir: Path, threads: int, clock: Clock) -> Decode:
+    import onnxruntime_genai as og
+
+    config = og.Config(str(model_dir))
+    model = og.Model(config)
+    tokenizer = og.Tokenizer(model)
+
+    def decode(prompt: str, n: int) -> list[int]:
+        tokens = tokenizer.encode(prompt)
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(tokens) + n, min_length=len(tokens) + n)
+        generator = og.Generator(model, params)
+        generator.append_tokens(tokens)
+        out = []
+        while len(out) < n and not generator.is_done():
+            generator.generate_next_token()
+            clock.mark()
+            out.append(int(generator.get_next_tokens()[0]))
+        return out
+
+    return decode
+
+
+LOADERS: dict[str, Callable[[Path, int, Clock], Decode]] = {
+    "torch": _torch, "optimum": _optimum, "onnxforge": _onnxforge, "llama.cpp": _llama_cpp, "onnxruntime-genai": _genai,
+}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--loader", required=True, choices=sorted(LOADERS))
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--prompts", type=Path, required=True, help="JSON list of prompt texts")
+    p.add_argument("--lengths", default="64,256")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    prompts = json.loads(args.prompts.read_text())
+    clock = Clock()
+    decode = LOADERS[args.loader](args.model, args.threads, clock)
+    decode(prompts[0], 8)  # warm-up
+    runs = []
+    for n in (int(x) for x in args.lengths.split(",")):
+        for prompt in prompts:
+            clock.first = 0.0
+            clock.start = time.perf_counter()
+            tokens = decode(prompt, n)
+            end = time.perf_counter()
+            runs.append({"new_tokens": n, "generated": len(tokens), "ttft_s": clock.first - clock.start,
+                         "decode_tok_s": (len(tokens) - 1) / (end - clock.first), "tokens": tokens})  # fmt: skip
+    args.out.write_text(json.dumps(runs))
+    os._exit(0)  # llama-cpp-python 0.3.x can crash in its finalizers at exit; the figures are written by now
+
+
+if __name__ == "__main__":
+    main()

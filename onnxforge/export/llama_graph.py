@@ -1,0 +1,148 @@
+"""A decoder graph built from the weights, for Llama-style families: one fused op per job, ~11 nodes a layer.
+
+The general exporter traces PyTorch into ~100 small ops per layer (shape arithmetic, masks, rotary halves, a
+concatenation per cache tensor). At batch 1 a decode step does little arithmetic, so that op count, not the
+weights, sets the speed. Here each layer is: SkipSimplifiedLayerNormalization → one packed QKV MatMul →
+GroupQueryAttention (rotary embedding and the KV-cache append inside) → output MatMul → SkipSimplifiedLayerNorm
+→ one packed gate/up MatMul → Split → SiLU × up → down MatMul. Every weight stays a plain MatMul initializer, so
+weight-only quantization treats it like any other graph. Inputs and outputs are the general exporter's
+(``input_ids``, ``attention_mask``, ``past_key_values.*`` → ``logits``, ``present.*``), so the runtime, the parity
+check and Optimum's ORTModelForCausalLM read both alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MS = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a family calls its tensors and settings; one row per family in ``FAMILIES``."""
+
+    qkv_bias: bool  # Qwen2 has biases on q/k/v
+
+
+FAMILIES: dict[str, Layout] = {"llama": Layout(qkv_bias=False), "qwen2": Layout(qkv_bias=True)}
+
+
+def supported(config: dict) -> bool:
+    """Families this builder covers, without rope scaling or sliding windows it does not implement."""
+    if config.get("model_type") not in FAMILIES or config.get("rope_scaling"):
+        return False
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    if head_dim % 16:  # GroupQueryAttention's CPU kernel needs it
+        return False
+    return not (config.get("use_sliding_window") or config.get("attention_bias") or config.get("mlp_bias"))
+
+
+class _Graph:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.weights: list[onnx.TensorProto] = []
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: list[str] | int, name: str, domain: str = "", **attrs) -> list[str]:
+        names = [f"{name}/out{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=name, domain=domain, **attrs))
+        return names
+
+
+def _rotary_caches(config: dict, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    inv_freq = 1.0 / (float(config.get("rope_theta", 10000.0)) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    angles = np.outer(np.arange(int(config["max_position_embeddings"]), dtype=np.float64), inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def build(model_dir: Path, out: Path, opset: int = 18) -> None:
+    """Write the fused decoder graph of the Hugging Face model at ``model_dir`` to ``out``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir).to_dict()
+    layout = FAMILIES[config["model_type"]]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
+    hidden = int(config["hidden_size"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    eps = float(config["rms_norm_eps"])
+    g = _Graph()
+    cos, sin = _rotary_caches(config, head_dim)
+    cos_cache, sin_cache = g.weight("cos_cache", cos), g.weight("sin_cache", sin)
+
+    # seqlens_k = tokens so far - 1 (per row), total_sequence_length = attention_mask width: what GQA wants.
+    axis1 = g.weight("axis1", np.array([1], dtype=np.int64))
+    one = g.weight("one", np.array([1], dtype=np.int64))
+    (tokens,) = g.op("ReduceSum", ["attention_mask", axis1], 1, "seqlens/sum", keepdims=0)
+    (last,) = g.op("Sub", [tokens, one], 1, "seqlens/sub")
+    (seqlens,) = g.op("Cast", [last], 1, "seqlens/cast", to=TensorProto.INT32)
+    (shape,) = g.op("Shape", ["attention_mask"], 1, "total/shape", start=1, end=2)
+    (total_1d,) = g.op("Cast", [shape], 1, "total/cast", to=TensorProto.INT32)
+    (total,) = g.op("Squeeze", [total_1d], 1, "total/squeeze")
+
+    (x,) = g.op("Gather", [g.weight("model.embed_tokens.weight", state["model.embed_tokens.weight"]), "input_ids"], 1,
+                "/model/embed_tokens/Gather")  # fmt: skip
+    (normed,) = g.op("SimplifiedLayerNormalization", [x, g.weight("norm.0", state["model.layers.0.input_layernorm.weight"])],
+                     ["/model/layers.0/input_layernorm/out"], "/model/layers.0/input_layernorm", axis=-1,
+                     epsilon=eps, stash_type=1)  # fmt: skip
+    residual = x
+    for i in range(int(config["num_hidden_layers"])):
+        p, n = f"model.layers.{i}", f"/model/layers.{i}"
+        qkv_w = np.concatenate([state[f"{p}.self_attn.{k}_proj.weight"] for k in "qkv"]).T
+        (qkv,) = g.op("MatMul", [normed, g.weight(f"{p}.qkv.weight", qkv_w)], 1, f"{n}/attn/qkv_proj/MatMul")
+        if layout.qkv_bias:
+            bias = np.concatenate([state[f"{p}.self_attn.{k}_proj.bias"] for k in "qkv"])
+            (qkv,) = g.op("Add", [qkv, g.weight(f"{p}.qkv.bias", bias)], 1, f"{n}/attn/qkv_proj/Add")
+        attn, _, _ = g.op(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos_cache, sin_cache],
+            [f"{n}/attn/out", f"present.{i}.key", f"present.{i}.value"], f"{n}/attn/GroupQueryAttention", domain=MS,
+            num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0,
+        )  # fmt: skip
+        (o,) = g.op("MatMul", [attn, g.weight(f"{p}.o.weight", state[f"{p}.self_attn.o_proj.weight"].T)], 1,
+                    f"{n}/attn/o_proj/MatMul")  # fmt: skip
+        normed, _, _, residual = g.op(
+            "SkipSimplifiedLayerNormalization", [o, residual, g.weight(f"{p}.post_norm", state[f"{p}.post_attention_layernorm.weight"])],
+            4, f"{n}/post_attention_layernorm", domain=MS, epsilon=eps,
+        )  # fmt: skip
+        gate_up_w = np.concatenate([state[f"{p}.mlp.gate_proj.weight"], state[f"{p}.mlp.up_proj.weight"]]).T
+        (gate_up,) = g.op("MatMul", [normed, g.weight(f"{p}.gate_up.weight", gate_up_w)], 1, f"{n}/mlp/gate_up_proj/MatMul")
+        gate, up = g.op("Split", [gate_up], 2, f"{n}/mlp/Split", axis=-1, num_outputs=2)
+        (sig,) = g.op("Sigmoid", [gate], 1, f"{n}/mlp/act/Sigmoid")
+        (silu,) = g.op("Mul", [gate, sig], 1, f"{n}/mlp/act/Mul")
+        (prod,) = g.op("Mul", [silu, up], 1, f"{n}/mlp/Mul")
+        (down,) = g.op("MatMul", [prod, g.weight(f"{p}.down.weight", state[f"{p}.mlp.down_proj.weight"].T)], 1,
+                       f"{n}/mlp/down_proj/MatMul")  # fmt: skip
+        last_layer = i == int(config["num_hidden_layers"]) - 1
+        gamma = state["model.norm.weight"] if last_layer else state[f"model.layers.{i + 1}.input_layernorm.weight"]
+        name = "/model/norm" if last_layer else f"/model/layers.{i + 1}/input_layernorm"
+        normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [down, residual, g.weight(f"{name}.gamma", gamma)],
+                                      4, name, domain=MS, epsilon=eps)  # fmt: skip
+    head = state.get("lm_head.weight", state["model.embed_tokens.weight"])
+    g.op("MatMul", [normed, g.weight("lm_head.weight", head.T)], ["logits"], "/lm_head/MatMul")
+
+    kv = [helper.make_tensor_value_info(f"{kind}.{i}.{t}", TensorProto.FLOAT,
+                                        ["batch_size", kv_heads, length, head_dim])
+          for kind, length in (("past_key_values", "past_sequence_length"), ("present", "total_sequence_length"))
+          for i in range(int(config["num_hidden_layers"])) for t in ("key", "value")]  # fmt: skip
+    half = len(kv) // 2
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+              *kv[:half]]  # fmt: skip
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", int(config["vocab_size"])]),
+               *kv[half:]]  # fmt: skip
+    graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, g.weights)
+    model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)],
+                                    producer_name="onnxforge")  # fmt: skip
+    model_proto.ir_version = 10
+    onnx.save(model_proto, str(out))
