@@ -48,7 +48,7 @@ bench: artifacts
 # The decoder benchmark's peers, each in a venv of its own (never in the project's): llama-cpp-python (compiles
 # llama.cpp, several minutes) on the same GGUF, and onnxruntime-genai with its model builder (transformers 5.x)
 # and the int4 model it builds from the same converted SmolLM2 directory onnxforge exports from.
-PEERS := .venv-peers
+PEERS := bench/.venv-peers
 GENAI_MODEL := bench/.cache/genai/smollm2-int4
 bench-peers: $(VENV)/.ok
 	test -x $(PEERS)/llama/bin/python || ($(PYTHON) -m venv $(PEERS)/llama && \

