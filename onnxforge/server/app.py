@@ -1,0 +1,300 @@
+"""The ASGI app: OpenAI-shaped routes over loaded artifacts, micro-batched embeddings, bounded generation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..runtime import load
+from ..runtime.base import Pipeline
+from ..runtime.generate import Generator
+from .batching import MicroBatcher, Overloaded
+from .metrics import Metrics
+
+BATCHED_TASKS = ("embed",)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 32  # texts per merged embedding batch
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests
+    max_queue: int = 1024  # texts waiting for a batch; beyond: 503
+    max_inputs: int = 256  # texts in one embeddings request; beyond: 413
+    max_chars: int = 100_000  # characters in one request's texts or prompt; beyond: 413
+    max_generations: int = 2  # generations running at once
+    max_waiting_generations: int = 16  # generations waiting for a slot; beyond: 503
+    threads: int | None = None  # onnxruntime intra-op threads per artifact
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": "1"} if self.status == 503 else None
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+@dataclass
+class Served:
+    """One artifact behind the server: its pipeline and, for embeddings, its batcher."""
+
+    name: str
+    pipeline: Pipeline
+    batcher: MicroBatcher | None = None
+
+
+class Server:
+    def __init__(self, artifacts: list[str | Path], limits: Limits) -> None:
+        self.limits = limits
+        self.models: dict[str, Served] = {}
+        for path in artifacts:
+            pipeline = load(path, threads=limits.threads)
+            name = f"{pipeline.manifest.name}/{pipeline.manifest.variant}"
+            if name in self.models:
+                raise ValueError(f"two artifacts are both named {name!r}")
+            self.models[name] = Served(name, pipeline)
+        self.executor = ThreadPoolExecutor(max_workers=max(2, limits.max_generations + 1), thread_name_prefix="onnxforge")
+        self.metrics = Metrics(lambda: {n: s.batcher.queued for n, s in self.models.items() if s.batcher})
+        self.slots: asyncio.Semaphore | None = None
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        self.slots = asyncio.Semaphore(self.limits.max_generations)
+        for served in self.models.values():
+            if served.pipeline.task in BATCHED_TASKS:
+                served.batcher = MicroBatcher(served.pipeline.embed, self.executor, self.limits.max_batch,
+                                              self.limits.max_wait_ms, self.limits.max_queue, self.metrics.batch)  # fmt: skip
+                served.batcher.start()
+
+    async def shutdown(self) -> None:
+        for served in self.models.values():
+            if served.batcher:
+                await served.batcher.stop()
+        self.executor.shutdown(wait=True)
+
+    def check_room(self) -> None:
+        if self.waiting >= self.limits.max_waiting_generations:
+            raise Overloaded(f"{self.waiting} generations are waiting (limit {self.limits.max_waiting_generations})")
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of ``max_generations`` running places; waiting for it counts against ``max_waiting_generations``."""
+        self.check_room()
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+    def model(self, body: dict, task: str) -> Served:
+        name = body.get("model")
+        if not isinstance(name, str):
+            raise ApiError(400, "'model' is required: one of " + ", ".join(self.models), param="model")
+        served = self.models.get(name)
+        if served is None:
+            raise ApiError(404, f"model {name!r} does not exist; served: {', '.join(self.models)}", param="model")
+        if served.pipeline.task != task:
+            raise ApiError(400, f"model {name!r} is a {served.pipeline.task!r} model, not {task!r}", param="model")
+        return served
+
+
+async def _body(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def _texts(body: dict, limits: Limits) -> list[str]:
+    value = body.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "'input' must be a string or a non-empty list of strings", param="input")
+    if len(texts) > limits.max_inputs:
+        raise ApiError(413, f"{len(texts)} inputs; at most {limits.max_inputs} per request", param="input")
+    if sum(len(t) for t in texts) > limits.max_chars:
+        raise ApiError(413, f"the inputs exceed {limits.max_chars} characters", param="input")
+    return texts
+
+
+def _sampling(body: dict, generator: Generator, prompt_tokens: int) -> dict:
+    """OpenAI request fields → Generator settings (OpenAI's defaults: temperature 1, max_tokens 16)."""
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16))
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and prompt_tokens + max_tokens > generator.context:
+        raise ApiError(400, f"the prompt's {prompt_tokens} tokens + max_tokens {max_tokens} exceed the model's context "
+                            f"of {generator.context}", param="max_tokens")  # fmt: skip
+    return {"max_new_tokens": max_tokens, "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p"),
+            "stop": body.get("stop"), "seed": body.get("seed"), "top_k": body.get("top_k"),
+            "repetition_penalty": body.get("repetition_penalty")}  # fmt: skip
+
+
+def create_app(artifacts: list[str | Path], limits: Limits = Limits()) -> Starlette:
+    server = Server(artifacts, limits)
+
+    def route(path: str, handler, methods: list[str]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            start = time.perf_counter()
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                response = exc.response()
+            except Overloaded as exc:
+                response = ApiError(503, f"overloaded: {exc}; retry later", "server_error").response()
+            except (ValueError, TypeError) as exc:  # the runtime's own checks on settings and prompts
+                response = ApiError(400, str(exc)).response()
+            server.metrics.request(path, response.status_code, time.perf_counter() - start)
+            return response
+
+        return Route(path, endpoint, methods=methods)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "models": list(server.models)})
+
+    async def models(request: Request) -> Response:
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "onnxforge", "task": s.pipeline.task}
+                for n, s in server.models.items()]  # fmt: skip
+        return JSONResponse({"object": "list", "data": data})
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def embeddings(request: Request) -> Response:
+        body = await _body(request)
+        served = server.model(body, "embed")
+        texts = _texts(body, limits)
+        vectors = await served.batcher.submit(texts)
+        tokens = sum(len(e.ids) for e in served.pipeline.encoder.encode(texts))
+        data = [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]
+        return JSONResponse({"object": "list", "data": data, "model": served.name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+
+    async def completions(request: Request) -> Response:
+        body = await _body(request)
+        served = server.model(body, "generate")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise ApiError(400, "'prompt' must be a string", param="prompt")
+        return await _generate(served, body, prompt, served.pipeline.encode(_checked(prompt)), chat=False)
+
+    async def chat_completions(request: Request) -> Response:
+        body = await _body(request)
+        served = server.model(body, "generate")
+        prompt = served.pipeline.chat_prompt(body.get("messages"))
+        return await _generate(served, body, prompt, served.pipeline.encode(_checked(prompt), add_special_tokens=False),
+                               chat=True)  # fmt: skip
+
+    def _checked(prompt: str) -> str:
+        if len(prompt) > limits.max_chars:
+            raise ApiError(413, f"the prompt exceeds {limits.max_chars} characters", param="prompt")
+        return prompt
+
+    async def _generate(served: Served, body: dict, prompt: str, ids: list[int], chat: bool) -> Response:
+        generator: Generator = served.pipeline
+        request = _request(generator, body, len(ids))
+        server.check_room()
+        created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        if body.get("stream"):
+            return StreamingResponse(_events(served, generator, ids, request, chat, rid, created),
+                                     media_type="text/event-stream")  # fmt: skip
+        async with server.slot():
+            tokens, text = await asyncio.get_running_loop().run_in_executor(server.executor, _complete, generator, ids, request)
+        choice = {"index": 0, "finish_reason": _finish(tokens, request), "logprobs": None}
+        choice |= {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+        return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                             "model": served.name, "choices": [choice],
+                             "usage": {"prompt_tokens": len(ids), "completion_tokens": tokens,
+                                       "total_tokens": len(ids) + tokens}})  # fmt: skip
+
+    async def _events(served: Served, generator: Generator, ids: list[int], request, chat: bool, rid: str,
+                      created: int) -> AsyncIterator[str]:  # fmt: skip
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: dict, finish: str | None) -> str:
+            if chat:
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": delta.get("content", ""), "finish_reason": finish, "logprobs": None}
+            return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": served.name,
+                                          "choices": [choice]}) + "\n\n"  # fmt: skip
+
+        loop = asyncio.get_running_loop()
+        async with server.slot():
+            counter = _Counter(generator.tokens(ids, request))
+            pieces = generator.pieces(ids, request, counter)
+            if chat:
+                yield chunk({"role": "assistant"}, None)
+            while (piece := await loop.run_in_executor(server.executor, next, pieces, None)) is not None:
+                yield chunk({"content": piece}, None)
+        yield chunk({}, _finish(counter.n, request))
+        yield "data: [DONE]\n\n"
+
+    app = Starlette(
+        routes=[
+            route("/health", health, ["GET"]), route("/v1/models", models, ["GET"]), route("/metrics", metrics, ["GET"]),
+            route("/v1/embeddings", embeddings, ["POST"]), route("/v1/completions", completions, ["POST"]),
+            route("/v1/chat/completions", chat_completions, ["POST"]),
+        ],
+        lifespan=lambda app: server.lifespan(),
+    )  # fmt: skip
+    app.state.server = server
+    return app
+
+
+def _request(generator: Generator, body: dict, prompt_tokens: int):
+    from ..runtime.generate import Request as GenerationRequest
+
+    settings = _sampling(body, generator, prompt_tokens)
+    return GenerationRequest.check(settings.pop("max_new_tokens"), settings.pop("stop"), **settings)
+
+
+class _Counter:
+    """Counts the tokens an iterator yields."""
+
+    def __init__(self, tokens: Iterator[int]) -> None:
+        self.tokens, self.n = tokens, 0
+
+    def __iter__(self) -> Iterator[int]:
+        for token in self.tokens:
+            self.n += 1
+            yield token
+
+
+def _complete(generator: Generator, ids: list[int], request) -> tuple[int, str]:
+    """(new tokens, text) of one whole generation."""
+    counter = _Counter(generator.tokens(ids, request))
+    text = "".join(generator.pieces(ids, request, counter))
+    return counter.n, text
+
+
+def _finish(tokens: int, request) -> str:
+    return "length" if tokens >= request.max_new_tokens else "stop"

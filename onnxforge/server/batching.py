@@ -1,0 +1,100 @@
+"""Dynamic micro-batching: concurrent requests merged up to a batch size or a wait, run once, split back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Overloaded(RuntimeError):
+    """The queue is full; the client should retry later."""
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future
+
+
+@dataclass
+class MicroBatcher:
+    """Runs ``fn(texts) -> array (len(texts), ...)`` over merged requests, one batch at a time, in ``executor``.
+
+    A batch closes when it holds ``max_batch`` texts or ``max_wait_ms`` after its first request arrived; a request
+    is never split. ``max_queue`` texts may wait; beyond that :class:`Overloaded` is raised at once.
+    """
+
+    fn: Callable[[list[str]], np.ndarray]
+    executor: Executor
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    on_batch: Callable[[int], None] = lambda size: None
+    _pending: list[_Pending] = field(default_factory=list)
+    _queued: int = 0
+    _wake: asyncio.Event | None = None
+    _task: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        while self._pending:
+            await asyncio.sleep(0.005)
+        if self._task:
+            self._task.cancel()
+
+    async def submit(self, texts: list[str]) -> np.ndarray:
+        if self._queued + len(texts) > self.max_queue:
+            raise Overloaded(f"{self._queued} texts are queued (limit {self.max_queue})")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(texts, future))
+        self._queued += len(texts)
+        self._wake.set()
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            deadline = loop.time() + self.max_wait_ms / 1000
+            while sum(len(p.texts) for p in self._pending) < self.max_batch and loop.time() < deadline:
+                await asyncio.sleep(min(0.001, max(0.0, deadline - loop.time())))
+            batch, size = [], 0
+            while self._pending and (not batch or size + len(self._pending[0].texts) <= self.max_batch):
+                item = self._pending.pop(0)
+                batch.append(item)
+                size += len(item.texts)
+            self._queued -= size
+            if self._pending:
+                self._wake.set()
+            await self._run(batch, size)
+
+    async def _run(self, batch: list[_Pending], size: int) -> None:
+        self.on_batch(size)
+        texts = [t for item in batch for t in item.texts]
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, texts)
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        start = 0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(result[start : start + len(item.texts)])
+            start += len(item.texts)
