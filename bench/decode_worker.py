@@ -92,14 +92,14 @@ def _llama_cpp(model_file: Path, threads: int, clock: Clock) -> Decode:
     llm = Llama(str(model_file), n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
 
     def decode(prompt: str, n: int) -> list[int]:
-        llm.reset()
-        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        llm.reset()  # explicit eval/sample steps: generate() crashes (0.3.36) when a run is cut before EOS
+        llm.eval(llm.tokenize(prompt.encode(), add_bos=False, special=True))
         out = []
-        for token in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        while len(out) < n:
+            token = llm.sample(top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0)
             clock.mark()
             out.append(token)
-            if len(out) == n:
-                break
+            llm.eval([token])
         return out
 
     return decode
