@@ -74,9 +74,11 @@ def _onnxforge(model_dir: Path, threads: int, clock: Clock) -> Decode:
     from onnxforge.runtime.decoder import greedy
 
     generator = load(model_dir, providers="cpu", threads=threads)
+    eos = sorted(generator.eos)
 
-    def pick(logits, previous):
+    def pick(logits, previous):  # end-of-sequence masked, as transformers' min_new_tokens does for the others
         clock.mark()
+        logits[eos] = float("-inf")
         return greedy(logits, previous)
 
     def decode(prompt: str, n: int) -> list[int]:
@@ -96,6 +98,7 @@ def _llama_cpp(model_file: Path, threads: int, clock: Clock) -> Decode:
         llm.eval(llm.tokenize(prompt.encode(), add_bos=False, special=True))
         out = []
         while len(out) < n:
+            # No end-of-sequence masking here: a Python logits processor costs llama.cpp ~10% of its speed.
             token = llm.sample(top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0)
             clock.mark()
             out.append(token)

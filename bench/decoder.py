@@ -200,7 +200,8 @@ def markdown(rows: list[dict], title: str) -> str:
               "TTFT: prompt in → first new "
               "token. tok/s: the tokens after the first. weights MB/token: weight bytes each decoded token reads "
               "(embedding tables excluded, one row is read); implied GB/s = that × tok/s (64). greedy = torch: "
-              "share of the 64 greedy tokens equal to torch fp32's before the first difference.")]  # fmt: skip
+              "share of the 64 greedy tokens equal to torch fp32's before the first difference (llama.cpp: its run "
+              "does not mask the end-of-sequence token, so it stops matching where torch's masked one would end).")]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -24,6 +25,10 @@ from .batching import MicroBatcher, Overloaded
 from .metrics import Metrics
 
 BATCHED_TASKS = ("embed",)
+# A merged batch is embedded in length-sorted sub-batches of this size: requests arrive with mixed lengths, and
+# padding 32 of them to the longest cost more than batching saved (MiniLM int8, 2 threads, held-out sentences:
+# 110 sentences/s as one padded batch of 32, 198 in sub-batches of 8, 188 one at a time).
+SUB_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ class Server:
         self.slots = asyncio.Semaphore(self.limits.max_generations)
         for served in self.models.values():
             if served.pipeline.task in BATCHED_TASKS:
-                served.batcher = MicroBatcher(served.pipeline.embed, self.executor, self.limits.max_batch,
+                embed = functools.partial(served.pipeline.embed, batch_size=SUB_BATCH)
+                served.batcher = MicroBatcher(embed, self.executor, self.limits.max_batch,
                                               self.limits.max_wait_ms, self.limits.max_queue, self.metrics.batch)  # fmt: skip
                 served.batcher.start()
 
