@@ -33,13 +33,15 @@ test: $(VENV)/.ok
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-runtime-env
 
-# `pip install .` with no extras into a fresh venv, then embed with an artifact built by the build venv.
+# `pip install .` with no extras into a fresh venv, then embed and generate with artifacts built by the build venv.
 test-runtime-env: $(VENV)/.ok
 	rm -rf $(RUNTIME_VENV) .cache/runtime-env
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) .
 	$(BIN)/python -m tests.tiny_models embed .cache/runtime-env/tiny-embed
-	cd /tmp && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/tests/runtime_env_check.py $(CURDIR)/.cache/runtime-env/tiny-embed
+	$(BIN)/python -m tests.tiny_models generate .cache/runtime-env/tiny-generate
+	cd /tmp && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/tests/runtime_env_check.py \
+		$(CURDIR)/.cache/runtime-env/tiny-embed $(CURDIR)/.cache/runtime-env/tiny-generate
 
 ## Side-by-side benchmark (QUICK=1 for a few minutes); results in bench/results/. Decoder peers: make bench-peers.
 bench: artifacts

@@ -1,7 +1,7 @@
 """Run by `make test-runtime-env` with a venv that has only `pip install .` (onnxruntime, tokenizers, numpy).
 
-Usage: python runtime_env_check.py ARTIFACT_DIR — exits non-zero if a build-time library is importable or
-the artifact does not embed.
+Usage: python runtime_env_check.py EMBED_DIR GENERATE_DIR — exits non-zero if a build-time library is importable,
+the embed artifact does not embed or the generate artifact does not generate, stream and chat.
 """
 
 import importlib.util
@@ -24,5 +24,10 @@ assert vectors.shape == (3, embedder.dim) and vectors.dtype == np.float32, (vect
 assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 assert cli.main(["inspect", sys.argv[1]]) == 0
 assert cli.main(["export", "any-model", "-o", "/tmp/never-written"]) == 2  # says to install the build extra
+generator = load(sys.argv[2])
+text = generator.generate("An edge app", max_new_tokens=12)
+assert isinstance(text, str) and "".join(generator.generate("An edge app", max_new_tokens=12, stream=True)) == text
+assert generator.chat([{"role": "user", "content": "Hi"}], max_new_tokens=4) is not None
+print(f"generate gave {len(text)} characters; ", end="")
 print(f"runtime-only environment OK: {vectors.shape[0]} × {embedder.dim} on {embedder.provider}, "
       f"numpy {np.__version__}, no {', '.join(BUILD_ONLY)}")

@@ -8,9 +8,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from onnxforge import corpus  # noqa: E402
-from onnxforge.runtime import load  # noqa: E402
-from onnxforge.server.distributed import RayEmbedder, embedding_app  # noqa: E402
+from onnxforge import corpus
+from onnxforge.runtime import load
+from onnxforge.server.distributed import RayEmbedder, embedding_app
 
 SENTENCES = 10_240
 

@@ -18,10 +18,10 @@ import pytest
 pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
 
-from onnxforge.runtime import load  # noqa: E402
-from onnxforge.server import Limits, create_app  # noqa: E402
-from onnxforge.server.batching import MicroBatcher, Overloaded  # noqa: E402
-from tests.tiny_models import make_decoder  # noqa: E402
+from onnxforge.runtime import load
+from onnxforge.server import Limits, create_app
+from onnxforge.server.batching import MicroBatcher, Overloaded
+from tests.tiny_models import make_decoder
 
 EMBED, CHAT = "tiny-bert/fp32", "tiny-llama/fp32"
 

@@ -124,8 +124,19 @@ def export_tiny_embed(out: Path) -> Path:
     return out
 
 
+def export_tiny_generate(out: Path) -> Path:
+    """A tiny Llama generate artifact (fused decoder graph, chat template) at ``out``."""
+    from onnxforge.export import export
+
+    source = make_decoder(out.parent / f"{out.name}-source", "llama")
+    export(source, out, "generate", name="tiny-llama")
+    return out
+
+
+EXPORTS = {"embed": export_tiny_embed, "generate": export_tiny_generate}
+
 if __name__ == "__main__":
     kind, target = sys.argv[1], Path(sys.argv[2])
-    if kind != "embed":
-        sys.exit(f"usage: python -m tests.tiny_models embed OUT_DIR (got {kind!r})")
-    print(export_tiny_embed(target))
+    if kind not in EXPORTS:
+        sys.exit(f"usage: python -m tests.tiny_models {'|'.join(EXPORTS)} OUT_DIR (got {kind!r})")
+    print(EXPORTS[kind](target))
