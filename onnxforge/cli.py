@@ -77,10 +77,10 @@ def _lines(path: Path | None) -> list[str] | None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from .quantization import Gate, config_for, quantize
+    from .quantization import Gate, config_for, quantize, weight_only
 
     task = read_manifest(args.input).task
-    if args.to == "int4" or (args.to == "int8" and task == "generate"):
+    if weight_only(args.to, task):
         settings = {"block_size": args.block_size, "symmetric": args.symmetric}
     elif args.to == "int8":
         settings = {

@@ -29,17 +29,22 @@ from .search import greedy, sensitivity
 from .speed import decode_feeds, speed_vs
 from .weights import WeightOnlyConfig, quantize_weights
 
-__all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "WeightOnlyConfig", "config_for", "quantize"]
+__all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "WeightOnlyConfig", "config_for", "quantize", "weight_only"]
 Config = Int8Config | Fp16Config | WeightOnlyConfig
 SENSITIVITY_TEXTS = 64
 
 
+def weight_only(method: str, task: str) -> bool:
+    """Whether ``method`` quantizes weights only for ``task``: int4 always; int8 for decoders, whose decoding is bound
+    by the bytes of weights read per token, not by arithmetic."""
+    return method == "int4" or (method == "int8" and task == "generate")
+
+
 def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
-    """A method ("int8", "int4", "fp16") and task → its config. Decoders quantize weights only, int8 as well as
-    int4: decoding is bound by the bytes of weights read per token, not by arithmetic."""
+    """A method ("int8", "int4", "fp16") and task → its config (see :func:`weight_only`)."""
     if method == "fp16":
         return Fp16Config(**settings)
-    if method == "int4" or (method == "int8" and task == "generate"):
+    if weight_only(method, task):
         return WeightOnlyConfig(bits=4 if method == "int4" else 8, **settings)
     if method == "int8":
         return Int8Config(**settings)

@@ -19,16 +19,14 @@ def _seconds(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) 
 
 def decode_feeds(session: ort.InferenceSession, past: int = 64, steps: int = 32) -> list[dict[str, np.ndarray]]:
     """Feeds of ``steps`` batch-1 decode steps of a ``generate`` graph after ``past`` cached tokens."""
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, np.ndarray] = {"input_ids": np.array([[1]], dtype=np.int64)}
     for spec in session.get_inputs():
         if spec.name.startswith("past_key_values."):
             feeds[spec.name] = np.zeros((1, spec.shape[1], past, spec.shape[3]), dtype=np.float32)
-    names = {spec.name for spec in session.get_inputs()}
-    feeds["input_ids"] = np.array([[1]], dtype=np.int64)
-    if "attention_mask" in names:
-        feeds["attention_mask"] = np.ones((1, past + 1), dtype=np.int64)
-    if "position_ids" in names:
-        feeds["position_ids"] = np.array([[past]], dtype=np.int64)
+        elif spec.name == "attention_mask":
+            feeds[spec.name] = np.ones((1, past + 1), dtype=np.int64)
+        elif spec.name == "position_ids":
+            feeds[spec.name] = np.array([[past]], dtype=np.int64)
     return [feeds] * steps
 
 

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from ..runtime import load
 from ..runtime.base import Pipeline
 from ..runtime.generate import Generator
+from ..runtime.generate import Request as Generation
 from .batching import MicroBatcher, Overloaded
 from .metrics import Metrics
 
@@ -153,15 +154,15 @@ def _texts(body: dict, limits: Limits) -> list[str]:
     return texts
 
 
-def _sampling(body: dict, generator: Generator, prompt_tokens: int) -> dict:
-    """OpenAI request fields → Generator settings (OpenAI's defaults: temperature 1, max_tokens 16)."""
+def _generation(body: dict, generator: Generator, prompt_tokens: int) -> Generation:
+    """OpenAI request fields → checked generation settings (OpenAI's defaults: temperature 1, max_tokens 16)."""
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16))
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and prompt_tokens + max_tokens > generator.context:
         raise ApiError(400, f"the prompt's {prompt_tokens} tokens + max_tokens {max_tokens} exceed the model's context "
                             f"of {generator.context}", param="max_tokens")  # fmt: skip
-    return {"max_new_tokens": max_tokens, "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p"),
-            "stop": body.get("stop"), "seed": body.get("seed"), "top_k": body.get("top_k"),
-            "repetition_penalty": body.get("repetition_penalty")}  # fmt: skip
+    return Generation.check(max_tokens, body.get("stop"), temperature=body.get("temperature", 1.0),
+                            top_p=body.get("top_p"), seed=body.get("seed"), top_k=body.get("top_k"),
+                            repetition_penalty=body.get("repetition_penalty"))  # fmt: skip
 
 
 def create_app(artifacts: list[str | Path], limits: Limits = Limits()) -> Starlette:
@@ -210,26 +211,25 @@ def create_app(artifacts: list[str | Path], limits: Limits = Limits()) -> Starle
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string", param="prompt")
-        return await _generate(served, body, prompt, served.pipeline.encode(_checked(prompt)), chat=False)
+        return await _generate(served, body, served.pipeline.encode(_checked(prompt)), chat=False)
 
     async def chat_completions(request: Request) -> Response:
         body = await _body(request)
         served = server.model(body, "generate")
         prompt = served.pipeline.chat_prompt(body.get("messages"))
-        return await _generate(served, body, prompt, served.pipeline.encode(_checked(prompt), add_special_tokens=False),
-                               chat=True)  # fmt: skip
+        return await _generate(served, body, served.pipeline.encode(_checked(prompt), add_special_tokens=False), chat=True)
 
     def _checked(prompt: str) -> str:
         if len(prompt) > limits.max_chars:
             raise ApiError(413, f"the prompt exceeds {limits.max_chars} characters", param="prompt")
         return prompt
 
-    async def _generate(served: Served, body: dict, prompt: str, ids: list[int], chat: bool) -> Response:
+    async def _generate(served: Served, body: dict, ids: list[int], chat: bool) -> Response:
         generator: Generator = served.pipeline
-        request = _request(generator, body, len(ids))
-        server.check_room()
+        request = _generation(body, generator, len(ids))
         created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
+            server.check_room()  # now, while a 503 can still be sent: the stream takes its slot after the headers
             return StreamingResponse(_events(served, generator, ids, request, chat, rid, created),
                                      media_type="text/event-stream")  # fmt: skip
         async with server.slot():
@@ -241,7 +241,7 @@ def create_app(artifacts: list[str | Path], limits: Limits = Limits()) -> Starle
                              "usage": {"prompt_tokens": len(ids), "completion_tokens": tokens,
                                        "total_tokens": len(ids) + tokens}})  # fmt: skip
 
-    async def _events(served: Served, generator: Generator, ids: list[int], request, chat: bool, rid: str,
+    async def _events(served: Served, generator: Generator, ids: list[int], request: Generation, chat: bool, rid: str,
                       created: int) -> AsyncIterator[str]:  # fmt: skip
         kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -276,13 +276,6 @@ def create_app(artifacts: list[str | Path], limits: Limits = Limits()) -> Starle
     return app
 
 
-def _request(generator: Generator, body: dict, prompt_tokens: int):
-    from ..runtime.generate import Request as GenerationRequest
-
-    settings = _sampling(body, generator, prompt_tokens)
-    return GenerationRequest.check(settings.pop("max_new_tokens"), settings.pop("stop"), **settings)
-
-
 class _Counter:
     """Counts the tokens an iterator yields."""
 
@@ -295,12 +288,12 @@ class _Counter:
             yield token
 
 
-def _complete(generator: Generator, ids: list[int], request) -> tuple[int, str]:
+def _complete(generator: Generator, ids: list[int], request: Generation) -> tuple[int, str]:
     """(new tokens, text) of one whole generation."""
     counter = _Counter(generator.tokens(ids, request))
     text = "".join(generator.pieces(ids, request, counter))
     return counter.n, text
 
 
-def _finish(tokens: int, request) -> str:
+def _finish(tokens: int, request: Generation) -> str:
     return "length" if tokens >= request.max_new_tokens else "stop"
