@@ -8,6 +8,7 @@ import pytest
 from onnxforge import corpus
 from onnxforge.artifact import ArtifactError
 from onnxforge.runtime import load
+from onnxforge.runtime.text import length_sorted_batches
 
 TEXTS = corpus.load()[:40]
 
@@ -30,6 +31,17 @@ def test_length_sorted_batches_come_back_in_input_order(embedder):
     singly = np.stack([embedder.embed([t])[0] for t in mixed])
     np.testing.assert_allclose(batched, singly, atol=1e-5)
     assert len({tuple(np.round(v, 4)) for v in batched}) == len(mixed)  # really different rows
+
+
+def test_batches_keep_padding_within_the_budget_and_cover_every_text():
+    lengths = [40, 9, 10, 38, 11, 12, 100, 10, 9, 39]
+    batches = [list(b) for b in length_sorted_batches(lengths, batch_size=3, max_padding=0.25)]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [6], "100 tokens next to 40 would pad more than a quarter"
+    for b in batches:
+        assert len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 1.25 * sum(lengths[i] for i in b)
+    assert [len(b) for b in batches] == [1, 3, 3, 3]
+    assert [len(b) for b in length_sorted_batches(lengths, batch_size=4, max_padding=100.0)] == [4, 4, 2]
 
 
 def test_empty_input_gives_zero_rows(embedder):

@@ -38,6 +38,8 @@ class SessionConfig:
     inter_op_threads: int = 1
     cpu_mem_arena: bool = True
     graph_optimization: str = "all"  # "disabled" | "basic" | "extended" | "all"
+    # Idle intra-op threads spin for work (fastest alone); off where other threads share the cores (a server).
+    spin: bool = True
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -119,6 +121,8 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     options.inter_op_num_threads = config.inter_op_threads
     options.enable_cpu_mem_arena = config.cpu_mem_arena
     options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
+    if not config.spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's business
     return options
 

@@ -69,11 +69,25 @@ class TextEncoder:
         return self.tokenizer.encode_batch(texts, add_special_tokens=True)
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
-    """Indices grouped into batches of similar length (longest first), so padding stays small."""
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+# A batch closes before padding it to its longest text would add more than this share of real tokens. On CPU a
+# padded token costs as much as a real one, and batching gains less than that (MiniLM int8, 2 threads, random
+# groups of 32 held-out sentences: 160 sentences/s one at a time, 200 in batches of 8, 230-250 with this budget).
+MAX_PADDING = 0.25
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_padding: float = MAX_PADDING) -> Iterator[np.ndarray]:
+    """Indices in batches of at most ``batch_size`` similar lengths (longest first), padding within ``max_padding``."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    start, tokens = 0, 0
+    for end, index in enumerate(order):
+        size = end - start
+        if size and (size == batch_size or (size + 1) * lengths[order[start]] > (tokens + lengths[index]) * (1 + max_padding)):
+            yield order[start:end]
+            start, tokens = end, 0
+        tokens += lengths[index]
+    if len(order):
+        yield order[start:]
 
 
 def pad_batch(
