@@ -64,10 +64,13 @@ def test_models_and_health(served):
 def test_embeddings_with_the_openai_client_match_the_runtime(served):
     base, embedder, _ = served
     texts = ["a first sentence", "and a second, longer one about the weather"]
-    response = _client(base).embeddings.create(model=EMBED, input=texts)
-    got = np.array([d.embedding for d in response.data], dtype=np.float32)
-    np.testing.assert_allclose(got, embedder.embed(texts), atol=1e-6)
-    assert response.usage.prompt_tokens > 0
+    expected = embedder.embed(texts)
+    for encoding in ({}, {"encoding_format": "float"}):  # unless told, the client asks for base64 and decodes it
+        response = _client(base).embeddings.create(model=EMBED, input=texts, **encoding)
+        got = np.array([d.embedding for d in response.data], dtype=np.float32)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    tokens = sum(len(e.ids) for e in embedder.encoder.encode(texts))
+    assert response.usage.prompt_tokens == response.usage.total_tokens == tokens
 
 
 def test_concurrent_embeddings_are_micro_batched_and_split_back(served):
@@ -106,6 +109,7 @@ def test_completions_and_streamed_chat_match_the_runtime(served):
         ("/v1/embeddings", {"model": EMBED, "input": "x" * 5001}, 413, "5000 characters"),
         ("/v1/embeddings", {"model": EMBED, "input": []}, 400, "'input'"),
         ("/v1/embeddings", {"model": CHAT, "input": "x"}, 400, "not 'embed'"),
+        ("/v1/embeddings", {"model": EMBED, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
         ("/v1/completions", {"model": CHAT, "prompt": "hi", "max_tokens": 10_000}, 400, "context"),
         ("/v1/completions", {"model": CHAT, "prompt": "hi", "top_p": 2}, 400, "top_p"),
         ("/v1/chat/completions", {"model": CHAT, "messages": [{"role": "robot", "content": "x"}]}, 400, "robot"),
@@ -127,14 +131,14 @@ def test_malformed_json_is_a_400(served):
 
 def test_a_full_queue_answers_503_with_retry_after():
     async def scenario():
-        slow = MicroBatcher(lambda texts: (time.sleep(0.2), np.zeros((len(texts), 2)))[1], ThreadPoolExecutor(1),
+        slow = MicroBatcher(lambda texts: (time.sleep(0.2), (np.zeros((len(texts), 2)),))[1], ThreadPoolExecutor(1),
                             max_batch=4, max_wait_ms=1, max_queue=4)  # fmt: skip
         slow.start()
         first = asyncio.ensure_future(slow.submit(["a", "b", "c", "d"]))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded, match="limit 4"):
             await slow.submit(["e"])
-        assert (await first).shape == (4, 2)
+        assert (await first)[0].shape == (4, 2)
         await slow.stop()
 
     asyncio.run(scenario())

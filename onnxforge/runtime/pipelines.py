@@ -28,14 +28,17 @@ class Embedder(Pipeline):
         self.dim = int(loaded.manifest.output(self.output).shape[-1])
 
     def embed(self, texts: str | list[str], batch_size: int = 32) -> np.ndarray:
+        return self.embed_counted(texts, batch_size)[0]
+
+    def embed_counted(self, texts: str | list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, tokens per text): the counts servers report as usage, from the one tokenization."""
         items = check_texts(texts)
         batch_size = check_batch_size(batch_size)
         result = np.empty((len(items), self.dim), dtype=np.float32)
-        if not items:
-            return result
-        for index, (vectors,) in self.forward(self.encoder.encode(items), self.encoder.pad_id, [self.output], batch_size):
+        encodings = self.encoder.encode(items) if items else []
+        for index, (vectors,) in self.forward(encodings, self.encoder.pad_id, [self.output], batch_size):
             result[index] = vectors
-        return result
+        return result, np.array([len(e.ids) for e in encodings], dtype=np.int64)
 
 
 class ModuleRunner(Pipeline):

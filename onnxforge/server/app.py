@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -22,14 +24,11 @@ from ..runtime import load
 from ..runtime.base import Pipeline
 from ..runtime.generate import Generator
 from ..runtime.generate import Request as Generation
+from ..runtime.session import SessionConfig
 from .batching import MicroBatcher, Overloaded
 from .metrics import Metrics
 
 BATCHED_TASKS = ("embed",)
-# A merged batch is embedded in length-sorted sub-batches of this size: requests arrive with mixed lengths, and
-# padding 32 of them to the longest cost more than batching saved (MiniLM int8, 2 threads, held-out sentences:
-# 110 sentences/s as one padded batch of 32, 198 in sub-batches of 8, 188 one at a time).
-SUB_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,8 @@ class Server:
         self.limits = limits
         self.models: dict[str, Served] = {}
         for path in artifacts:
-            pipeline = load(path, threads=limits.threads)
+            # no spinning: the event loop and the tokenizers share the cores with onnxruntime's threads
+            pipeline = load(path, config=SessionConfig(threads=limits.threads, spin=False))
             name = f"{pipeline.manifest.name}/{pipeline.manifest.variant}"
             if name in self.models:
                 raise ValueError(f"two artifacts are both named {name!r}")
@@ -91,7 +91,8 @@ class Server:
         self.slots = asyncio.Semaphore(self.limits.max_generations)
         for served in self.models.values():
             if served.pipeline.task in BATCHED_TASKS:
-                embed = functools.partial(served.pipeline.embed, batch_size=SUB_BATCH)
+                # the runtime splits a merged batch by length (runtime.text.MAX_PADDING): padding costs on CPU
+                embed = functools.partial(served.pipeline.embed_counted, batch_size=self.limits.max_batch)
                 served.batcher = MicroBatcher(embed, self.executor, self.limits.max_batch,
                                               self.limits.max_wait_ms, self.limits.max_queue, self.metrics.batch)  # fmt: skip
                 served.batcher.start()
@@ -154,6 +155,17 @@ def _texts(body: dict, limits: Limits) -> list[str]:
     return texts
 
 
+def _vector_encoding(body: dict) -> Callable[[np.ndarray], list[float] | str]:
+    """OpenAI's ``encoding_format``: "float" (a JSON list) or "base64" (little-endian float32 bytes, what the
+    official clients ask for by default: a quarter of the bytes and no float formatting on the server)."""
+    kind = body.get("encoding_format", "float")
+    if kind == "float":
+        return lambda v: v.tolist()
+    if kind == "base64":
+        return lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+    raise ApiError(400, f"encoding_format must be 'float' or 'base64', got {kind!r}", param="encoding_format")
+
+
 def _generation(body: dict, generator: Generator, prompt_tokens: int) -> Generation:
     """OpenAI request fields → checked generation settings (OpenAI's defaults: temperature 1, max_tokens 16)."""
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16))
@@ -199,9 +211,10 @@ def create_app(artifacts: list[str | Path], limits: Limits = Limits()) -> Starle
         body = await _body(request)
         served = server.model(body, "embed")
         texts = _texts(body, limits)
-        vectors = await served.batcher.submit(texts)
-        tokens = sum(len(e.ids) for e in served.pipeline.encoder.encode(texts))
-        data = [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]
+        encode = _vector_encoding(body)
+        vectors, counts = await served.batcher.submit(texts)
+        tokens = int(counts.sum())
+        data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
         return JSONResponse({"object": "list", "data": data, "model": served.name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
 

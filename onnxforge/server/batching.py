@@ -18,17 +18,20 @@ class Overloaded(RuntimeError):
 class _Pending:
     texts: list[str]
     future: asyncio.Future
+    arrived: float  # event-loop time
 
 
 @dataclass
 class MicroBatcher:
-    """Runs ``fn(texts) -> array (len(texts), ...)`` over merged requests, one batch at a time, in ``executor``.
+    """Runs ``fn(texts)`` over merged requests, one batch at a time, in ``executor``; each request gets its rows.
+
+    ``fn`` returns a tuple of arrays whose first axis is ``len(texts)`` (say embeddings and token counts).
 
     A batch closes when it holds ``max_batch`` texts or ``max_wait_ms`` after its first request arrived; a request
     is never split. ``max_queue`` texts may wait; beyond that :class:`Overloaded` is raised at once.
     """
 
-    fn: Callable[[list[str]], np.ndarray]
+    fn: Callable[[list[str]], tuple[np.ndarray, ...]]
     executor: Executor
     max_batch: int = 32
     max_wait_ms: float = 5.0
@@ -54,11 +57,12 @@ class MicroBatcher:
         if self._task:
             self._task.cancel()
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
+    async def submit(self, texts: list[str]) -> tuple[np.ndarray, ...]:
         if self._queued + len(texts) > self.max_queue:
             raise Overloaded(f"{self._queued} texts are queued (limit {self.max_queue})")
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(texts, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append(_Pending(texts, future, loop.time()))
         self._queued += len(texts)
         self._wake.set()
         return await future
@@ -70,7 +74,8 @@ class MicroBatcher:
             self._wake.clear()
             if not self._pending:
                 continue
-            deadline = loop.time() + self.max_wait_ms / 1000
+            # requests that queued behind the previous batch have waited already: they go at once
+            deadline = self._pending[0].arrived + self.max_wait_ms / 1000
             while sum(len(p.texts) for p in self._pending) < self.max_batch and loop.time() < deadline:
                 await asyncio.sleep(min(0.001, max(0.0, deadline - loop.time())))
             batch, size = [], 0
@@ -96,5 +101,5 @@ class MicroBatcher:
         start = 0
         for item in batch:
             if not item.future.done():
-                item.future.set_result(result[start : start + len(item.texts)])
+                item.future.set_result(tuple(part[start : start + len(item.texts)] for part in result))
             start += len(item.texts)
