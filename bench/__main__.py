@@ -27,6 +27,7 @@ from .decoder import run_decoders
 from .systems import MINILM, ROOT, encoder_systems
 
 RESULTS = ROOT / "bench" / "results"
+QUICK_SENTENCES = 128
 PARTS = ("encoder", "decoder", "serve")
 
 
@@ -62,20 +63,21 @@ def _size_mb(path: Path | None) -> float | None:
 
 
 def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> list[dict]:
-    texts = corpus.split(corpus.load()).evaluation[: 256 if quick else 1024]
+    texts = corpus.split(corpus.load()).evaluation[: QUICK_SENTENCES if quick else 1024]
     flops_per_pass = encoder_flops(texts)
     rows = []
     with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
         text_file = Path(tmp) / "texts.json"
         text_file.write_text(json.dumps(texts))
         common = ["--texts", str(text_file), "--threads", str(threads), "--providers", providers]
-        extra = ["--repeats", "1", "--latency-n", "40"] if quick else ["--repeats", "3", "--latency-n", "200"]
+        extra = ["--repeats", "1", "--latency-n", "20"] if quick else ["--repeats", "3", "--latency-n", "200"]
         reference = None
         for index, system in enumerate(encoder_systems()):
             print(f"▸ {system.name}", file=sys.stderr, flush=True)
             out = Path(tmp) / f"{index}.json"
             _worker(["--system", system.name, "--out", str(out), *common, *extra])
-            cold = _worker(["--system", system.name, "--out", str(out) + ".cold", "--cold", *common])
+            # cold start: a process of its own (quick mode leaves it out: one more interpreter start per system)
+            cold = None if quick else _worker(["--system", system.name, "--out", str(out) + ".cold", "--cold", *common])
             row = {"system": system.name, "family": system.family, **json.loads(out.read_text()), "cold_start_s": cold}
             vectors = np.load(out.with_suffix(".npy"))
             reference = vectors if reference is None else reference
@@ -91,7 +93,9 @@ def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> li
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("--quick", action="store_true", help="256 sentences, 1 repeat: a few minutes")
+    p.add_argument("--quick", action="store_true",
+                   help=f"under 3 minutes: {QUICK_SENTENCES} sentences, 1 repeat, no cold starts, 1 prompt × 64 "
+                        "tokens, 300 requests; results in bench/results/quick/")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--providers", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--part", choices=["all", *PARTS], default="all")
@@ -102,38 +106,40 @@ def main() -> None:
     machine = json.loads(probe.stdout)
     print("▸ preparing the peers' models (once)", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "bench.prepare"], check=True, cwd=ROOT)  # keeps torch out of this process
+    out = RESULTS / "quick" if args.quick else RESULTS  # a quick run never overwrites the full results
+    out.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine, "quick": args.quick, "providers": args.providers}
-    previous = RESULTS / "results.json"
+    previous = out / "results.json"
     if args.part != "all" and previous.is_file():  # one part re-run: keep the other part's last results
         kept = json.loads(previous.read_text())
-        tables = kept.get("tables") or {"encoder": (RESULTS / "results.md").read_text()}  # results of before --part
+        tables = kept.get("tables") or {"encoder": (out / "results.md").read_text()}  # results of before --part
         results["tables"] = {k: v for k, v in tables.items() if k != args.part}
         results.update({k: kept[k] for k in PARTS if k in kept and k != args.part})
     plots: list[Path] = []
     if args.part in ("all", "encoder"):
         rows = run_encoders(args.quick, args.threads, args.providers, machine)
-        title = f"MiniLM-L6 embeddings, {'256' if args.quick else '1,024'} real sentences, {args.providers}, " \
+        title = f"MiniLM-L6 embeddings, {QUICK_SENTENCES if args.quick else '1,024'} real sentences, {args.providers}, " \
                 f"{args.threads} threads{' (quick)' if args.quick else ''}"  # fmt: skip
         results.setdefault("tables", {})["encoder"] = report.markdown(rows, machine, title)
         results["encoder"] = rows
-        plots += report.plots(rows, RESULTS)
+        plots += report.plots(rows, out)
     if args.part in ("all", "decoder"):
         with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
             rows = run_decoders(args.quick, args.threads, machine, Path(tmp))
         results.setdefault("tables", {})["decoder"] = decoder_markdown(
-            rows, f"SmolLM2-135M-Instruct greedy decoding, cpu, {args.threads} threads{' (quick: 64 tokens)' if args.quick else ''}"
+            rows, f"SmolLM2-135M-Instruct greedy decoding, cpu, {args.threads} threads{' (quick: 1 prompt)' if args.quick else ''}"
         )
         results["decoder"] = rows
-        plots.append(decoder_plot(rows, RESULTS))
+        plots.append(decoder_plot(rows, out))
     if args.part in ("all", "serve"):
-        rows = serve_load.run(corpus.split(corpus.load()).evaluation, requests=500 if args.quick else 2000,
+        rows = serve_load.run(corpus.split(corpus.load()).evaluation, requests=300 if args.quick else 2000,
                               threads=args.threads)  # fmt: skip
         results.setdefault("tables", {})["serve"] = serve_load.markdown(rows)
         results["serve"] = rows
     table = "\n".join(results["tables"][k] for k in PARTS if k in results["tables"])
-    report.save(results, table, RESULTS)
+    report.save(results, table, out)
     print(table)
-    print(f"saved {RESULTS / 'results.md'}, results.json, " + ", ".join(p.name for p in plots))
+    print(f"saved {out / 'results.md'}, results.json, " + ", ".join(p.name for p in plots))
 
 
 if __name__ == "__main__":
