@@ -86,7 +86,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         settings = {
             "activations": args.activations, "calibration": args.calibration_method, "op_types": tuple(args.op_types),
             "per_channel": not args.per_tensor, "smooth_alpha": args.smooth_alpha, "max_keep": args.max_keep,
-            "keep_as": args.keep_as,
+            "keep_as": args.keep_as, "search_margin": args.search_margin,
         }  # fmt: skip
     else:
         settings = {}
@@ -292,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--smooth-alpha", type=float, help="SmoothQuant migration strength in (0, 1)")
     s.add_argument("--max-keep", type=int, default=0, help="keep up to N most sensitive nodes apart to pass --gate")
     s.add_argument("--keep-as", choices=["int8-block", "fp32"], default="int8-block")
+    s.add_argument("--search-margin", type=float, default=0.0,
+                   help="the search passes a candidate only with each --gate minimum this share closer to 1")
     s.add_argument("--block-size", type=int, default=32, help="int4 / decoder int8: weights per scale")
     s.add_argument("--symmetric", action="store_true", help="int4 / decoder int8: no zero points")
     s.add_argument("--calibration", type=Path, help="calibration/search texts, one per line")
@@ -342,7 +344,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-generations", type=int, default=2, help="generations running at once")
     s.add_argument("--threads", type=int, help="onnxruntime threads per artifact")
     s.set_defaults(run=cmd_serve)
+
+    s = sub.add_parser("triton-repo", help="write a Triton Inference Server model folder (onnxruntime backend)")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True, help="the model repository (created if missing)")
+    s.add_argument("--max-batch", type=int, default=32)
+    s.add_argument("--max-delay-us", type=int, default=5000, help="dynamic batching's max queue delay")
+    s.add_argument("--instances", type=int, default=1, help="model instances (CPU)")
+    s.set_defaults(run=cmd_triton_repo)
     return p
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> None:
+    from .triton import write_repository
+
+    folder = write_repository(args.artifact, args.output, args.max_batch, args.max_delay_us, args.instances)
+    print(f"wrote {folder} (config.pbtxt, 1/{', 1/'.join(sorted(p.name for p in (folder / '1').iterdir()))})")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
