@@ -145,6 +145,21 @@ def test_search_runs_inside_quantize_and_is_reported(tiny_artifact, tmp_path):
     assert len(manifest.quality["sensitivity"]) == 12 and manifest.quality["speed_vs_fp32"] > 0
 
 
+def test_a_search_margin_keeps_more_apart_than_the_held_out_gate_alone_would(outlier_artifact, tmp_path):
+    gate = Gate({"mean_cosine": 0.9, "recall_at_10": 0.8, "perplexity_retention": 1.0})
+    assert gate.tightened(0.5).minimums == pytest.approx({"mean_cosine": 0.95, "recall_at_10": 0.9,
+                                                          "perplexity_retention": 1.0})  # fmt: skip
+    plain = quantize(outlier_artifact, tmp_path / "plain", Int8Config(max_keep=4), Gate({"mean_cosine": 0.9}), texts=EVAL)
+    first = plain.quality["search"][0]
+    assert first["passed"] and plain.precision["kept"] == []
+    margin = 1 - (1 - first["figures"]["mean_cosine"]) / (2 * 0.1)  # the search now wants half 0 kept's error
+    config = Int8Config(max_keep=4, search_margin=margin)
+    strict = quantize(outlier_artifact, tmp_path / "strict", config, Gate({"mean_cosine": 0.9}), texts=EVAL)
+    assert not strict.quality["search"][0]["passed"] and strict.precision["kept"] and strict.quality["passed"]
+    with pytest.raises(ValueError, match="search_margin must be in"):
+        Int8Config(search_margin=1.0)
+
+
 def test_search_that_cannot_pass_reports_and_writes_nothing(tiny_artifact, tmp_path):
     from onnxforge.quantization import GateError
 

@@ -130,9 +130,11 @@ def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: G
 
     wanted = expected(base.task, reference, search_texts)
 
+    search_gate = gate.tightened(config.search_margin)
+
     def judge(path: Path) -> tuple[dict[str, float], bool]:
         figures = measure(base.task, reference, _candidate(reference, path), search_texts, wanted)
-        return figures, not gate.failures(figures)
+        return figures, not search_gate.failures(figures)
 
     with step(f"greedy search on {len(search_texts)} calibration texts: keep up to {config.max_keep} nodes apart"):
         config, steps = greedy(prepared, config, [n for n, _ in ranking], feeds, judge, model)

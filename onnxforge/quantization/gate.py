@@ -30,6 +30,11 @@ class Gate:
             raise ValueError(f"gate names unknown figures {unknown}; this task reports {sorted(figures)}")
         return [f"{name} {figures[name]:.5f} < {low}" for name, low in self.minimums.items() if figures[name] < low]
 
+    def tightened(self, margin: float) -> Gate:
+        """Each minimum m < 1 moved ``margin`` of the way to 1: the search's gate, so that what passes on search
+        text also passes on held-out text, where figures near a minimum land on either side of it."""
+        return Gate({k: m + margin * (1 - m) if m < 1 else m for k, m in self.minimums.items()})
+
     def record(self, figures: dict[str, float]) -> dict[str, object]:
         """The manifest's ``quality`` section: figures, gate and verdict."""
         return {"reference": "fp32", **figures, "gate": dict(self.minimums), "passed": not self.failures(figures)}

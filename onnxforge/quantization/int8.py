@@ -49,6 +49,7 @@ class Int8Config:
     keep: tuple[str, ...] = ()
     keep_as: str = "int8-block"
     max_keep: int = 0
+    search_margin: float = 0.0  # the search's gate: each minimum this share of the way to 1 (Gate.tightened)
     calibration_texts: int = 256
 
     def __post_init__(self) -> None:
@@ -58,6 +59,8 @@ class Int8Config:
             raise ValueError(f"calibration {self.calibration!r}; supported: {', '.join(CALIBRATIONS)}")
         if self.keep_as not in KEEP_AS:
             raise ValueError(f"keep_as {self.keep_as!r}; supported: {', '.join(KEEP_AS)}")
+        if not 0 <= self.search_margin < 1:
+            raise ValueError(f"search_margin must be in [0, 1), got {self.search_margin}")
         if self.smooth_alpha is not None and not 0 < self.smooth_alpha < 1:
             raise ValueError(f"smooth_alpha must be in (0, 1), got {self.smooth_alpha}")
 
