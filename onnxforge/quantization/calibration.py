@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from ..runtime.base import Loaded
-from ..runtime.text import length_sorted_batches, pad_batch
+from ..runtime.text import MAX_PADDING, length_sorted_batches, pad_batch
 
 
 def text_feeds(loaded: Loaded, texts: list[str], batch_size: int = 32, same_width: bool = False) -> list[dict[str, np.ndarray]]:
@@ -22,7 +23,8 @@ def text_feeds(loaded: Loaded, texts: list[str], batch_size: int = 32, same_widt
     width = max(len(e.ids) for e in encodings) if same_width else None
     return [
         pad_batch([encodings[i] for i in index], encoder.pad_id, loaded.input_names, width)
-        for index in length_sorted_batches([len(e.ids) for e in encodings], batch_size)
+        # one width for all: the padding budget has nothing to save, and batches of one size stack
+        for index in length_sorted_batches([len(e.ids) for e in encodings], batch_size, math.inf if same_width else MAX_PADDING)
     ]
 
 
