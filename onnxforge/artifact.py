@@ -221,6 +221,13 @@ def publish(stage: Path, manifest: Manifest, final: str | os.PathLike[str]) -> P
     if manifest.model_file not in manifest.files:
         raise ArtifactError(f"{stage}: the staged artifact has no {manifest.model_file}")
     _write_synced(stage / MANIFEST, manifest.to_json())
+    return swap_in(stage, target)
+
+
+def swap_in(stage: Path, final: str | os.PathLike[str]) -> Path:
+    """Move a complete staged directory to ``final``, an existing one renamed aside first and deleted after, so a
+    reader sees the old or the new directory, never none (:func:`recover` puts an aside copy back if killed)."""
+    target = Path(final)
     old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     if target.exists():
         os.replace(target, old)

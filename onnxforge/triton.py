@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .artifact import Manifest, TensorSpec, read_manifest, staging
+from .artifact import Manifest, TensorSpec, read_manifest, staging, swap_in
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                 "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}  # fmt: skip
@@ -62,7 +62,4 @@ def write_repository(artifact: str | os.PathLike[str], out: str | os.PathLike[st
             shutil.copy2(source / file, where / file)
         shutil.copy2(source / "manifest.json", stage / "manifest.json")
         (stage / "config.pbtxt").write_text(config)  # last: a folder with a config is a complete one
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(stage, target)
-    return target
+        return swap_in(stage, target)

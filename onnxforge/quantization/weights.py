@@ -77,11 +77,10 @@ def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             if n.op_type == "MatMul" and n.input[1] in initializers}  # fmt: skip
 
 
-def refit(model: onnx.ModelProto, weights: dict[str, np.ndarray], block_size: int) -> int:
+def refit(model: onnx.ModelProto, weights: dict[str, np.ndarray], block_size: int) -> None:
     """Re-derive the blocks of each MatMulNBits made from ``weights`` (ORT's quantizer made the graph): asymmetric
-    4-bit by :func:`fit_blocks`, symmetric 8-bit by :func:`fit_symmetric_int8`; returns how many were refit."""
+    4-bit by :func:`fit_blocks`, symmetric 8-bit by :func:`fit_symmetric_int8`."""
     initializers = {t.name: t for t in model.graph.initializer}
-    refit = 0
     for node in model.graph.node:
         bits = next((a.i for a in node.attribute if a.name == "bits"), None)
         source = node.name.removesuffix(f"_Q{bits}")
@@ -97,8 +96,6 @@ def refit(model: onnx.ModelProto, weights: dict[str, np.ndarray], block_size: in
         for name, value in zip(node.input[1:], fitted):
             dims = tuple(initializers[name].dims)
             initializers[name].CopyFrom(numpy_helper.from_array(value.reshape(dims), name))
-        refit += 1
-    return refit
 
 
 def fit_symmetric_int8(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
