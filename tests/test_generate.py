@@ -234,6 +234,21 @@ def test_int4_weights_pass_their_gate_and_a_missed_gate_writes_nothing(decoder, 
     assert not (tmp_path / "tiny-llama" / "int4-strict").exists()
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_fp16_decoders_load_and_decode_as_fp32_does(decoder, family, tmp_path):
+    """The fp16 pass repeats the Cast of a tensor that several fp32-kept nodes read (Llama: the embedding Gather;
+    GPT-2: a LayerNorm bias), which onnxruntime refused as duplicate node names."""
+    from onnxforge.quantization import Fp16Config, Gate, quantize
+
+    _, artifact = decoder(family)
+    out = tmp_path / f"tiny-{family}" / "fp16"
+    manifest = quantize(artifact, out, Fp16Config(), Gate({"next_token_agreement": 0.99}))
+    assert manifest.precision["weights"] == "float16" and manifest.quality["passed"]
+    fp32, fp16 = load(artifact, providers="cpu"), load(out, providers="cpu")
+    for prompt in PROMPTS:
+        assert fp16.generate(prompt, max_new_tokens=16) == fp32.generate(prompt, max_new_tokens=16)
+
+
 def test_cli_generate_streams_and_chat_answers_each_line(decoder, capsys, monkeypatch):
     import io
 

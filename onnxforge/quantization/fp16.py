@@ -2,7 +2,8 @@
 
 The conversion is onnxconverter-common's float16 pass as vendored and maintained in onnxruntime.transformers
 (``OnnxModel.convert_float_to_float16``): onnxconverter-common 1.16 itself emits a duplicate ``_output_cast_0``
-on fused graphs with two outputs, which onnxruntime refuses. Normalisations, reductions, softmax and pow/exp
+on fused graphs with two outputs, which onnxruntime refuses; this one repeats casts of a tensor read by several
+blocked nodes (:func:`_drop_repeated_casts`). Normalisations, reductions, softmax and pow/exp
 stay fp32 (``FRAGILE_OPS``): their intermediate squares and sums overflow fp16's 65,504 on large activations.
 """
 
@@ -69,5 +70,21 @@ def to_fp16(src: Path, dst: Path, block: tuple[str, ...] = FRAGILE_OPS) -> None:
         model.convert_float_to_float16(
             keep_io_types=True, op_block_list=list(block), node_block_list=sandwiched(model.model, block)
         )
+    _drop_repeated_casts(model.model.graph)
     model.topological_sort()  # the pass appends its Cast nodes at the end; strict evaluators need order
     onnx.save(model.model, str(dst))
+
+
+def _drop_repeated_casts(graph: onnx.GraphProto) -> None:
+    """The pass inserts one Cast per blocked reader of a tensor, all with the same name and output (decoders: the
+    embedding Gather read by two blocked nodes), which onnxruntime refuses: keep the first of each."""
+    seen: set[tuple[str, ...]] = set()
+    kept = []
+    for node in graph.node:
+        key = (node.op_type, *node.input, "->", *node.output)
+        if node.op_type == "Cast" and key in seen:
+            continue
+        seen.add(key)
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
