@@ -15,6 +15,7 @@ from onnxforge.runtime.session import (
     available_cpus,
     cgroup_cpu_limit,
     default_threads,
+    provider_entries,
     resolve_providers,
 )  # fmt: skip
 
@@ -44,6 +45,17 @@ def test_cuda_requested_without_onnxruntime_gpu_names_what_is_installed():
 def test_malformed_provider_requests(bad):
     with pytest.raises(ValueError):
         resolve_providers(bad, CPU_ONLY)
+
+
+def test_cuda_attention_avoids_cudnn_unless_asked():
+    """cuDNN flash attention re-plans per new shape (~40 ms on an H100): off by default, and only CUDA gets options."""
+    entries = provider_entries([CUDA, CPU], SessionConfig())
+    (name, options), cpu = entries
+    assert name == CUDA and cpu == CPU
+    allowed = int(options["sdpa_kernel"])
+    assert allowed & 0x8 == 0 and allowed & 0x2 and allowed & 0x1  # cuDNN out; memory-efficient and flash in
+    assert provider_entries([CUDA, CPU], SessionConfig(cudnn_attention=True)) == [CUDA, CPU]
+    assert provider_entries([CPU], SessionConfig()) == [CPU]
 
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this machine has onnxruntime-gpu")

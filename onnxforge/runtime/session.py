@@ -7,6 +7,7 @@ requested provider that is not installed, or that the session silently dropped, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -21,6 +22,8 @@ log = logging.getLogger("onnxforge")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 ALIASES = {"cpu": [CPU], "cuda": [CUDA, CPU]}
+# onnxruntime's attention backends (the CUDA provider's ``sdpa_kernel`` bit flags), cuDNN flash attention = 8
+SDPA_ALL, SDPA_CUDNN = 0x1FF, 0x8
 THREADS_ENV = "ONNXFORGE_NUM_THREADS"
 Providers = str | Sequence[str]
 
@@ -40,6 +43,9 @@ class SessionConfig:
     graph_optimization: str = "all"  # "disabled" | "basic" | "extended" | "all"
     # Idle intra-op threads spin for work (fastest alone); off where other threads share the cores (a server).
     spin: bool = True
+    # CUDA: let attention use cuDNN's flash kernel, which builds a plan for every new input shape (~40 ms each on
+    # an H100, measured) and only then runs fast; worth it for fixed shapes, not for text of any length.
+    cudnn_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -132,6 +138,8 @@ def create_session(model: Path, config: SessionConfig = SessionConfig()) -> ort.
     available = ort.get_available_providers()
     auto = isinstance(config.providers, str) and config.providers.lower() == "auto"
     names = resolve_providers(config.providers, available)
+    if CUDA in names:
+        _load_cuda_libraries()
     session = _open(model, names, config)
     landed = session.get_providers()
     if names[0] not in landed:
@@ -143,8 +151,25 @@ def create_session(model: Path, config: SessionConfig = SessionConfig()) -> ort.
     return session
 
 
+def provider_entries(names: list[str], config: SessionConfig) -> list[str | tuple[str, dict[str, str]]]:
+    """Provider names as onnxruntime takes them, with CUDA's options."""
+    if config.cudnn_attention:
+        return list(names)
+    cuda = {"sdpa_kernel": str(SDPA_ALL & ~SDPA_CUDNN)}
+    return [(name, cuda) if name == CUDA else name for name in names]
+
+
+@functools.cache
+def _load_cuda_libraries() -> None:
+    """onnxruntime-gpu finds pip-installed CUDA and cuDNN (the nvidia-* wheels) only once they are loaded, which
+    ``import torch`` does as a side effect: an app that ships the runtime without torch loads them here."""
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+
+
 def _open(model: Path, names: list[str], config: SessionConfig) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(model), sess_options=session_options(config), providers=names)
+        return ort.InferenceSession(str(model), sess_options=session_options(config),
+                                    providers=provider_entries(names, config))  # fmt: skip
     except Exception as exc:  # onnxruntime raises its own untyped errors: name the file and the cause
         raise RuntimeError(f"{model}: onnxruntime could not load the model: {exc}") from exc
