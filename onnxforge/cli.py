@@ -86,7 +86,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         settings = {
             "activations": args.activations, "calibration": args.calibration_method, "op_types": tuple(args.op_types),
             "per_channel": not args.per_tensor, "smooth_alpha": args.smooth_alpha, "max_keep": args.max_keep,
-            "keep_as": args.keep_as, "search_margin": args.search_margin,
+            "keep_as": args.keep_as, "search_margin": args.search_margin, "weight_rounding": args.weight_rounding,
         }  # fmt: skip
     else:
         settings = {}
@@ -287,7 +287,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--gate", action="append", default=[], metavar="FIGURE=MIN", help="e.g. mean_cosine=0.99")
     s.add_argument("--op-types", nargs="+", default=["MatMul"])
     s.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per channel")
-    s.add_argument("--activations", choices=["dynamic", "static"], default="dynamic")
+    s.add_argument("--activations", choices=["dynamic", "static", "per-token"], default="dynamic",
+                   help="int8 activation scales: per tensor at run time, calibrated (QDQ), or per token at run time")
+    s.add_argument("--weight-rounding", choices=["nearest", "gptq"], default="nearest",
+                   help="gptq: error-compensating int8 rounding on calibration inputs")
     s.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")
     s.add_argument("--smooth-alpha", type=float, help="SmoothQuant migration strength in (0, 1)")
     s.add_argument("--max-keep", type=int, default=0, help="keep up to N most sensitive nodes apart to pass --gate")

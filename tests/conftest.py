@@ -48,3 +48,27 @@ def _built(tmp_path_factory, model: str, variants: tuple[str, ...] | None = None
     wanted = [v.key for v in parse(ROOT / "artifacts.toml") if v.model == model and v.name in (variants or (v.name,))]
     build(ROOT / "artifacts.toml", root, only=wanted)
     return root
+
+
+@pytest.fixture(scope="session")
+def outlier_artifact(tmp_path_factory, tiny_source):
+    """The tiny BERT with a few hidden channels scaled up 40x in every LayerNorm: the activation outliers
+    real transformers have and random weights lack, which make per-tensor int8 activations lossy."""
+    import torch
+    from transformers import AutoModel
+
+    from onnxforge.export import ExportConfig, Tolerance, export
+
+    root = tmp_path_factory.mktemp("outliers")
+    model = AutoModel.from_pretrained(tiny_source)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight[:3] *= 40.0
+    model.save_pretrained(root / "source")
+    for path in tiny_source.iterdir():
+        if path.suffix in (".json", ".txt") and path.name != "config.json":
+            (root / "source" / path.name).write_bytes(path.read_bytes())
+    out = root / "outliers" / "fp32"
+    export(root / "source", out, "embed", name="outliers", config=ExportConfig(tolerance=Tolerance(max_abs=1e-3)))
+    return out

@@ -44,3 +44,12 @@ def test_only_builds_the_named_variant(tmp_path, tiny_source):
     results = build(recipe, tmp_path / "out", only=["tiny/fp32"])
     assert [v.key for v, _, _ in results] == ["tiny/fp32"]
     assert not (tmp_path / "out" / "tiny" / "int8").exists()
+
+
+def test_recipe_int8_keys_are_exactly_the_int8_config_fields():
+    from dataclasses import fields
+
+    from onnxforge.build import INT8_KEYS
+    from onnxforge.quantization import Int8Config
+
+    assert INT8_KEYS == {f.name for f in fields(Int8Config)}

@@ -85,30 +85,6 @@ def test_smoothing_keeps_the_float_function(tiny_artifact, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def outlier_artifact(tmp_path_factory, tiny_source):
-    """The tiny BERT with a few hidden channels scaled up 40x in every LayerNorm: the activation outliers
-    real transformers have and random weights lack, which make per-tensor int8 activations lossy."""
-    import torch
-    from transformers import AutoModel
-
-    from onnxforge.export import ExportConfig, Tolerance, export
-
-    root = tmp_path_factory.mktemp("outliers")
-    model = AutoModel.from_pretrained(tiny_source)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight[:3] *= 40.0
-    model.save_pretrained(root / "source")
-    for path in tiny_source.iterdir():
-        if path.suffix in (".json", ".txt") and path.name != "config.json":
-            (root / "source" / path.name).write_bytes(path.read_bytes())
-    out = root / "outliers" / "fp32"
-    export(root / "source", out, "embed", name="outliers", config=ExportConfig(tolerance=Tolerance(max_abs=1e-3)))
-    return out
-
-
 def test_smoothing_helps_int8_on_activation_outliers(outlier_artifact, tmp_path):
     plain = quantize(outlier_artifact, tmp_path / "plain", Int8Config(), Gate(), texts=EVAL)
     smooth = quantize(outlier_artifact, tmp_path / "smooth", Int8Config(smooth_alpha=0.7), Gate(), texts=EVAL)

@@ -12,7 +12,7 @@ from ..artifact import TensorSpec
 FUSED_OPS = (
     "Attention", "MultiHeadAttention", "GroupQueryAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
     "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu",
-    "Gelu", "RotaryEmbedding", "QAttention", "QEmbedLayerNormalization", "MatMulNBits",
+    "Gelu", "RotaryEmbedding", "QAttention", "QEmbedLayerNormalization", "MatMulNBits", "MatMulIntegerToFloat",
 )  # fmt: skip
 
 

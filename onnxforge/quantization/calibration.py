@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +29,41 @@ def text_feeds(loaded: Loaded, texts: list[str], batch_size: int = 32, same_widt
     ]
 
 
-def activation_absmax(model: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Largest |value| of each last-axis channel of the tensors ``names`` over real (unpadded) tokens."""
+def _real_rows(model: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, [tokens, channels]) of the tensors ``names`` for each feed, real (unpadded) tokens only."""
     graph = onnx.load(str(model))
     for name in names:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    result: dict[str, np.ndarray] = {}
     for feed in feeds:
         real = feed["attention_mask"].astype(bool)
         for name, value in zip(names, session.run(names, feed)):
-            rows = value[real] if value.shape[:2] == real.shape else value.reshape(-1, value.shape[-1])
-            peak = np.abs(rows).max(axis=0)
-            result[name] = np.maximum(result[name], peak) if name in result else peak
+            yield name, value[real] if value.shape[:2] == real.shape else value.reshape(-1, value.shape[-1])
+
+
+def activation_absmax(model: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Largest |value| of each last-axis channel of the tensors ``names`` over real (unpadded) tokens."""
+    result: dict[str, np.ndarray] = {}
+    for name, rows in _real_rows(model, names, feeds):
+        peak = np.abs(rows).max(axis=0)
+        result[name] = np.maximum(result[name], peak) if name in result else peak
+    return result
+
+
+def activation_range(model: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(smallest, largest) value of each last-axis channel of the tensors ``names`` over real tokens."""
+    result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, rows in _real_rows(model, names, feeds):
+        low, high = rows.min(axis=0), rows.max(axis=0)
+        result[name] = (np.minimum(result[name][0], low), np.maximum(result[name][1], high)) if name in result else (low, high)
+    return result
+
+
+def activation_gram(model: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``Xᵀ X`` (float64, channels × channels) of each tensor in ``names`` over real tokens: the Hessian of a
+    layer's squared output error with respect to its weights, up to a factor 2."""
+    result: dict[str, np.ndarray] = {}
+    for name, rows in _real_rows(model, names, feeds):
+        rows = rows.astype(np.float64)
+        result[name] = result[name] + rows.T @ rows if name in result else rows.T @ rows
     return result
