@@ -80,11 +80,11 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from .quantization import Gate, config_for, quantize, weight_only
 
     task = read_manifest(args.input).task
-    if weight_only(args.to, task):
+    if weight_only(args.to, task, {"activations": args.activations} if args.activations else {}):
         settings = {"block_size": args.block_size, "symmetric": args.symmetric}
     elif args.to == "int8":
         settings = {
-            "activations": args.activations, "calibration": args.calibration_method, "op_types": tuple(args.op_types),
+            "activations": args.activations or "dynamic", "calibration": args.calibration_method, "op_types": tuple(args.op_types),
             "per_channel": not args.per_tensor, "smooth_alpha": args.smooth_alpha, "max_keep": args.max_keep,
             "keep_as": args.keep_as, "search_margin": args.search_margin, "weight_rounding": args.weight_rounding,
         }  # fmt: skip
@@ -287,8 +287,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--gate", action="append", default=[], metavar="FIGURE=MIN", help="e.g. mean_cosine=0.99")
     s.add_argument("--op-types", nargs="+", default=["MatMul"])
     s.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per channel")
-    s.add_argument("--activations", choices=["dynamic", "static", "per-token"], default="dynamic",
-                   help="int8 activation scales: per tensor at run time, calibrated (QDQ), or per token at run time")
+    s.add_argument("--activations", choices=["dynamic", "static", "per-token"],
+                   help="int8 activation scales: per tensor at run time (default), calibrated (QDQ), or per token at "
+                        "run time; naming one makes a generate artifact's int8 quantize activations too")
     s.add_argument("--weight-rounding", choices=["nearest", "gptq"], default="nearest",
                    help="gptq: error-compensating int8 rounding on calibration inputs")
     s.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")

@@ -37,10 +37,18 @@ def weight():
     return np.random.default_rng(0).normal(size=(K, N)).astype(np.float32)
 
 
-def _per_token(tmp_path, weight, shift=None, opset=18):
+def _shifts(x):
+    """The input's shift as prepare() calibrates it (on ``x`` itself), if the unsigned grid is finer."""
+    rows = x.reshape(-1, K)
+    shift = unsigned_shift(rows.min(axis=0), rows)
+    return {} if shift is None else {"x": shift}
+
+
+def _per_token(tmp_path, weight, x, opset=18):
+    """The MatMul rewritten per token, calibrated on ``x`` itself."""
     _matmul_model(tmp_path / "float.onnx", weight, opset)
     model = onnx.load(str(tmp_path / "float.onnx"))
-    per_token_int8(model, {"proj"}, {"x": shift} if shift is not None else None)
+    per_token_int8(model, {"proj"}, _shifts(x))
     onnx.save(model, str(tmp_path / "token.onnx"))
     return tmp_path / "token.onnx"
 
@@ -53,7 +61,7 @@ def _relative_error(got, want):
 def test_one_outlier_token_coarsens_per_tensor_int8_but_not_per_token(tmp_path, weight, opset):
     x = np.random.default_rng(1).normal(size=(2, 16, K)).astype(np.float32)
     x[0, 3] *= 300.0  # one token (think [SEP]) far larger than the rest of the batch
-    token = _per_token(tmp_path, weight, opset=opset)
+    token = _per_token(tmp_path, weight, x, opset)
     assert op_counts(token)["MatMulIntegerToFloat"] == 1 and "MatMul" not in op_counts(token)
     quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "tensor.onnx"), per_channel=True,
                      weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True})  # fmt: skip
@@ -62,25 +70,48 @@ def test_one_outlier_token_coarsens_per_tensor_int8_but_not_per_token(tmp_path, 
     others[0, 3] = False
     per_token = _relative_error(_run(token, x)[others], want[others])
     per_tensor = _relative_error(_run(tmp_path / "tensor.onnx", x)[others], want[others])
-    assert per_token < 0.02 < per_tensor
-    assert _relative_error(_run(token, x)[0, 3], want[0, 3]) < 0.02  # the outlier token itself stays right too
+    assert per_token < 0.03 < per_tensor
+    assert _relative_error(_run(token, x)[0, 3], want[0, 3]) < 0.03  # the outlier token itself stays right too
 
 
-def test_non_negative_inputs_get_the_unsigned_grid_and_half_the_error(tmp_path, weight):
+def test_the_shift_is_folded_into_the_next_bias_or_subtracted(tmp_path, weight):
+    """MatMul → BiasGelu: c·W leaves through BiasGelu's bias, no extra node; a bare MatMul output gets a Sub."""
+    x = np.maximum(np.random.default_rng(2).normal(size=(4, 32, K)), -0.17).astype(np.float32)  # GELU-like
+    bias = np.random.default_rng(3).normal(size=N).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="proj"),
+         helper.make_node("BiasGelu", ["h", "b"], ["y"], domain="com.microsoft")], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=9)  # fmt: skip
+    onnx.save(model, str(tmp_path / "gelu.onnx"))
+    assert _shifts(x)  # GELU-like: the unsigned grid
+    per_token_int8(model, {"proj"}, _shifts(x))
+    onnx.save(model, str(tmp_path / "gelu-token.onnx"))
+    assert "Sub" not in op_counts(tmp_path / "gelu-token.onnx")
+    assert _relative_error(_run(tmp_path / "gelu-token.onnx", x), _run(tmp_path / "gelu.onnx", x)) < 0.02
+    bare = _per_token(tmp_path, weight, x)
+    assert op_counts(bare)["Sub"] == 1
+    assert _relative_error(_run(bare, x), _run(tmp_path / "float.onnx", x)) < 0.02
+
+
+def test_the_unsigned_grid_is_chosen_only_where_it_is_finer(tmp_path, weight):
     weight = np.round(weight / column_scales(weight)) * column_scales(weight)  # on its grid: activation error only
-    rng = np.random.default_rng(2)
-    normal = rng.normal(size=(4, 32, K)).astype(np.float32)
-    gelu_like = np.maximum(normal, -0.17) * 3.0  # ≥ -0.51, long positive tail
-    low, high = gelu_like.reshape(-1, K).min(axis=0), gelu_like.reshape(-1, K).max(axis=0)
-    shift = unsigned_shift(low, high)
-    assert shift is not None and (shift >= 0).all()
-    flat = normal.reshape(-1, K)
-    assert unsigned_shift(flat.min(axis=0), flat.max(axis=0)) is None  # symmetric: the signed grid is as fine
-    signed_model = _per_token(tmp_path, weight)
-    want = _run(tmp_path / "float.onnx", gelu_like)
-    signed = _relative_error(_run(signed_model, gelu_like), want)
-    unsigned = _relative_error(_run(_per_token(tmp_path, weight, shift), gelu_like), want)
-    assert unsigned < 0.7 * signed
+    normal = np.random.default_rng(4).normal(size=(4, 32, K)).astype(np.float32)
+    assert not _shifts(normal)  # symmetric: the signed grid is as fine
+    outlier = normal.copy()
+    outlier[0, 3] *= -300.0  # a negative outlier would stretch every row's shifted range
+    assert not _shifts(outlier)
+    gelu_like = np.maximum(normal, -0.17) * 3.0
+    want = _run(_per_token(tmp_path, weight, gelu_like), gelu_like)
+    model = onnx.load(str(tmp_path / "float.onnx"))
+    per_token_int8(model, {"proj"})  # the same input forced onto the signed grid
+    onnx.save(model, str(tmp_path / "signed.onnx"))
+    exact = _run(tmp_path / "float.onnx", gelu_like)
+    assert _relative_error(want, exact) < 0.7 * _relative_error(_run(tmp_path / "signed.onnx", gelu_like), exact)
 
 
 def test_a_missing_node_is_named(tmp_path, weight):

@@ -25,7 +25,7 @@ from .calibration import text_feeds
 from .fp16 import Fp16Config, to_fp16
 from .gate import Gate, GateError, expected, measure
 from .int8 import Int8Config, finish, prepare
-from .search import greedy, sensitivity
+from .search import Step, greedy, sensitivity
 from .speed import decode_feeds, speed_vs
 from .weights import WeightOnlyConfig, quantize_weights
 
@@ -34,17 +34,17 @@ Config = Int8Config | Fp16Config | WeightOnlyConfig
 SENSITIVITY_TEXTS = 64
 
 
-def weight_only(method: str, task: str) -> bool:
+def weight_only(method: str, task: str, settings: dict[str, object] | None = None) -> bool:
     """Whether ``method`` quantizes weights only for ``task``: int4 always; int8 for decoders, whose decoding is bound
-    by the bytes of weights read per token, not by arithmetic."""
-    return method == "int4" or (method == "int8" and task == "generate")
+    by the bytes of weights read per token, not by arithmetic, unless ``settings`` name int8 ``activations``."""
+    return method == "int4" or (method == "int8" and task == "generate" and "activations" not in (settings or {}))
 
 
 def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
     """A method ("int8", "int4", "fp16") and task → its config (see :func:`weight_only`)."""
     if method == "fp16":
         return Fp16Config(**settings)
-    if weight_only(method, task):
+    if weight_only(method, task, settings):
         return WeightOnlyConfig(bits=4 if method == "int4" else 8, **settings)
     if method == "int8":
         return Int8Config(**settings)
@@ -124,20 +124,25 @@ def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: G
         with step(f"int8 {base.name}"):
             finish(prepared, model, config, feeds)
         return config
-    with step(f"sensitivity of each node on {SENSITIVITY_TEXTS} calibration texts"):
-        ranking = sensitivity(prepared, config, text_feeds(reference, calib[:SENSITIVITY_TEXTS]))
-    report["sensitivity"] = [{"node": n, "error": round(e, 6)} for n, e in ranking[:12]]
-
     wanted = expected(base.task, reference, search_texts)
-
     search_gate = gate.tightened(config.search_margin)
 
     def judge(path: Path) -> tuple[dict[str, float], bool]:
         figures = measure(base.task, reference, _candidate(reference, path), search_texts, wanted)
         return figures, not search_gate.failures(figures)
 
+    with step(f"int8 {base.name}, nothing kept apart, judged on {len(search_texts)} calibration texts"):
+        finish(prepared, model, config, feeds)
+        figures, passed = judge(model)
+    if passed:  # no ranking needed: every node int8 is the fastest candidate
+        report["search"] = [asdict(Step(0, figures, True))]
+        return config
+    with step(f"sensitivity of each node on {SENSITIVITY_TEXTS} calibration texts"):
+        ranking = sensitivity(prepared, config, text_feeds(reference, calib[:SENSITIVITY_TEXTS]))
+    report["sensitivity"] = [{"node": n, "error": round(e, 6)} for n, e in ranking[:12]]
     with step(f"greedy search on {len(search_texts)} calibration texts: keep up to {config.max_keep} nodes apart"):
-        config, steps = greedy(prepared, config, [n for n, _ in ranking], feeds, judge, model)
+        config, steps = greedy(prepared, config, [n for n, _ in ranking], feeds, judge, model,
+                               tried=[Step(0, figures, False)])  # fmt: skip
     report["search"] = [asdict(s) for s in steps]
     return config
 

@@ -11,14 +11,22 @@ import onnx
 import onnxruntime as ort
 
 from ..runtime.base import Loaded
+from ..runtime.pipelines import PIPELINES
 from ..runtime.text import MAX_PADDING, length_sorted_batches, pad_batch
 
 
 def text_feeds(loaded: Loaded, texts: list[str], batch_size: int = 32, same_width: bool = False) -> list[dict[str, np.ndarray]]:
-    """Padded, length-sorted input batches for ``texts`` as the artifact's runtime would build them.
+    """Padded, length-sorted input batches for ``texts`` as the artifact's runtime would build them; for a
+    ``generate`` artifact, teacher-forced passages of neighbouring texts (as its gate reads them), batch 1.
 
     ``same_width``: pad every batch to the longest text, for calibrators that stack batches (histograms).
     """
+    if loaded.manifest.task == "generate":
+        from .gate import PASSAGE_SENTENCES, passages
+
+        generator = PIPELINES["generate"](loaded)
+        count = max(1, len(texts) // PASSAGE_SENTENCES)
+        return [generator.decoder.feeds(ids) for ids in passages(generator, texts, count)]
     encoder = loaded.text_encoder()
     encodings = encoder.encode(texts)
     width = max(len(e.ids) for e in encodings) if same_width else None
@@ -50,12 +58,18 @@ def activation_absmax(model: Path, names: list[str], feeds: list[dict[str, np.nd
     return result
 
 
-def activation_range(model: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(smallest, largest) value of each last-axis channel of the tensors ``names`` over real tokens."""
-    result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+def activation_range(model: Path, names: list[str], feeds: list[dict[str, np.ndarray]],
+                     sample: int = 512) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:  # fmt: skip
+    """(smallest, largest value of each last-axis channel, up to ``sample`` of the rows) of the tensors ``names``
+    over real tokens."""
+    result: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for name, rows in _real_rows(model, names, feeds):
         low, high = rows.min(axis=0), rows.max(axis=0)
-        result[name] = (np.minimum(result[name][0], low), np.maximum(result[name][1], high)) if name in result else (low, high)
+        if name in result:
+            old_low, old_high, kept = result[name]
+            low, high = np.minimum(old_low, low), np.maximum(old_high, high)
+            rows = np.concatenate([kept, rows[: sample - len(kept)]])
+        result[name] = (low, high, rows[:sample])
     return result
 
 

@@ -90,14 +90,20 @@ PASSAGES = 48  # at most; ~9,000 tokens of SmolLM2 text
 PASSAGE_TOKENS = 256  # at most (and within the model's context)
 
 
+def passages(generator: Any, texts: list[str], count: int) -> list[list[int]]:
+    """Token ids of up to ``count`` passages of ``PASSAGE_SENTENCES`` neighbouring texts, each cut to
+    ``PASSAGE_TOKENS`` and the model's context: what a decoder is gated and calibrated on."""
+    limit = min(PASSAGE_TOKENS, generator.context)
+    starts = range(0, min(len(texts), count * PASSAGE_SENTENCES), PASSAGE_SENTENCES)
+    return [generator.tokenizer.encode(" ".join(texts[s : s + PASSAGE_SENTENCES])).ids[:limit] for s in starts]
+
+
 def _next_tokens(loaded: Loaded, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per passage of held-out text: the predicted next token at each position and the log-probability given
     to the true next token (teacher forcing: the true text is fed, whatever the model would have said)."""
     generator = PIPELINES["generate"](loaded)
     found = []
-    limit = min(PASSAGE_TOKENS, generator.context)
-    for start in bar(range(0, min(len(texts), PASSAGES * PASSAGE_SENTENCES), PASSAGE_SENTENCES), "gate"):
-        ids = generator.tokenizer.encode(" ".join(texts[start : start + PASSAGE_SENTENCES])).ids[:limit]
+    for ids in bar(passages(generator, texts, PASSAGES), "gate"):
         logits = generator.decoder.logits(ids)[:-1].astype(np.float64)
         logits -= logits.max(-1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -108,8 +108,8 @@ def prepare(src: Path, dst: Path, config: Int8Config, feeds: list[dict[str, np.n
                 weight.CopyFrom(numpy_helper.from_array(gptq_int8(numpy_helper.to_array(weight), grams[activation]),
                                                         weight.name))  # fmt: skip
     if config.activations == "per-token":
-        for activation, (low, high) in activation_range(dst, inputs, feeds).items():
-            if (shift := unsigned_shift(low, high)) is not None:
+        for activation, (low, _, rows) in activation_range(dst, inputs, feeds).items():
+            if (shift := unsigned_shift(low, rows)) is not None:
                 model.graph.initializer.append(numpy_helper.from_array(shift, activation + SHIFT_SUFFIX))
     onnx.save(model, str(dst))
     return dst

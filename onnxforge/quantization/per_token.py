@@ -2,13 +2,17 @@
 
 onnxruntime's dynamic int8 gives a whole activation tensor (every token of every sentence in the batch) one scale:
 a single outlier token coarsens every other token's grid. Here each row gets its own scale, and the product runs on
-the CPU's fast u8·s8 kernels (MatMulIntegerToFloat, per-column int8 weight scales); the row scale multiplies the
-float result afterwards.
+the CPU's fast u8·s8 kernels (MatMulIntegerToFloat, per-column int8 weight scales).
 
-- Signed inputs: ``s = max|x_row| / 127``, ``round(x / s)`` in [-127, 127], stored as uint8 with zero point 128.
-- Inputs that calibration shows to be (nearly) non-negative, such as GELU outputs (≥ -0.17): shifted by a
-  per-channel constant ``c`` to be ≥ 0, then ``s = max(x_row + c) / 255``, uint8 with zero point 0 — twice the
-  resolution of the signed grid. The shift's product ``c·W`` is a constant, subtracted from the result.
+- Signed inputs: ``q = round(127 · x / max|x_row|)`` in [-127, 127], stored as uint8 with zero point 128.
+- Inputs that calibration shows to be (nearly) non-negative, such as GELU outputs (≥ -0.17): shifted per channel
+  by a constant ``c ≥ 0`` (the calibrated minimum, with a margin; values beyond it saturate), then
+  ``q = round(255 · r / max(r_row))`` with ``r = x + c``, uint8 with zero point 0: twice the signed resolution.
+  The constant ``c·W`` is folded into the bias the next node adds (SkipLayerNormalization, BiasGelu,
+  MultiHeadAttention), else subtracted. The shift is used only where its grid is finer on calibration rows
+  (:func:`unsigned_shift`): a channel's negative outlier would raise every row's peak.
+
+The row's peak multiplies the product afterwards (1/127 or 1/255 is folded into the weight scales).
 """
 
 from __future__ import annotations
@@ -18,39 +22,53 @@ import onnx
 from onnx import helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
-Shift = np.ndarray  # per input channel, added before quantizing (unsigned grid)
 SHIFT_SUFFIX = "/per_token_shift"  # where prepare() stores an input's shift: an initializer named input + suffix
+# Consumers that add a constant bias to a MatMul output: op → (bias input index, whether the bias packs q, k, v)
+BIAS_OF = {"SkipLayerNormalization": (4, False), "BiasGelu": (1, False), "MultiHeadAttention": (3, True)}
 
 
-def unsigned_shift(low: np.ndarray, high: np.ndarray, margin: float = 1.25) -> Shift | None:
-    """The shift that makes an input non-negative, when the unsigned grid is finer than the signed one."""
-    shift = np.maximum(-low, 0.0) * margin
-    signed_step = max(float(np.abs(low).max()), float(np.abs(high).max())) / 127
-    unsigned_step = float((high + shift).max()) / 255
+def unsigned_shift(low: np.ndarray, rows: np.ndarray, margin: float = 1.5) -> np.ndarray | None:
+    """The per-channel shift making an input with calibrated minima ``low`` non-negative, when its grid is finer
+    than the signed one on the calibration ``rows`` (each row's own step, on average); else None."""
+    shift = np.maximum(-low, 0.0) * margin + 1e-6  # + a hair: no row is all zeros (a zero scale)
+    signed_step = float(np.abs(rows).max(axis=1).mean()) / 127
+    unsigned_step = float((rows + shift).max(axis=1).mean()) / 255
     return shift.astype(np.float32) if unsigned_step < signed_step else None
 
 
-def per_token_int8(model: onnx.ModelProto, names: set[str], shifts: dict[str, Shift] | None = None) -> None:
-    """Rewrite the float weight MatMuls named in ``names`` in place; ``shifts`` by MatMul input name (see module)."""
+def per_token_int8(model: onnx.ModelProto, names: set[str], shifts: dict[str, np.ndarray] | None = None) -> None:
+    """Rewrite the float weight MatMuls named in ``names`` in place; ``shifts`` by MatMul input name
+    (:func:`unsigned_shift`), the others signed."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     found = {n.name for n in graph.node if n.op_type == "MatMul" and n.name in names and n.input[1] in initializers}
     if missing := names - found:
         raise ValueError(f"not float weight MatMuls of this graph: {', '.join(sorted(missing))}")
-    shared = {"one": np.array(1.0, np.float32), "zero_point_signed": np.array(128, np.uint8),
-              "zero_point_unsigned": np.array(0, np.uint8), "inv127": np.array(1 / 127, np.float32),
-              "inv255": np.array(1 / 255, np.float32), "tiny": np.array(1e-30, np.float32),
-              "last_axis": np.array([-1], np.int64)}  # fmt: skip
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, index))
+    shared = {"step_unsigned": np.array(1 / 255, np.float32), "zero_point_unsigned": np.array(0, np.uint8),
+              "step_signed": np.array(1 / 127, np.float32), "zero_point_signed": np.array(128, np.uint8),
+              "tiny": np.array(1e-30, np.float32), "last_axis": np.array([-1], np.int64),
+              "one": np.array(1.0, np.float32)}  # fmt: skip
     graph.initializer.extend(numpy_helper.from_array(v, f"per_token/{k}") for k, v in shared.items())
     reduce = ({"inputs": ["per_token/last_axis"], "attrs": {"keepdims": 1}} if _opset(model) >= 18
               else {"inputs": [], "attrs": {"keepdims": 1, "axes": [-1]}})  # fmt: skip
     nodes = []
     for node in graph.node:
-        if node.name in found:
-            shift = (shifts or {}).get(node.input[0])
-            nodes.extend(_rewrite(node, numpy_helper.to_array(initializers[node.input[1]]), shift, graph, reduce))
-        else:
+        if node.name not in found:
             nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+        shift = (shifts or {}).get(node.input[0])
+        rewritten, offset = _rewrite(node, weight, shift, graph, reduce)
+        nodes.extend(rewritten)
+        if offset is not None and not _fold_into_bias(node.output[0], readers, offset, initializers):
+            graph.initializer.append(numpy_helper.from_array(offset, f"{node.name}/shift_product"))
+            rewritten[-1].output[0] = f"{node.name}/rescaled"
+            nodes.append(helper.make_node("Sub", [f"{node.name}/rescaled", f"{node.name}/shift_product"],
+                                          [node.output[0]], name=f"{node.name}/unshift"))  # fmt: skip
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
@@ -65,43 +83,60 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _rewrite(node: onnx.NodeProto, weight: np.ndarray, shift: Shift | None, graph: onnx.GraphProto,
-             reduce: dict) -> list[onnx.NodeProto]:  # fmt: skip
-    weight = weight.astype(np.float32)
+def _rewrite(node: onnx.NodeProto, weight: np.ndarray, shift: np.ndarray | None, graph: onnx.GraphProto,
+             reduce: dict) -> tuple[list[onnx.NodeProto], np.ndarray | None]:  # fmt: skip
+    """The per-token nodes replacing ``node`` (the last writes its output) and the constant ``c·Ŵ`` to remove."""
     scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0
     q = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
-    name, x, y = node.name, node.input[0], node.output[0]
-    constants = {"weight_int8": q, "weight_scale": scale.astype(np.float32)}
-    if shift is not None:
-        constants["shift"] = shift
-        constants["shift_product"] = (shift.astype(np.float64) @ (q * scale.astype(np.float64))).astype(np.float32)
-    graph.initializer.extend(numpy_helper.from_array(v, f"{name}/{k}") for k, v in constants.items())
+    name, x = node.name, node.input[0]
+    kind = "signed" if shift is None else "unsigned"
+    levels = 127 if shift is None else 255
+    graph.initializer.extend([numpy_helper.from_array(q, f"{name}/weight_int8"),
+                              numpy_helper.from_array((scale / levels).astype(np.float32), f"{name}/weight_scale")])
 
     def op(op_type: str, inputs: list[str], out: str, **attrs) -> onnx.NodeProto:
-        return helper.make_node(op_type, inputs, [out], name=f"{name}/{out.rsplit('/', 1)[-1]}", **attrs)
+        return helper.make_node(op_type, inputs, [f"{name}/{out}"], name=f"{name}/{out}", **attrs)
 
-    if shift is None:
-        source, steps, zero_point = f"{name}/abs", "per_token/inv127", "per_token/zero_point_signed"
-        first = [op("Abs", [x], source)]
-        peak_of = source
-        quantized_from = x
-    else:
-        source, steps, zero_point = f"{name}/shifted", "per_token/inv255", "per_token/zero_point_unsigned"
-        first = [op("Add", [x, f"{name}/shift"], source)]
-        peak_of = quantized_from = source
-    product = f"{name}/scaled_product" if shift is not None else y
+    if shift is None:  # peak = max |x|, kept above zero
+        source, offset = x, None
+        head = [op("Abs", [x], "magnitude"),
+                op("ReduceMax", [f"{name}/magnitude", *reduce["inputs"]], "raw_peak", **reduce["attrs"]),
+                op("Max", [f"{name}/raw_peak", "per_token/tiny"], "peak")]  # fmt: skip
+    else:  # peak = max (x + c) > 0 by the shift's hair
+        graph.initializer.append(numpy_helper.from_array(shift, f"{name}/shift"))
+        source = f"{name}/shifted"
+        offset = (shift.astype(np.float64) @ (q * scale.astype(np.float64))).astype(np.float32)
+        head = [op("Add", [x, f"{name}/shift"], "shifted"),
+                op("ReduceMax", [source, *reduce["inputs"]], "peak", **reduce["attrs"])]  # fmt: skip
     nodes = [
-        *first,
-        op("ReduceMax", [peak_of, *reduce["inputs"]], f"{name}/peak", **reduce["attrs"]),
-        op("Mul", [f"{name}/peak", steps], f"{name}/raw_scale"),
-        op("Max", [f"{name}/raw_scale", "per_token/tiny"], f"{name}/row_scale"),
-        op("Div", [quantized_from, f"{name}/row_scale"], f"{name}/steps"),
-        op("QuantizeLinear", [f"{name}/steps", "per_token/one", zero_point], f"{name}/quantized"),
-        helper.make_node("MatMulIntegerToFloat", [f"{name}/quantized", f"{name}/weight_int8", "per_token/one",
-                         f"{name}/weight_scale", zero_point], [f"{name}/product"], name=f"{name}/matmul",
-                         domain=MS_DOMAIN),
-        helper.make_node("Mul", [f"{name}/product", f"{name}/row_scale"], [product], name=f"{name}/rescale"),
+        *head,
+        op("Div", [source, f"{name}/peak"], "unit"),
+        op("QuantizeLinear", [f"{name}/unit", f"per_token/step_{kind}", f"per_token/zero_point_{kind}"], "quantized"),
+        op("MatMulIntegerToFloat", [f"{name}/quantized", f"{name}/weight_int8", "per_token/one",
+           f"{name}/weight_scale", f"per_token/zero_point_{kind}"], "product", domain=MS_DOMAIN),
+        helper.make_node("Mul", [f"{name}/product", f"{name}/peak"], [node.output[0]], name=name),
     ]  # fmt: skip
-    if shift is not None:
-        nodes.append(helper.make_node("Sub", [product, f"{name}/shift_product"], [y], name=name))
-    return nodes
+    return nodes, offset
+
+
+def _fold_into_bias(output: str, readers: dict[str, list[tuple[onnx.NodeProto, int]]], offset: np.ndarray,
+                    initializers: dict[str, onnx.TensorProto]) -> bool:  # fmt: skip
+    """Subtract ``offset`` from the constant bias of ``output``'s one reader, if it has one of its own; whether it
+    did."""
+    if len(readers.get(output, [])) != 1 or readers[output][0][0].op_type not in BIAS_OF:
+        return False
+    reader, index = readers[output][0]
+    bias_index, packed = BIAS_OF[reader.op_type]
+    if len(reader.input) <= bias_index or (packed and index > 2):
+        return False
+    bias_name = reader.input[bias_index]
+    if bias_name not in initializers or len(readers[bias_name]) != 1:  # absent, computed, or shared
+        return False
+    tensor = initializers[bias_name]
+    bias = numpy_helper.to_array(tensor).astype(np.float32).copy()
+    start = index * len(offset) if packed else 0
+    if bias.shape != ((3 if packed else 1) * len(offset),):
+        return False
+    bias[start : start + len(offset)] -= offset
+    tensor.CopyFrom(numpy_helper.from_array(bias, tensor.name))
+    return True

@@ -56,16 +56,25 @@ def sensitivity(prepared: Path, config: Int8Config, feeds: Feeds) -> list[tuple[
 
 
 def greedy(prepared: Path, config: Int8Config, ranking: list[str], feeds: Feeds,
-           judge: Callable[[Path], tuple[Figures, bool]], out: Path) -> tuple[Int8Config, list[Step]]:  # fmt: skip
-    """Smallest k ≤ ``config.max_keep`` whose candidate ``judge`` passes, left at ``out`` (else the largest k)."""
+           judge: Callable[[Path], tuple[Figures, bool]], out: Path,
+           tried: list[Step] = ()) -> tuple[Int8Config, list[Step]]:  # fmt: skip
+    """Smallest k ≤ ``config.max_keep`` whose candidate ``judge`` passes, left at ``out`` (else the largest k).
+    ``tried``: candidates already judged (their builds are not at ``out``), not built again."""
     limit = min(config.max_keep, len(ranking))
     steps: dict[int, Step] = {}
+    known = {step.kept: step for step in tried}
+    built: list[int] = []  # what lies at ``out``, last
+
+    def build(kept: int) -> None:
+        finish(prepared, out, replace(config, keep=tuple(ranking[:kept])), feeds)
+        built.append(kept)
 
     def attempt(kept: int) -> bool:
-        finish(prepared, out, replace(config, keep=tuple(ranking[:kept])), feeds)
-        figures, passed = judge(out)
-        steps[kept] = Step(kept, figures, passed)
-        return passed
+        if kept not in known:
+            build(kept)
+            known[kept] = Step(kept, *judge(out))
+        steps[kept] = known[kept]
+        return steps[kept].passed
 
     failed, passed = -1, None
     for kept in _probes(limit):
@@ -73,14 +82,13 @@ def greedy(prepared: Path, config: Int8Config, ranking: list[str], feeds: Feeds,
             passed = kept
             break
         failed = kept
-    if passed is None:
-        return replace(config, keep=tuple(ranking[:limit])), [steps[k] for k in sorted(steps)]
-    while passed - failed > 1:
+    while passed is not None and passed - failed > 1:
         middle = (failed + passed) // 2
         failed, passed = (failed, middle) if attempt(middle) else (middle, passed)
-    if list(steps)[-1] != passed:  # dicts keep insertion order: the last build is what lies at ``out``
-        attempt(passed)
-    return replace(config, keep=tuple(ranking[:passed])), [steps[k] for k in sorted(steps)]
+    chosen = limit if passed is None else passed
+    if not built or built[-1] != chosen:
+        build(chosen)
+    return replace(config, keep=tuple(ranking[:chosen])), [steps[k] for k in sorted(steps)]
 
 
 def _probes(limit: int) -> list[int]:

@@ -90,6 +90,18 @@ class Decoder:
         logits = outputs[0].numpy()[0]
         return logits if all_logits else logits[-1]
 
+    def feeds(self, ids: list[int]) -> dict[str, np.ndarray]:
+        """Inputs of a teacher-forced pass over ``ids`` from an empty cache, as numpy arrays for a plain
+        ``session.run`` (calibration runs the graph, and graphs derived from it, this way)."""
+        capacity = len(ids) if self.in_place else 0
+        feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}
+        if self.uses_mask:
+            feeds["attention_mask"] = np.ones((1, len(ids)), dtype=np.int64)
+        if self.uses_positions:
+            feeds["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
+        shape = (*self.kv_shape[:2], capacity, self.kv_shape[3])
+        return feeds | {name: np.zeros(shape, dtype=self.kv_dtype) for name in self.past}
+
     def logits(self, ids: list[int]) -> np.ndarray:
         """Teacher-forced logits of every position of ``ids`` from an empty cache: (len(ids), vocab)."""
         return self.forward(self.empty(len(ids)), ids, all_logits=True)
