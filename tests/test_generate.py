@@ -235,6 +235,29 @@ def test_int4_weights_pass_their_gate_and_a_missed_gate_writes_nothing(decoder, 
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_encoders_int8_procedure_applies_unchanged_to_decoders(decoder, family, tmp_path):
+    """Per-token activations, GPTQ and smoothing calibrate on teacher-forced passages (plain feeds with an empty
+    cache) and gate on next-token agreement; naming activations is what makes a decoder's int8 more than weights."""
+    from onnxforge.quantization import Gate, Int8Config, WeightOnlyConfig, config_for, quantize
+
+    assert isinstance(config_for("int8", "generate", {}), WeightOnlyConfig)
+    settings = {"activations": "per-token", "weight_rounding": "gptq", "smooth_alpha": 0.6}
+    config = config_for("int8", "generate", settings)
+    assert isinstance(config, Int8Config)
+    _, artifact = decoder(family)
+    out = tmp_path / f"tiny-{family}" / "int8"
+    manifest = quantize(artifact, out, config, Gate({"next_token_agreement": 0.9, "perplexity_retention": 0.97}))
+    assert manifest.precision["activations"] == "uint8-per-token" and manifest.quality["passed"]
+    import onnx
+
+    from onnxforge.quantization.smooth import weight_matmuls
+
+    assert manifest.graph["fused_ops"]["MatMulIntegerToFloat"] >= 6
+    assert not weight_matmuls(onnx.load(str(out / "model.onnx")))  # every weight MatMul went int8
+    assert load(out, providers="cpu").generate(PROMPTS[0], max_new_tokens=8)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_fp16_decoders_load_and_decode_as_fp32_does(decoder, family, tmp_path):
     """The fp16 pass repeats the Cast of a tensor that several fp32-kept nodes read (Llama: the embedding Gather;
     GPT-2: a LayerNorm bias), which onnxruntime refused as duplicate node names."""

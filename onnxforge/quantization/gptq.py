@@ -18,7 +18,7 @@ def column_scales(weight: np.ndarray) -> np.ndarray:
     return np.maximum(np.abs(weight).max(axis=0), 1e-12) / QMAX
 
 
-def gptq_int8(weight: np.ndarray, gram: np.ndarray, damp: float = 0.01) -> np.ndarray:
+def gptq_int8(weight: np.ndarray, gram: np.ndarray, damp: float = 0.01, block: int = 64) -> np.ndarray:
     """``weight`` (K × N) rounded onto its per-column int8 grid with error feedback; ``gram`` is Xᵀ X (K × K)."""
     w = weight.astype(np.float64).copy()
     scale = column_scales(weight).astype(np.float64)
@@ -32,10 +32,14 @@ def gptq_int8(weight: np.ndarray, gram: np.ndarray, damp: float = 0.01) -> np.nd
     peak_row = np.abs(weight).argmax(axis=0)
     peak = np.sign(weight[peak_row, np.arange(w.shape[1])]) * QMAX * scale
     out = np.empty_like(w)
-    for k in range(len(w)):
-        q = np.clip(np.round(w[k] / scale), -QMAX, QMAX) * scale
-        q = np.where(peak_row == k, peak, q)
-        out[k] = q
-        error = (w[k] - q) / inverse[k, k]
-        w[k + 1 :] -= np.outer(inverse[k, k + 1 :], error)
+    for start in range(0, len(w), block):  # lazy batches: rows beyond the block get its errors in one product
+        end = min(start + block, len(w))
+        errors = np.empty((end - start, w.shape[1]))
+        for k in range(start, end):
+            q = np.clip(np.round(w[k] / scale), -QMAX, QMAX) * scale
+            q = np.where(peak_row == k, peak, q)
+            out[k] = q
+            errors[k - start] = (w[k] - q) / inverse[k, k]
+            w[k + 1 : end] -= np.outer(inverse[k, k + 1 : end], errors[k - start])
+        w[end:] -= inverse[start:end, end:].T @ errors
     return out.astype(weight.dtype)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from ..progress import bar
+from ..runtime.session import SessionConfig, create_session
 from .int8 import Int8Config, finish, quantizable_nodes
 
 Feeds = list[dict[str, np.ndarray]]
@@ -34,7 +34,7 @@ class Step:
 
 
 def _outputs(model: Path, feeds: Feeds) -> list[np.ndarray]:
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    session = create_session(model, SessionConfig(providers="cpu"))
     first = session.get_outputs()[0].name
     return [session.run([first], feed)[0] for feed in feeds]
 
