@@ -22,8 +22,9 @@ log = logging.getLogger("onnxforge")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 ALIASES = {"cpu": [CPU], "cuda": [CUDA, CPU]}
-# onnxruntime's attention backends (the CUDA provider's ``sdpa_kernel`` bit flags), cuDNN flash attention = 8
-SDPA_ALL, SDPA_CUDNN = 0x1FF, 0x8
+# The CUDA provider's ``sdpa_kernel`` bit flags (onnxruntime AttentionBackend): flash 1, memory-efficient 2,
+# TensorRT fused 4, (cuDNN flash 8), math 16, TensorRT flash 32, cross 64, causal 128; lean 256 stays off as by default
+SDPA_WITHOUT_CUDNN = 1 | 2 | 4 | 16 | 32 | 64 | 128
 THREADS_ENV = "ONNXFORGE_NUM_THREADS"
 Providers = str | Sequence[str]
 
@@ -155,7 +156,7 @@ def provider_entries(names: list[str], config: SessionConfig) -> list[str | tupl
     """Provider names as onnxruntime takes them, with CUDA's options."""
     if config.cudnn_attention:
         return list(names)
-    cuda = {"sdpa_kernel": str(SDPA_ALL & ~SDPA_CUDNN)}
+    cuda = {"sdpa_kernel": str(SDPA_WITHOUT_CUDNN)}
     return [(name, cuda) if name == CUDA else name for name in names]
 
 
