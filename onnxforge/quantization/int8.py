@@ -129,7 +129,8 @@ def finish(prepared: Path, dst: Path, config: Int8Config, feeds: list[dict[str, 
         model = onnx.load(str(prepared))
         shifts = {t.name[: -len(SHIFT_SUFFIX)]: numpy_helper.to_array(t) for t in model.graph.initializer
                   if t.name.endswith(SHIFT_SUFFIX)}  # fmt: skip
-        per_token_int8(model, set(quantizable_nodes(prepared)) - set(excluded), shifts)
+        nodes = {node.name for group in weight_matmuls(model).values() for node in group}
+        per_token_int8(model, nodes - set(excluded), shifts)
         onnx.save(model, str(dst))
     elif config.activations == "dynamic":
         quantize_dynamic(

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .gptq import QMAX, column_scales
+
 MS_DOMAIN = "com.microsoft"
 SHIFT_SUFFIX = "/per_token_shift"  # where prepare() stores an input's shift: an initializer named input + suffix
 # Consumers that add a constant bias to a MatMul output: op → (bias input index, whether the bias packs q, k, v)
@@ -86,11 +88,11 @@ def _opset(model: onnx.ModelProto) -> int:
 def _rewrite(node: onnx.NodeProto, weight: np.ndarray, shift: np.ndarray | None, graph: onnx.GraphProto,
              reduce: dict) -> tuple[list[onnx.NodeProto], np.ndarray | None]:  # fmt: skip
     """The per-token nodes replacing ``node`` (the last writes its output) and the constant ``c·Ŵ`` to remove."""
-    scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0
-    q = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+    scale = column_scales(weight)
+    q = np.clip(np.round(weight / scale), -QMAX, QMAX).astype(np.int8)
     name, x = node.name, node.input[0]
     kind = "signed" if shift is None else "unsigned"
-    levels = 127 if shift is None else 255
+    levels = QMAX if shift is None else 255
     graph.initializer.extend([numpy_helper.from_array(q, f"{name}/weight_int8"),
                               numpy_helper.from_array((scale / levels).astype(np.float32), f"{name}/weight_scale")])
 

@@ -10,7 +10,7 @@ texts: fewer nodes apart is faster, so that candidate is the fastest that passes
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -57,17 +57,18 @@ def sensitivity(prepared: Path, config: Int8Config, feeds: Feeds) -> list[tuple[
 
 def greedy(prepared: Path, config: Int8Config, ranking: list[str], feeds: Feeds,
            judge: Callable[[Path], tuple[Figures, bool]], out: Path,
-           tried: list[Step] = ()) -> tuple[Int8Config, list[Step]]:  # fmt: skip
+           tried: Sequence[Step] = ()) -> tuple[Int8Config, list[Step]]:  # fmt: skip
     """Smallest k ≤ ``config.max_keep`` whose candidate ``judge`` passes, left at ``out`` (else the largest k).
     ``tried``: candidates already judged (their builds are not at ``out``), not built again."""
     limit = min(config.max_keep, len(ranking))
     steps: dict[int, Step] = {}
     known = {step.kept: step for step in tried}
-    built: list[int] = []  # what lies at ``out``, last
+    built: int | None = None  # what lies at ``out``
 
     def build(kept: int) -> None:
+        nonlocal built
         finish(prepared, out, replace(config, keep=tuple(ranking[:kept])), feeds)
-        built.append(kept)
+        built = kept
 
     def attempt(kept: int) -> bool:
         if kept not in known:
@@ -86,7 +87,7 @@ def greedy(prepared: Path, config: Int8Config, ranking: list[str], feeds: Feeds,
         middle = (failed + passed) // 2
         failed, passed = (failed, middle) if attempt(middle) else (middle, passed)
     chosen = limit if passed is None else passed
-    if not built or built[-1] != chosen:
+    if built != chosen:
         build(chosen)
     return replace(config, keep=tuple(ranking[:chosen])), [steps[k] for k in sorted(steps)]
 
