@@ -29,9 +29,18 @@ artifacts: $(VENV)/.ok
 	$(BIN)/onnxforge build artifacts.toml
 
 ## The whole suite, then the runtime in an environment that has no torch, transformers, optimum or onnx.
-test: $(VENV)/.ok
+test: $(VENV)/.ok $(QEMU)
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-runtime-env
+
+# Debian's qemu-user-static, unpacked here: tests run onnxruntime's integer kernels on an emulated AVX2 CPU
+# (tests/test_saturation.py). Best effort: without it that one test skips and says why.
+QEMU := .cache/qemu/usr/bin/qemu-x86_64-static
+$(QEMU):
+	mkdir -p .cache/qemu
+	-cd .cache/qemu && { apt-get download qemu-user-static 2>/dev/null || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get download qemu-user-static; }; } && \
+		dpkg -x qemu-user-static_*.deb . && rm -f qemu-user-static_*.deb
 
 # `pip install .` with no extras into a fresh venv, then embed and generate with artifacts built by the build venv.
 test-runtime-env: $(VENV)/.ok
@@ -51,13 +60,16 @@ bench: artifacts
 # llama.cpp, several minutes) on the same GGUF, and onnxruntime-genai with its model builder (transformers 5.x)
 # and the int4 model it builds from the same converted SmolLM2 directory onnxforge exports from.
 PEERS := bench/.venv-peers
-# llama.cpp's native build enables AMX here, and its AMX path segfaults on this machine: AVX-512/VNNI instead.
-LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
-	-DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON
+# llama.cpp built for the CPU it runs on (native), one venv per CPU class; AMX left out: its path segfaulted on an
+# AMX Xeon here (explicit -mno-amx-* outrank what -march=native turns on).
+CPU_CLASS = $(shell $(BIN)/python -c 'from onnxforge.cpu import this_cpu; print(this_cpu().kernel_class)')
+LLAMA_CMAKE := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
+	-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+LLAMA_VENV = $(PEERS)/llama-$(CPU_CLASS)
 GENAI_MODEL := bench/.cache/genai/smollm2-int4
 bench-peers: $(VENV)/.ok
-	test -x $(PEERS)/llama/bin/python || ($(PYTHON) -m venv $(PEERS)/llama && \
-		CMAKE_ARGS="$(LLAMA_CMAKE)" $(PEERS)/llama/bin/pip install --quiet --no-cache-dir llama-cpp-python==0.3.36)
+	test -x $(LLAMA_VENV)/bin/python || ($(PYTHON) -m venv $(LLAMA_VENV) && \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" $(LLAMA_VENV)/bin/pip install --quiet --no-cache-dir llama-cpp-python==0.3.36)
 	test -x $(PEERS)/genai/bin/python || ($(PYTHON) -m venv $(PEERS)/genai && \
 		$(PEERS)/genai/bin/pip install --quiet onnxruntime-genai==0.18.0 transformers==5.23.0 torch==2.13.0 onnx onnx-ir)
 	test -f $(GENAI_MODEL)/genai_config.json || $(PEERS)/genai/bin/python -m onnxruntime_genai.models.builder \

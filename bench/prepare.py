@@ -1,17 +1,17 @@
-"""One-time preparation of the peers' models under bench/.cache: Optimum's MiniLM fp32 export, O2 and avx512_vnni
-int8, and its SmolLM2 export with a KV cache."""
+"""One-time preparation of the peers' models under bench/.cache: Optimum's MiniLM fp32 export, O2 and int8 (its
+dynamic preset for this CPU's class), and its SmolLM2 export with a KV cache."""
 
 from __future__ import annotations
 
 import warnings
 
-from .systems import CACHE, _source_dir
+from .systems import CACHE, _source_dir, optimum_preset
 
 
 def optimum_models() -> None:
-    """What an Optimum user would run: export, ORTOptimizer O2, ORTQuantizer's avx512_vnni dynamic preset."""
+    """What an Optimum user would run: export, ORTOptimizer O2, ORTQuantizer's dynamic preset for this CPU."""
     base = CACHE / "optimum"
-    if (base / "int8" / "config.json").is_file():
+    if (base / f"int8-{optimum_preset()}" / "config.json").is_file():
         return
     from optimum.exporters.onnx import main_export
     from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTOptimizer, ORTQuantizer
@@ -23,7 +23,8 @@ def optimum_models() -> None:
         model = ORTModelForFeatureExtraction.from_pretrained(base / "fp32")
         ORTOptimizer.from_pretrained(model).optimize(AutoOptimizationConfig.O2(), save_dir=base / "o2")
         quantizer = ORTQuantizer.from_pretrained(model)
-        quantizer.quantize(AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False), save_dir=base / "int8")
+        preset = getattr(AutoQuantizationConfig, optimum_preset())(is_static=False, per_channel=False)
+        quantizer.quantize(preset, save_dir=base / f"int8-{optimum_preset()}")
 
 
 def optimum_decoder() -> None:

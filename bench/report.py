@@ -21,7 +21,7 @@ def markdown(rows: list[dict], machine: dict, title: str) -> str:
         cells = [row[key] if digits is None else f"{row[key]:.{digits}f}" if row.get(key) is not None else ""
                  for _, key, digits in COLUMNS]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", (f"Machine: {machine['cpu']}, {machine['threads']} threads of {machine['cores_usable']} usable, "
+    lines += ["", (f"Machine: {machine['cpu']} ({machine.get('class', '?')} integer kernels), {machine['threads']} threads of {machine['cores_usable']} usable, "
                    f"{'/'.join(machine['isa'])}; fp32 GEMM {machine['gemm_fp32_gflops']:.0f} GFLOP/s, "
                    f"memory copy {machine['memory_gbps']:.1f} GB/s (measured in this run).")]  # fmt: skip
     return "\n".join(lines) + "\n"

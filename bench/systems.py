@@ -90,13 +90,21 @@ def _onnxforge(variant: str) -> Callable[[int, str], Embed]:
     return load
 
 
+def optimum_preset() -> str:
+    """The AutoQuantizationConfig preset an Optimum user picks for this CPU (avx2, avx512 or avx512_vnni)."""
+    from onnxforge.cpu import this_cpu
+
+    return {"avx2": "avx2", "avx512": "avx512"}.get(this_cpu().kernel_class, "avx512_vnni")
+
+
 def encoder_systems() -> list[System]:
     """Reference first; onnxforge variants are whatever `make artifacts` built."""
     found = [
         System("torch fp32 (sentence-transformers)", "reference", _torch, _source_dir),
         System("Optimum fp32", "peer", _optimum("fp32"), lambda: CACHE / "optimum" / "fp32"),
         System("Optimum O2", "peer", _optimum("o2"), lambda: CACHE / "optimum" / "o2"),
-        System("Optimum int8 (avx512_vnni)", "peer", _optimum("int8"), lambda: CACHE / "optimum" / "int8"),
+        System(f"Optimum int8 ({optimum_preset()})", "peer", _optimum(f"int8-{optimum_preset()}"),
+               lambda: CACHE / "optimum" / f"int8-{optimum_preset()}"),
     ]
     artifacts = ROOT / "artifacts" / "minilm-l6"
     for variant in sorted(p.name for p in artifacts.iterdir() if (p / "manifest.json").is_file()):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .artifact import ArtifactError, Manifest, read_manifest
+from .cpu import this_cpu
 from .table import fmt, render
 from .tasks import HF_TASKS
 
@@ -131,7 +132,41 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             else:
                 rows.append([f"{section}.{key}", fmt(value, 6) if isinstance(value, float) else json.dumps(value)])
     rows += [[f"file {name}", f"{entry.bytes:,} B  sha256 {entry.sha256[:16]}…"] for name, entry in m.files.items()]
+    rows.append(["this machine", _cpu_line(this_cpu().record())])
     print(render(["field", "value"], rows))
+
+
+def _cpu_line(record: dict) -> str:
+    return f"{record.get('cpu', '?')} ({record.get('class', '?')})"
+
+
+class VerifyError(RuntimeError):
+    """An artifact's figures, measured again on this machine, miss its gate."""
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from . import corpus
+    from .quantization.gate import Gate, measure
+    from .runtime import open_artifact
+
+    candidate = open_artifact(args.artifact, providers="cpu")
+    m = candidate.manifest
+    if "gate" not in m.quality:
+        raise ValueError(f"{args.artifact}: {m.variant} has no quality gate to verify (a reference variant?)")
+    reference_dir = args.reference or args.artifact.parent / m.parity.get("inherited_from", "fp32")
+    reference = open_artifact(reference_dir, providers="cpu")
+    texts = (_lines(args.evaluation) or corpus.split(corpus.load()).evaluation)[: args.texts]
+    here = measure(m.task, reference, candidate, texts)
+    gate = Gate(m.quality["gate"])
+    rows = [[name, fmt(m.quality.get(name), 5), fmt(here[name], 5), fmt(low), "miss" if here[name] < low else "ok"]
+            for name, low in gate.minimums.items()]  # fmt: skip
+    rows += [[name, fmt(m.quality.get(name), 5), fmt(value, 5), "", ""] for name, value in here.items()
+             if isinstance(value, float) and name not in gate.minimums]  # fmt: skip
+    print(render(["figure", "manifest", "here", "minimum", ""], rows))
+    print(f"manifest measured on {_cpu_line(m.quality.get('measured_on', {}))} with {m.quality.get('texts')} texts;"
+          f" here: {_cpu_line(this_cpu().record())}, {len(texts)} texts vs {reference_dir}")  # fmt: skip
+    if failures := gate.failures(here):
+        raise VerifyError(f"{args.artifact} misses its gate on this machine: {'; '.join(failures)}")
 
 
 def _short(text: str, width: int = 40) -> str:
@@ -307,6 +342,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="show an artifact's manifest as a table")
     s.add_argument("artifact", type=Path)
     s.set_defaults(run=cmd_inspect)
+
+    s = sub.add_parser("verify", help="measure a quantized artifact's gate figures again on this machine")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("--reference", type=Path, help="its fp32 artifact (default: the sibling it was quantized from)")
+    s.add_argument("--texts", type=int, default=512, help="held-out texts to measure on (default 512)")
+    s.add_argument("--evaluation", type=Path, help="held-out texts, one per line (default: the shipped corpus's)")
+    s.set_defaults(run=cmd_verify)
 
     s = sub.add_parser("embed", help="embed texts with an embed artifact")
     s.add_argument("artifact", type=Path)

@@ -14,6 +14,7 @@ from onnxforge.export.graph import op_counts
 from onnxforge.quantization import Gate, Int8Config, quantize
 from onnxforge.quantization.gptq import column_scales, gptq_int8
 from onnxforge.quantization.per_token import per_token_int8, unsigned_shift
+from onnxforge.quantization.saturation import PAIR_WEIGHT_LIMIT, column_levels, limit_pairs, pair_peak
 
 EVAL = corpus.split(corpus.load()).evaluation[:200]
 K, N = 64, 32
@@ -99,6 +100,9 @@ def test_the_shift_is_folded_into_the_next_bias_or_subtracted(tmp_path, weight):
 
 
 def test_the_unsigned_grid_is_chosen_only_where_it_is_finer(tmp_path, weight):
+    weight = weight * 0.1  # one peak per column beside a zero, the rest small: every column keeps all 127 steps
+    weight[0], weight[1] = 1.0, 0.0
+    assert (column_levels(weight) == 127).all()
     weight = np.round(weight / column_scales(weight)) * column_scales(weight)  # on its grid: activation error only
     normal = np.random.default_rng(4).normal(size=(4, 32, K)).astype(np.float32)
     assert not _shifts(normal)  # symmetric: the signed grid is as fine
@@ -125,12 +129,13 @@ def test_gptq_stays_on_the_int8_grid_and_beats_round_to_nearest_on_correlated_in
     mixing = rng.normal(size=(K, K)) * 0.3 + np.eye(K)
     x = rng.normal(size=(2048, K)) @ mixing  # correlated channels, as real activations are
     rounded = gptq_int8(weight, x.T @ x)
-    scale = column_scales(weight)
+    levels = column_levels(weight)
+    scale = column_scales(weight, levels)
     steps = rounded / scale
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
-    assert np.abs(np.round(steps)).max() <= 127
-    np.testing.assert_allclose(column_scales(rounded), scale, rtol=1e-6)  # a quantizer recovers the same integers
-    nearest = np.round(weight / scale) * scale
+    assert (np.abs(np.round(steps)) <= levels).all() and pair_peak(np.round(steps)) <= PAIR_WEIGHT_LIMIT
+    np.testing.assert_allclose(column_scales(rounded, levels), scale, rtol=1e-6)  # the same integers come back
+    nearest = limit_pairs(np.clip(np.round(weight / scale), -levels, levels)) * scale
     error = lambda w: float(np.linalg.norm(x @ (w - weight)))
     assert error(rounded) < 0.8 * error(nearest)
 
@@ -145,7 +150,7 @@ def test_per_token_gptq_int8_artifact_passes_its_gate(outlier_artifact, tmp_path
 
 
 def test_per_token_and_gptq_need_symmetric_per_channel_weights():
-    with pytest.raises(ValueError, match="need per_channel, symmetric_weights and no reduce_range"):
+    with pytest.raises(ValueError, match="need per_channel and symmetric_weights"):
         Int8Config(activations="per-token", per_channel=False)
     with pytest.raises(ValueError, match="need per_channel"):
         Int8Config(weight_rounding="gptq", symmetric_weights=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import corpus
 from ..artifact import MANIFEST, Manifest, publish, staging, verify
+from ..cpu import this_cpu
 from ..export.graph import fused_ops, op_counts
 from ..progress import step
 from ..runtime import open_artifact
@@ -103,7 +104,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
         report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, feeds)
         manifest = replace(
             base, variant=variant or out.name, precision=config.describe(),
-            quality={**gate.record(figures), **report},
+            quality={**gate.record(figures), "measured_on": this_cpu().record(), **report},
             graph={**base.graph, "fused_ops": fused_ops(op_counts(model))},
             parity={"inherited_from": base.variant, **base.parity}, build=tool_versions(base.build.get("opset"), recipe),
             files={},

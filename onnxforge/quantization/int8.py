@@ -34,7 +34,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .calibration import activation_absmax, activation_gram, activation_range
 from .gptq import gptq_int8
-from .per_token import SHIFT_SUFFIX, per_token_int8, unsigned_shift
+from .per_token import LEVELS_SUFFIX, SHIFT_SUFFIX, per_token_int8, unsigned_shift
+from .saturation import PAIR_WEIGHT_LIMIT, REDUCED_LEVELS, column_levels, saturating_products
 from .smooth import smooth, weight_matmuls
 
 ACTIVATIONS = ("dynamic", "static", "per-token")
@@ -53,7 +54,6 @@ class Int8Config:
     calibration: str = "minmax"  # static only
     op_types: tuple[str, ...] = ("MatMul",)
     per_channel: bool = True
-    reduce_range: bool = False
     symmetric_weights: bool = True
     smooth_alpha: float | None = None
     weight_rounding: str = "nearest"  # or "gptq": error-compensating rounding on calibration inputs (gptq.py)
@@ -70,10 +70,9 @@ class Int8Config:
             raise ValueError(f"calibration {self.calibration!r}; supported: {', '.join(CALIBRATIONS)}")
         if self.weight_rounding not in WEIGHT_ROUNDING:
             raise ValueError(f"weight_rounding {self.weight_rounding!r}; supported: {', '.join(WEIGHT_ROUNDING)}")
-        grid = self.weight_rounding == "gptq" or self.activations == "per-token"
-        if grid and not (self.per_channel and self.symmetric_weights and not self.reduce_range):
-            raise ValueError("gptq and per-token use symmetric per-channel 8-bit weights: they need per_channel, "
-                             "symmetric_weights and no reduce_range")
+        if not (self.per_channel and self.symmetric_weights):
+            raise ValueError("int8 weights are symmetric per channel, with row pairs kept within what every CPU's "
+                             "integer kernel adds exactly (saturation.py): they need per_channel and symmetric_weights")
         if self.keep_as not in KEEP_AS:
             raise ValueError(f"keep_as {self.keep_as!r}; supported: {', '.join(KEEP_AS)}")
         if not 0 <= self.search_margin < 1:
@@ -85,7 +84,8 @@ class Int8Config:
         record = {k: v for k, v in asdict(self).items() if k not in ("keep", "activations")}
         activations = {"dynamic": "uint8-dynamic", "per-token": "uint8-per-token"}.get(
             self.activations, f"uint8-static-{self.calibration}")
-        return {"weights": "int8", "activations": activations, **record, "kept": list(self.keep)}
+        return {"weights": "int8", "activations": activations, **record, "weight_pair_limit": PAIR_WEIGHT_LIMIT,
+                "kept": list(self.keep)}
 
 
 def prepare(src: Path, dst: Path, config: Int8Config, feeds: list[dict[str, np.ndarray]]) -> Path:
@@ -99,14 +99,17 @@ def prepare(src: Path, dst: Path, config: Int8Config, feeds: list[dict[str, np.n
         smooth(model, activation_absmax(dst, inputs, feeds), config.smooth_alpha)
         onnx.save(model, str(dst))
         inputs = sorted(weight_matmuls(model))
-    if config.weight_rounding == "gptq":
-        grams = activation_gram(dst, inputs, feeds)
-        initializers = {t.name: t for t in model.graph.initializer}
-        for activation, group in weight_matmuls(model).items():
-            for node in group:
-                weight = initializers[node.input[1]]
-                weight.CopyFrom(numpy_helper.from_array(gptq_int8(numpy_helper.to_array(weight), grams[activation]),
-                                                        weight.name))  # fmt: skip
+    initializers = {t.name: t for t in model.graph.initializer}
+    grams = activation_gram(dst, inputs, feeds) if config.weight_rounding == "gptq" else {}
+    for activation, group in weight_matmuls(model).items():
+        for node in group:  # each column's steps: as many as its row pairs allow (per-token), or onnxruntime's 64
+            weight = initializers[node.input[1]]
+            values = numpy_helper.to_array(weight)
+            levels = column_levels(values) if config.activations == "per-token" else REDUCED_LEVELS
+            if config.activations == "per-token":
+                model.graph.initializer.append(numpy_helper.from_array(levels, weight.name + LEVELS_SUFFIX))
+            if activation in grams:
+                weight.CopyFrom(numpy_helper.from_array(gptq_int8(values, grams[activation], levels), weight.name))
     if config.activations == "per-token":
         for activation, (low, _, rows) in activation_range(dst, inputs, feeds).items():
             if (shift := unsigned_shift(low, rows)) is not None:
@@ -134,19 +137,22 @@ def finish(prepared: Path, dst: Path, config: Int8Config, feeds: list[dict[str, 
         onnx.save(model, str(dst))
     elif config.activations == "dynamic":
         quantize_dynamic(
-            str(prepared), str(dst), per_channel=config.per_channel, reduce_range=config.reduce_range,
+            str(prepared), str(dst), per_channel=config.per_channel, reduce_range=True,
             weight_type=QuantType.QInt8, op_types_to_quantize=list(config.op_types), nodes_to_exclude=excluded,
             extra_options=options,
         )  # fmt: skip
     else:
         quantize_static(
             str(prepared), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-            reduce_range=config.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=list(config.op_types), nodes_to_exclude=excluded,
             calibrate_method=CALIBRATIONS[config.calibration], extra_options=options,
         )  # fmt: skip
     if config.keep and config.keep_as == "int8-block":
         _block_int8(dst, set(config.keep))
+    if saturating := saturating_products(onnx.load(str(dst))):
+        raise RuntimeError(f"{dst}: integer products that would saturate on CPUs without VNNI, so results would "
+                           f"depend on the CPU: {', '.join(saturating)}")  # fmt: skip
 
 
 def _block_int8(path: Path, names: set[str]) -> None:

@@ -4,15 +4,17 @@ onnxruntime's dynamic int8 gives a whole activation tensor (every token of every
 a single outlier token coarsens every other token's grid. Here each row gets its own scale, and the product runs on
 the CPU's fast u8·s8 kernels (MatMulIntegerToFloat, per-column int8 weight scales).
 
-- Signed inputs: ``q = round(127 · x / max|x_row|)`` in [-127, 127], stored as uint8 with zero point 128.
+- Signed inputs: ``q = round(S · x / max|x_row|)`` in [-S, S], stored as uint8 with zero point S + 1.
 - Inputs that calibration shows to be (nearly) non-negative, such as GELU outputs (≥ -0.17): shifted per channel
   by a constant ``c ≥ 0`` (the calibrated minimum, with a margin; values beyond it saturate), then
-  ``q = round(255 · r / max(r_row))`` with ``r = x + c``, uint8 with zero point 0: twice the signed resolution.
+  ``q = round(U · r / max(r_row))`` with ``r = x + c``, uint8 with zero point 0: twice the signed resolution.
   The constant ``c·W`` is folded into the bias the next node adds (SkipLayerNormalization, BiasGelu,
   MultiHeadAttention), else subtracted. The shift is used only where its grid is finer on calibration rows
   (:func:`unsigned_shift`): a channel's negative outlier would raise every row's peak.
 
-The row's peak multiplies the product afterwards (1/127 or 1/255 is folded into the weight scales).
+S = 127 and U = 255: stored activations up to 255, so weights keep their row pairs within 128, each column with
+its own steps (saturation.py), and the products are exact on every x86 kernel. The row's peak multiplies the product afterwards (1/S or 1/U is folded
+into the weight scales).
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .gptq import QMAX, column_scales
+from .gptq import column_scales
+from .saturation import QMAX, UINT8_MAX, column_levels, limit_pairs
 
 MS_DOMAIN = "com.microsoft"
 SHIFT_SUFFIX = "/per_token_shift"  # where prepare() stores an input's shift: an initializer named input + suffix
+LEVELS_SUFFIX = "/per_token_levels"  # and a weight's steps per column (saturation.column_levels), named weight + suffix
 # Consumers that add a constant bias to a MatMul output: op → (bias input index, whether the bias packs q, k, v)
 BIAS_OF = {"SkipLayerNormalization": (4, False), "BiasGelu": (1, False), "MultiHeadAttention": (3, True)}
+
+
 
 
 def unsigned_shift(low: np.ndarray, rows: np.ndarray, margin: float = 1.5) -> np.ndarray | None:
@@ -50,8 +56,8 @@ def per_token_int8(model: onnx.ModelProto, names: set[str], shifts: dict[str, np
     for node in graph.node:
         for index, name in enumerate(node.input):
             readers.setdefault(name, []).append((node, index))
-    shared = {"step_unsigned": np.array(1 / 255, np.float32), "zero_point_unsigned": np.array(0, np.uint8),
-              "step_signed": np.array(1 / 127, np.float32), "zero_point_signed": np.array(128, np.uint8),
+    shared = {"step_unsigned": np.array(1 / UINT8_MAX, np.float32), "zero_point_unsigned": np.array(0, np.uint8),
+              "step_signed": np.array(1 / QMAX, np.float32), "zero_point_signed": np.array(QMAX + 1, np.uint8),
               "tiny": np.array(1e-30, np.float32), "last_axis": np.array([-1], np.int64),
               "one": np.array(1.0, np.float32)}  # fmt: skip
     graph.initializer.extend(numpy_helper.from_array(v, f"per_token/{k}") for k, v in shared.items())
@@ -63,8 +69,10 @@ def per_token_int8(model: onnx.ModelProto, names: set[str], shifts: dict[str, np
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+        stored = initializers.get(node.input[1] + LEVELS_SUFFIX)
+        levels = column_levels(weight) if stored is None else numpy_helper.to_array(stored)
         shift = (shifts or {}).get(node.input[0])
-        rewritten, offset = _rewrite(node, weight, shift, graph, reduce)
+        rewritten, offset = _rewrite(node, weight, levels, shift, graph, reduce)
         nodes.extend(rewritten)
         if offset is not None and not _fold_into_bias(node.output[0], readers, offset, initializers):
             graph.initializer.append(numpy_helper.from_array(offset, f"{node.name}/shift_product"))
@@ -85,16 +93,16 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _rewrite(node: onnx.NodeProto, weight: np.ndarray, shift: np.ndarray | None, graph: onnx.GraphProto,
-             reduce: dict) -> tuple[list[onnx.NodeProto], np.ndarray | None]:  # fmt: skip
+def _rewrite(node: onnx.NodeProto, weight: np.ndarray, levels: np.ndarray, shift: np.ndarray | None,
+             graph: onnx.GraphProto, reduce: dict) -> tuple[list[onnx.NodeProto], np.ndarray | None]:  # fmt: skip
     """The per-token nodes replacing ``node`` (the last writes its output) and the constant ``c·Ŵ`` to remove."""
-    scale = column_scales(weight)
-    q = np.clip(np.round(weight / scale), -QMAX, QMAX).astype(np.int8)
+    scale = column_scales(weight, levels)
+    q = limit_pairs(np.clip(np.round(weight / scale), -levels, levels)).astype(np.int8)  # GPTQ's integers: unchanged
     name, x = node.name, node.input[0]
     kind = "signed" if shift is None else "unsigned"
-    levels = QMAX if shift is None else 255
+    steps = QMAX if shift is None else UINT8_MAX
     graph.initializer.extend([numpy_helper.from_array(q, f"{name}/weight_int8"),
-                              numpy_helper.from_array((scale / levels).astype(np.float32), f"{name}/weight_scale")])
+                              numpy_helper.from_array((scale / steps).astype(np.float32), f"{name}/weight_scale")])
 
     def op(op_type: str, inputs: list[str], out: str, **attrs) -> onnx.NodeProto:
         return helper.make_node(op_type, inputs, [f"{name}/{out}"], name=f"{name}/{out}", **attrs)

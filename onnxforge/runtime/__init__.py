@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from ..artifact import ArtifactError, read_manifest, verify
+from ..artifact import ArtifactError, Manifest, read_manifest, verify
 from .base import InferenceError, Loaded, Pipeline
 from .pipelines import PIPELINES, Embedder
 from .session import ProviderError, Providers, SessionConfig, available_cpus, create_session
@@ -28,8 +29,19 @@ def open_artifact(
         raise ValueError("pass providers/threads inside config=SessionConfig(...), not beside it")
     directory = Path(path)
     manifest = verify(directory) if verify_files else read_manifest(directory)
-    session = create_session(directory / manifest.model_file, config or SessionConfig(providers, threads))
+    config = config or SessionConfig(providers, threads)
+    if needs_exact_integers(manifest):
+        config = replace(config, exact_integers=True)
+    session = create_session(directory / manifest.model_file, config)
     return Loaded(directory=directory, manifest=manifest, session=session)
+
+
+def needs_exact_integers(manifest: Manifest) -> bool:
+    """Whether an artifact's int8 activations meet weights not kept within a ``weight_pair_limit`` (built before
+    onnxforge kept them so), so that only onnxruntime's exact path gives its gate's results on every CPU."""
+    precision = manifest.precision
+    return precision.get("weights") == "int8" and str(precision.get("activations", "")).startswith("uint8") \
+        and "weight_pair_limit" not in precision
 
 
 def load(

@@ -12,6 +12,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from tokenizers import Encoding
 
 from ..artifact import Manifest
+from ..cpu import Cpu, this_cpu
 from .feeds import check_feeds
 from .text import TextEncoder, length_sorted_batches, pad_batch
 
@@ -79,6 +80,12 @@ class Pipeline:
     @property
     def manifest(self) -> Manifest:
         return self.loaded.manifest
+
+    @property
+    def cpu(self) -> Cpu:
+        """The CPU running this pipeline; ``cpu.kernel_class`` beside ``manifest.quality["measured_on"]`` says
+        whether the gate's figures were measured on the same class of integer kernels."""
+        return this_cpu()
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         return self.loaded.run(feeds, outputs)

@@ -47,6 +47,10 @@ class SessionConfig:
     # CUDA: let attention use cuDNN's flash kernel, which builds a plan for every new input shape (~40 ms each on
     # an H100, measured) and only then runs fast; worth it for fixed shapes, not for text of any length.
     cudnn_attention: bool = False
+    # onnxruntime's exact u8·s8 path where the CPU would add products in saturating 16-bit pairs (AVX2, AVX-512
+    # without VNNI); slower there, the same elsewhere. :func:`open_artifact` sets it for int8 graphs not built on a
+    # saturation-free grid (artifacts from before onnxforge had one).
+    exact_integers: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -130,6 +134,8 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
     if not config.spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if config.exact_integers:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     options.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's business
     return options
 

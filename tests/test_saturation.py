@@ -1,0 +1,174 @@
+"""int8 artifacts give the same integers on every x86 CPU: each int8 form onnxforge emits, on inputs that reach its
+grid's limits, against an exact int64 reference, here and on an emulated AVX2 CPU (saturating 16-bit pair sums)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxforge.cpu import parse_cpuinfo
+from onnxforge.quantization.int8 import Int8Config, finish, prepare
+from onnxforge.quantization.saturation import (
+    PAIR_WEIGHT_LIMIT,
+    exact_everywhere,
+    integer_products,
+    limit_pairs,
+    pair_peak,
+    saturating_products,
+)
+
+from .integer_reference import expose, worst_errors
+
+K, N = 768, 8  # a long reduction: 384 pair sums per output, each one able to saturate
+ROOT = Path(__file__).resolve().parent.parent
+# An AVX2 CPU without AVX-512 or VNNI (AMD Zen 2), for qemu's user-mode emulator
+EMULATED_CPU = "EPYC-Rome"
+FORMS = {
+    "per-token": Int8Config(activations="per-token"),
+    "per-token, GPTQ": Int8Config(activations="per-token", weight_rounding="gptq"),
+    "dynamic": Int8Config(activations="dynamic"),
+    "dynamic, GPTQ": Int8Config(activations="dynamic", weight_rounding="gptq"),
+}
+
+
+def _float_model(path: Path) -> None:
+    """x @ W @ W2: the second MatMul reads a GELU-like (non-negative) input, so per-token gives it the unsigned grid."""
+    rng = np.random.default_rng(0)
+    weight = rng.uniform(-1, 1, size=(K, K)).astype(np.float32)
+    weight[:, 0], weight[:, 1] = 1.0, -1.0  # whole columns at the peak: every row pair at the limit
+    second = weight[:, :N].copy()
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="first"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "W2"], ["y"], name="second")], "adversarial",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],  # calibration skips padding
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(second, "W2")],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), str(path))
+
+
+def _inputs() -> dict[str, np.ndarray]:
+    """Rows that put every stored activation at its largest value (all +1), at its smallest (all -1), and random."""
+    rows = np.random.default_rng(1).normal(size=(1, 8, K)).astype(np.float32)
+    rows[0, 0], rows[0, 1] = 1.0, -1.0
+    return {"x": rows, "attention_mask": np.ones(rows.shape[:2], np.int64)}
+
+
+def _quantized(tmp_path: Path, config: Int8Config) -> onnx.ModelProto:
+    _float_model(tmp_path / "float.onnx")
+    feeds = [_inputs()]
+    prepared = prepare(tmp_path / "float.onnx", tmp_path / "prepared.onnx", config, feeds)
+    finish(prepared, tmp_path / "int8.onnx", config, feeds)
+    return onnx.load(str(tmp_path / "int8.onnx"))
+
+
+def _saturating_model(directory: Path) -> Path:
+    """A hand-made u8·s8 product at 255 × 127 (the 8-bit grids onnxforge used before): saturates without VNNI."""
+    a = np.full((4, K), 255, np.uint8)
+    w = np.full((K, N), 127, np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"], name="full_range")], "saturating",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, K])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [4, N])], [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    expose(model, {"a": a}, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def exposed(tmp_path_factory) -> dict[str, Path]:
+    """Each form's graph, its integer MatMuls exposed, with the adversarial inputs."""
+    found = {}
+    for index, (form, config) in enumerate(FORMS.items()):
+        work = tmp_path_factory.mktemp(f"form{index}")
+        model = _quantized(work, config)
+        expose(model, _inputs(), work / "exposed")
+        found[form] = work / "exposed"
+    return found
+
+
+def test_the_rule_matches_what_a_16_bit_pair_sum_holds():
+    assert exact_everywhere(255, 128) and exact_everywhere(127, 254) and not exact_everywhere(255, 129)
+    q = np.array([[127, 5, -100, 60], [2, 127, 100, -3], [9, 0, 0, 127]], np.int8)  # odd K: the last row pairs with 0
+    fixed = limit_pairs(q)
+    np.testing.assert_array_equal(fixed, [[127, 1, -28, 60], [1, 127, 100, -3], [9, 0, 0, 127]])
+    assert pair_peak(q) == 200 and pair_peak(fixed) == 128
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_inputs_reach_the_grid_limits_and_the_graph_audit_passes(tmp_path, form):
+    products = integer_products(_quantized(tmp_path, FORMS[form]))
+    assert len(products) == 2, products  # both MatMuls are integer
+    assert saturating_products(_quantized(tmp_path, FORMS[form])) == []
+    assert max(a for _, a, _ in products) == 255  # activations keep the whole uint8 range
+    assert max(w for _, _, w in products) == PAIR_WEIGHT_LIMIT  # whole columns at the peak reach the pair limit
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_integer_products_are_exact_on_this_cpu(exposed, form):
+    spec = json.loads((exposed[form] / "nodes.json").read_text())
+    assert len(spec["nodes"]) == 2
+    errors = worst_errors(exposed[form])
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_the_audit_names_a_saturating_product(tmp_path):
+    _saturating_model(tmp_path / "s")
+    model = onnx.load(str(tmp_path / "s" / "model.onnx"))
+    assert saturating_products(model) == ["full_range (activations ≤ 255, weight pairs ≤ 254)"]
+
+
+def _qemu() -> str | None:
+    local = ROOT / ".cache" / "qemu" / "usr" / "bin" / "qemu-x86_64-static"
+    return os.environ.get("ONNXFORGE_QEMU") or (str(local) if local.exists() else None) or \
+        shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86 CPU with this machine's x86 Python")
+@pytest.mark.skipif(_qemu() is None, reason="qemu-user not found (make test fetches Debian's qemu-user-static into "
+                    ".cache/qemu; set ONNXFORGE_QEMU to use another)")  # fmt: skip
+def test_integer_products_are_exact_on_an_emulated_avx2_cpu(exposed, tmp_path):
+    control = _saturating_model(tmp_path / "control")
+    dirs = [str(control), *(str(exposed[form]) for form in FORMS)]
+    run = subprocess.run([_qemu(), "-cpu", EMULATED_CPU, sys.executable, str(ROOT / "tests" / "integer_reference.py"),
+                          *dirs], check=False, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    # the control proves the emulated kernel saturates: the 255 × 127 product loses about half its sum
+    assert errors.pop(str(control))["full_range"] > 0.4
+    for form, directory in zip(FORMS, dirs[1:]):
+        assert max(errors[directory].values()) < 1e-6, (form, errors[directory])
+
+
+CPUINFO = "processor\t: 0\nmodel name\t: {model}\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\n"
+
+
+@pytest.mark.parametrize(("flags", "kernel_class", "saturates"), [
+    ("avx avx2 fma", "avx2", True),
+    ("avx2 avx512f avx512bw", "avx512", True),
+    ("avx2 avx512f avx512bw avx512_vnni", "avx512-vnni", False),
+    ("avx2 avx_vnni", "avx-vnni", False),
+    ("avx2 avx512f avx512bw avx512_vnni amx_tile amx_int8", "amx", False),
+])  # fmt: skip
+def test_the_cpu_class_follows_the_flags_that_pick_integer_kernels(flags, kernel_class, saturates):
+    cpu = parse_cpuinfo(CPUINFO.format(model="Some CPU", flags=flags))
+    assert (cpu.kernel_class, cpu.saturates, cpu.model) == (kernel_class, saturates, "Some CPU")
+    assert cpu.record()["flags"] == [f for f in flags.split() if f in cpu.flags]
+
+
+def test_a_cpu_without_cpuinfo_is_named_by_its_architecture():
+    cpu = parse_cpuinfo("", machine="aarch64")
+    assert cpu.kernel_class == "aarch64" and not cpu.saturates
