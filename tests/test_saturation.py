@@ -16,6 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxforge import corpus
 from onnxforge.cpu import parse_cpuinfo
 from onnxforge.quantization.int8 import Int8Config, finish, prepare
 from onnxforge.quantization.saturation import (
@@ -33,6 +34,7 @@ K, N = 768, 8  # a long reduction: 384 pair sums per output, each one able to sa
 ROOT = Path(__file__).resolve().parent.parent
 # An AVX2 CPU without AVX-512 or VNNI (AMD Zen 2), for qemu's user-mode emulator
 EMULATED_CPU = "EPYC-Rome"
+EVAL_TEXTS = corpus.split(corpus.load()).evaluation[:200]
 FORMS = {
     "per-token": Int8Config(activations="per-token"),
     "per-token, GPTQ": Int8Config(activations="per-token", weight_rounding="gptq"),
@@ -172,3 +174,45 @@ def test_the_cpu_class_follows_the_flags_that_pick_integer_kernels(flags, kernel
 def test_a_cpu_without_cpuinfo_is_named_by_its_architecture():
     cpu = parse_cpuinfo("", machine="aarch64")
     assert cpu.kernel_class == "aarch64" and not cpu.saturates
+
+
+def _with_precision(src: Path, dst: Path, precision: dict) -> Path:
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    (dst / "manifest.json").write_text(json.dumps({**manifest, "precision": precision}))
+    return dst
+
+
+@pytest.mark.parametrize(("precision", "exact_path"), [
+    ({"weights": "int8", "activations": "uint8-dynamic"}, True),  # built before the pair limit: the exact path
+    ({"weights": "int8", "activations": "uint8-dynamic", "weight_pair_limit": 128}, False),  # exact on fast kernels
+    ({"weights": "int4", "activations": "float32"}, False),  # weight-only: float activations
+])  # fmt: skip
+def test_int8_artifacts_without_the_pair_limit_load_on_the_exact_integer_path(tiny_artifact, tmp_path, precision,
+                                                                             exact_path):  # fmt: skip
+    from onnxforge.runtime import open_artifact
+
+    loaded = open_artifact(_with_precision(tiny_artifact, tmp_path / "a", precision), providers="cpu")
+    options = loaded.session.get_session_options()
+    try:
+        found = options.get_session_config_entry("session.x64quantprecision") == "1"
+    except RuntimeError:  # onnxruntime: no such entry was set
+        found = False
+    assert found is exact_path
+
+
+def test_verify_measures_the_gate_again_and_fails_when_a_figure_misses(outlier_artifact, tmp_path, capsys):
+    from onnxforge.cli import main
+    from onnxforge.quantization import Gate, quantize
+
+    parent = tmp_path / "model"
+    shutil.copytree(outlier_artifact, parent / "fp32")
+    quantize(parent / "fp32", parent / "int8", Int8Config(), Gate({"mean_cosine": 0.9}), texts=EVAL_TEXTS)
+    assert main(["verify", str(parent / "int8"), "--texts", "64"]) == 0
+    shown = capsys.readouterr().out
+    assert "mean_cosine" in shown and "manifest measured on" in shown
+    manifest = json.loads((parent / "int8" / "manifest.json").read_text())
+    manifest["quality"]["gate"]["mean_cosine"] = 1.01  # no candidate reaches it
+    (parent / "int8" / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(parent / "int8"), "--texts", "64"]) == 1
+    assert "misses its gate on this machine: mean_cosine" in capsys.readouterr().err
