@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import onnx
 import numpy as np
+import onnx
 import pytest
 from onnxruntime.quantization import quantize_dynamic
 
