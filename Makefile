@@ -28,11 +28,6 @@ $(VENV)/.ok: pyproject.toml constraints.txt
 artifacts: $(VENV)/.ok
 	$(BIN)/onnxforge build artifacts.toml
 
-## The whole suite, then the runtime in an environment that has no torch, transformers, optimum or onnx.
-test: $(VENV)/.ok $(QEMU)
-	$(BIN)/python -m pytest -q
-	$(MAKE) --no-print-directory test-runtime-env
-
 # Debian's qemu-user-static, unpacked here: tests run onnxruntime's integer kernels on an emulated AVX2 CPU
 # (tests/test_saturation.py). Best effort: without it that one test skips and says why.
 QEMU := .cache/qemu/usr/bin/qemu-x86_64-static
@@ -41,6 +36,11 @@ $(QEMU):
 	-cd .cache/qemu && { apt-get download qemu-user-static 2>/dev/null || \
 		{ apt-get update -qq >/dev/null 2>&1 && apt-get download qemu-user-static; }; } && \
 		dpkg -x qemu-user-static_*.deb . && rm -f qemu-user-static_*.deb
+
+## The whole suite, then the runtime in an environment that has no torch, transformers, optimum or onnx.
+test: $(VENV)/.ok $(QEMU)
+	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-runtime-env
 
 # `pip install .` with no extras into a fresh venv, then embed and generate with artifacts built by the build venv.
 test-runtime-env: $(VENV)/.ok

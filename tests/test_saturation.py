@@ -112,9 +112,10 @@ def test_the_rule_matches_what_a_16_bit_pair_sum_holds():
 
 @pytest.mark.parametrize("form", FORMS)
 def test_inputs_reach_the_grid_limits_and_the_graph_audit_passes(tmp_path, form):
-    products = integer_products(_quantized(tmp_path, FORMS[form]))
+    model = _quantized(tmp_path, FORMS[form])
+    products = integer_products(model)
     assert len(products) == 2, products  # both MatMuls are integer
-    assert saturating_products(_quantized(tmp_path, FORMS[form])) == []
+    assert saturating_products(model) == []
     assert max(a for _, a, _ in products) == 255  # activations keep the whole uint8 range
     assert max(w for _, _, w in products) == PAIR_WEIGHT_LIMIT  # whole columns at the peak reach the pair limit
 

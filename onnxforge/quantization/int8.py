@@ -70,9 +70,10 @@ class Int8Config:
             raise ValueError(f"calibration {self.calibration!r}; supported: {', '.join(CALIBRATIONS)}")
         if self.weight_rounding not in WEIGHT_ROUNDING:
             raise ValueError(f"weight_rounding {self.weight_rounding!r}; supported: {', '.join(WEIGHT_ROUNDING)}")
-        if not (self.per_channel and self.symmetric_weights):
-            raise ValueError("int8 weights are symmetric per channel, with row pairs kept within what every CPU's "
-                             "integer kernel adds exactly (saturation.py): they need per_channel and symmetric_weights")
+        on_grid = self.weight_rounding == "gptq" or self.activations == "per-token"
+        if on_grid and not (self.per_channel and self.symmetric_weights):
+            raise ValueError("gptq and per-token use symmetric per-channel weights: they need per_channel and "
+                             "symmetric_weights")
         if self.keep_as not in KEEP_AS:
             raise ValueError(f"keep_as {self.keep_as!r}; supported: {', '.join(KEEP_AS)}")
         if not 0 <= self.search_margin < 1:
@@ -99,17 +100,20 @@ def prepare(src: Path, dst: Path, config: Int8Config, feeds: list[dict[str, np.n
         smooth(model, activation_absmax(dst, inputs, feeds), config.smooth_alpha)
         onnx.save(model, str(dst))
         inputs = sorted(weight_matmuls(model))
-    initializers = {t.name: t for t in model.graph.initializer}
+    per_token = config.activations == "per-token"
     grams = activation_gram(dst, inputs, feeds) if config.weight_rounding == "gptq" else {}
-    for activation, group in weight_matmuls(model).items():
-        for node in group:  # each column's steps: as many as its row pairs allow (per-token), or onnxruntime's 64
-            weight = initializers[node.input[1]]
-            values = numpy_helper.to_array(weight)
-            levels = column_levels(values) if config.activations == "per-token" else REDUCED_LEVELS
-            if config.activations == "per-token":
-                model.graph.initializer.append(numpy_helper.from_array(levels, weight.name + LEVELS_SUFFIX))
-            if activation in grams:
-                weight.CopyFrom(numpy_helper.from_array(gptq_int8(values, grams[activation], levels), weight.name))
+    if per_token or grams:  # else onnxruntime's quantizer rounds every weight on its reduce_range grid
+        initializers = {t.name: t for t in model.graph.initializer}
+        for activation, group in weight_matmuls(model).items():
+            for node in group:  # each column's steps: as many as its row pairs allow (per-token), or onnxruntime's 64
+                weight = initializers[node.input[1]]
+                values = numpy_helper.to_array(weight)
+                levels = column_levels(values) if per_token else REDUCED_LEVELS
+                if per_token:
+                    model.graph.initializer.append(numpy_helper.from_array(levels, weight.name + LEVELS_SUFFIX))
+                if grams:
+                    rounded = gptq_int8(values, grams[activation], levels)
+                    weight.CopyFrom(numpy_helper.from_array(rounded, weight.name))
     if config.activations == "per-token":
         for activation, (low, _, rows) in activation_range(dst, inputs, feeds).items():
             if (shift := unsigned_shift(low, rows)) is not None:

@@ -13,8 +13,8 @@ the CPU's fast u8·s8 kernels (MatMulIntegerToFloat, per-column int8 weight scal
   (:func:`unsigned_shift`): a channel's negative outlier would raise every row's peak.
 
 S = 127 and U = 255: stored activations up to 255, so weights keep their row pairs within 128, each column with
-its own steps (saturation.py), and the products are exact on every x86 kernel. The row's peak multiplies the product afterwards (1/S or 1/U is folded
-into the weight scales).
+its own steps (saturation.py), and the products are exact on every x86 kernel. The row's peak multiplies the
+product afterwards (1/S or 1/U is folded into the weight scales).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ SHIFT_SUFFIX = "/per_token_shift"  # where prepare() stores an input's shift: an
 LEVELS_SUFFIX = "/per_token_levels"  # and a weight's steps per column (saturation.column_levels), named weight + suffix
 # Consumers that add a constant bias to a MatMul output: op → (bias input index, whether the bias packs q, k, v)
 BIAS_OF = {"SkipLayerNormalization": (4, False), "BiasGelu": (1, False), "MultiHeadAttention": (3, True)}
-
-
 
 
 def unsigned_shift(low: np.ndarray, rows: np.ndarray, margin: float = 1.5) -> np.ndarray | None:
