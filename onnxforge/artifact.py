@@ -53,7 +53,7 @@ class FileEntry:
 
 @dataclass
 class Manifest:
-    """Self-description of one artifact; see design.md for the meaning of each section."""
+    """Self-description of one artifact; docs/design.md gives the meaning of each field."""
 
     name: str
     variant: str
