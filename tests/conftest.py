@@ -30,6 +30,21 @@ def tiny_artifact(tmp_path_factory, tiny_source) -> Path:
 
 
 @pytest.fixture(scope="session")
+def decoder_source(tmp_path_factory):
+    """family → the source directory of a tiny decoder trained on the corpus (trained once per session)."""
+    from tests.tiny_models import make_decoder
+
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            made[family] = make_decoder(tmp_path_factory.mktemp(f"decoder-{family}-source"), family)
+        return made[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def minilm_root(tmp_path_factory) -> Path:
     """The default recipe's MiniLM variants (artifacts.toml) built from scratch into a temporary root."""
     return _built(tmp_path_factory, "minilm-l6")

@@ -6,9 +6,11 @@ A real uvicorn server runs on a free loopback port in a thread; every error path
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -21,34 +23,51 @@ openai = pytest.importorskip("openai")
 from onnxforge.runtime import load
 from onnxforge.server import Limits, create_app
 from onnxforge.server.batching import MicroBatcher, Overloaded
-from tests.tiny_models import make_decoder
+from tests.decoding import TorchReference
 
 EMBED, CHAT = "tiny-bert/fp32", "tiny-llama/fp32"
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_artifact):
+@contextlib.contextmanager
+def _running(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port in a thread; yields its base URL."""
     import uvicorn
 
-    from onnxforge.export import export
-
-    root = tmp_path_factory.mktemp("served")
-    chat = root / "tiny-llama" / "fp32"
-    export(make_decoder(root / "source", "llama"), chat, "generate")
-    app = create_app([tiny_artifact, chat], Limits(max_wait_ms=20, max_inputs=64, max_chars=5000))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    yield base, load(tiny_artifact, providers="cpu"), load(chat, providers="cpu")
-    server.should_exit = True
-    thread.join(timeout=30)
+    _until(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out waiting for the server"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def chat_artifact(tmp_path_factory, decoder_source):
+    from onnxforge.export import export
+
+    chat = tmp_path_factory.mktemp("served") / "tiny-llama" / "fp32"
+    export(decoder_source("llama"), chat, "generate")
+    return chat
+
+
+@pytest.fixture(scope="module")
+def served(tiny_artifact, chat_artifact, decoder_source):
+    app = create_app([tiny_artifact, chat_artifact], Limits(max_wait_ms=20, max_inputs=64, max_chars=5000))
+    with _running(app) as base:
+        yield base, load(tiny_artifact, providers="cpu"), TorchReference(decoder_source("llama"))
 
 
 def _client(base: str):
@@ -87,16 +106,16 @@ def test_concurrent_embeddings_are_micro_batched_and_split_back(served):
     assert "onnxforge_request_seconds_bucket" in metrics and "onnxforge_queue_depth" in metrics
 
 
-def test_completions_and_streamed_chat_match_the_runtime(served):
-    base, _, generator = served
+def test_completions_and_streamed_chat_match_transformers(served):
+    base, _, reference = served
     client = _client(base)
     done = client.completions.create(model=CHAT, prompt="The weather today", max_tokens=12, temperature=0)
-    assert done.choices[0].text == generator.generate("The weather today", max_new_tokens=12)
+    assert done.choices[0].text == reference.text("The weather today", 12)
     assert done.usage.completion_tokens <= 12
     messages = [{"role": "user", "content": "Hello there"}]
     stream = client.chat.completions.create(model=CHAT, messages=messages, max_tokens=10, temperature=0, stream=True)
     pieces = [c.choices[0].delta.content or "" for c in stream]
-    assert "".join(pieces) == generator.chat(messages, max_new_tokens=10)
+    assert "".join(pieces) == reference.text("Hello there", 10, chat=True)
     whole = client.chat.completions.create(model=CHAT, messages=messages, max_tokens=10, temperature=0)
     assert whole.choices[0].message.content == "".join(pieces)
 
@@ -129,7 +148,7 @@ def test_malformed_json_is_a_400(served):
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
 
 
-def test_a_full_queue_answers_503_with_retry_after():
+def test_a_full_queue_refuses_at_once():
     async def scenario():
         slow = MicroBatcher(lambda texts: (time.sleep(0.2), (np.zeros((len(texts), 2)),))[1], ThreadPoolExecutor(1),
                             max_batch=4, max_wait_ms=1, max_queue=4)  # fmt: skip
@@ -142,7 +161,42 @@ def test_a_full_queue_answers_503_with_retry_after():
         await slow.stop()
 
     asyncio.run(scenario())
-    from onnxforge.server.app import ApiError
 
-    response = ApiError(503, "overloaded", "server_error").response()
-    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+def test_the_real_server_answers_503_with_retry_after_when_overloaded(tiny_artifact, chat_artifact, decoder_source):
+    """One generation running and one waiting (the limits), one embedding batch running and a full queue behind
+    it: the next requests get 503 + Retry-After over HTTP, the metrics count them, and the held ones finish."""
+    app = create_app([tiny_artifact, chat_artifact],
+                     Limits(max_generations=1, max_waiting_generations=1, max_batch=2, max_queue=2, max_wait_ms=1))
+    server, release = app.state.server, threading.Event()
+    body = {"model": CHAT, "prompt": "The weather today", "max_tokens": 24, "temperature": 0}
+    with _running(app) as base, ThreadPoolExecutor(4) as pool:
+        generator, batcher = server.models[CHAT].pipeline, server.models[EMBED].batcher
+        forward, embed = generator.decoder.forward, batcher.fn
+        generator.decoder.forward = lambda *a, **k: release.wait(60) and forward(*a, **k)
+        batcher.fn = lambda texts: release.wait(60) and embed(texts)
+        post = lambda path, payload, seconds=60: httpx.post(f"{base}{path}", json=payload, timeout=seconds)
+        running = pool.submit(post, "/v1/completions", body)
+        _until(server.slots.locked)
+        waiting = pool.submit(post, "/v1/completions", body)
+        _until(lambda: server.waiting == 1)
+        stream = {"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        refused = [post("/v1/completions", body, 10), post("/v1/chat/completions", stream, 10)]
+        batch = pool.submit(post, "/v1/embeddings", {"model": EMBED, "input": ["a", "b"]})
+        _until(lambda: batcher.queued == 0 and server.metrics.batches.n == 1)
+        queued = pool.submit(post, "/v1/embeddings", {"model": EMBED, "input": ["c", "d"]})
+        _until(lambda: batcher.queued == 2)
+        refused.append(post("/v1/embeddings", {"model": EMBED, "input": "e"}, 10))
+        release.set()
+        held = [future.result() for future in (running, waiting, batch, queued)]
+        metrics = httpx.get(f"{base}/metrics").text
+    for response, limit in zip(refused, ["limit 1", "limit 1", "limit 2"]):
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        error = response.json()["error"]
+        assert error["type"] == "server_error" and limit in error["message"]
+    assert [response.status_code for response in held] == [200] * 4
+    expected = TorchReference(decoder_source("llama")).text(body["prompt"], 24)
+    assert held[0].json()["choices"][0]["text"] == held[1].json()["choices"][0]["text"] == expected
+    for route, count in [("/v1/completions", 1), ("/v1/chat/completions", 1), ("/v1/embeddings", 1)]:
+        assert f'onnxforge_requests_total{{route="{route}",status="503"}} {count}' in metrics
+    assert 'onnxforge_requests_total{route="/v1/completions",status="200"} 2' in metrics

@@ -1,4 +1,5 @@
-"""Tiny random-weight Hugging Face models built in-process, for tests and the runtime-env check.
+"""Tiny Hugging Face models built in-process, for tests and the runtime-env check: random-weight encoders and
+decoders briefly trained on the shipped corpus.
 
 ``python -m tests.tiny_models embed OUT`` exports a tiny BERT embed artifact to OUT.
 Each family is one row of ``FAMILIES``: a config class and the keyword arguments that make it tiny.
@@ -66,10 +67,11 @@ def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str
 
 DECODER_SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                  "intermediate_size": 64, "max_position_embeddings": 256}  # fmt: skip
+NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # GPT-2 learns little in 300 steps with dropout
 DECODERS: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {**DECODER_SMALL, "tie_word_embeddings": True}),
     "qwen2": ("Qwen2Config", DECODER_SMALL),
-    "gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256, **NO_DROPOUT}),
 }  # fmt: skip
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2, as in SmolLM2
 CHATML = (
@@ -98,8 +100,36 @@ def byte_bpe_tokenizer(vocab_size: int = 512):
                                    unk_token=SPECIALS[0], chat_template=CHATML)  # fmt: skip
 
 
+# A short next-token training run on the corpus's calibration half: random weights predict from the current token
+# alone (whatever came before), so a decoder that lost its KV cache would still pass every test on them. Trained,
+# about half of the next-token predictions change when the earlier context is taken away (test_generate checks).
+TRAINING = {"steps": 300, "batch": 16, "length": 64, "learning_rate": 3e-3}
+
+
+def train_on_corpus(model, tokenizer, seed: int = 0, steps: int = TRAINING["steps"]) -> None:
+    """Teach ``model`` the corpus's next tokens (AdamW, linear decay) on windows of ``TRAINING["length"]`` tokens."""
+    import torch
+
+    from onnxforge import corpus
+
+    text = [t for s in corpus.split(corpus.load()).calibration for t in tokenizer(s + "\n").input_ids]
+    stream, length = torch.tensor(text), TRAINING["length"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINING["learning_rate"], weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    draw = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(stream) - length, (TRAINING["batch"],), generator=draw)
+        batch = torch.stack([stream[s : s + length] for s in starts.tolist()])
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+    model.eval()
+
+
 def make_decoder(directory: Path, family: str = "llama", seed: int = 0) -> Path:
-    """Save a random-weight causal LM of ``family`` with a byte-level BPE tokenizer and a ChatML chat template."""
+    """Save a causal LM of ``family``, briefly trained on the corpus, with a byte-level BPE tokenizer and ChatML."""
     import torch
     import transformers
 
@@ -107,9 +137,8 @@ def make_decoder(directory: Path, family: str = "llama", seed: int = 0) -> Path:
     tokenizer = byte_bpe_tokenizer()
     config = getattr(transformers, config_class)(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, **kwargs)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # spread the logits so greedy choices are clear-cut, as in a trained model
-        model.get_output_embeddings().weight.normal_(0.0, 0.5)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    train_on_corpus(model, tokenizer, seed)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
