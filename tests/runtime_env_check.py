@@ -1,11 +1,14 @@
 """Run by `make test-runtime-env` with a venv that has only `pip install .` (onnxruntime, tokenizers, numpy).
 
 Usage: python runtime_env_check.py EMBED_DIR GENERATE_DIR — exits non-zero if a build-time library is importable,
-the embed artifact does not embed or the generate artifact does not generate, stream and chat.
+the embed artifact does not embed or the generate artifact does not generate, stream and chat what transformers
+generated from the same model (GENERATE_DIR/../expected.json, written by the build venv).
 """
 
 import importlib.util
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -25,9 +28,12 @@ assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 assert cli.main(["inspect", sys.argv[1]]) == 0
 assert cli.main(["export", "any-model", "-o", "/tmp/never-written"]) == 2  # says to install the build extra
 generator = load(sys.argv[2])
+expected = json.loads((Path(sys.argv[2]).parent / "expected.json").read_text())  # transformers' greedy text
 text = generator.generate("An edge app", max_new_tokens=12)
-assert isinstance(text, str) and "".join(generator.generate("An edge app", max_new_tokens=12, stream=True)) == text
-assert generator.chat([{"role": "user", "content": "Hi"}], max_new_tokens=4) is not None
+assert text == expected["generate"], (text, expected["generate"])
+assert "".join(generator.generate("An edge app", max_new_tokens=12, stream=True)) == text
+chat = generator.chat([{"role": "user", "content": "An edge app"}], max_new_tokens=12)
+assert chat == expected["chat"], (chat, expected["chat"])
 print(f"generate gave {len(text)} characters; ", end="")
 print(f"runtime-only environment OK: {vectors.shape[0]} × {embedder.dim} on {embedder.provider}, "
       f"numpy {np.__version__}, no {', '.join(BUILD_ONLY)}")

@@ -23,7 +23,6 @@ def test_manifest_records_signature_parity_and_fusions(tiny_artifact):
     assert [o.name for o in m.outputs] == ["sentence_embedding", "last_hidden_state"]
     assert m.outputs[0].shape == ["batch_size", 32]
     assert {i.name for i in m.inputs} >= {"input_ids", "attention_mask"}
-    assert m.parity["max_abs_diff"] <= m.parity["tolerance_max_abs"]
     assert m.parity["min_cosine"] >= 0.99999 and m.parity["texts"] > 90
     assert m.graph["fused_ops"].get("MultiHeadAttention") == 2  # one per layer
     assert m.build["opset"] == 18 and m.build["torch"] and m.build["onnxruntime"]

@@ -154,14 +154,20 @@ def export_tiny_embed(out: Path) -> Path:
 
 
 def export_tiny_generate(out: Path) -> Path:
-    """A tiny Llama generate artifact (fused decoder graph, chat template) at ``out``."""
+    """A tiny Llama generate artifact (fused decoder graph, chat template) at ``out``, and beside it
+    ``expected.json``: transformers' own greedy continuations, for the runtime-only environment to match."""
     from onnxforge.export import export
+    from tests.decoding import TorchReference
 
     source = make_decoder(out.parent / f"{out.name}-source", "llama")
     export(source, out, "generate", name="tiny-llama")
+    reference = TorchReference(source)
+    expected = {"generate": reference.text(GENERATE_PROMPT, 12), "chat": reference.text(GENERATE_PROMPT, 12, chat=True)}
+    (out.parent / "expected.json").write_text(json.dumps(expected))
     return out
 
 
+GENERATE_PROMPT = "An edge app"
 EXPORTS = {"embed": export_tiny_embed, "generate": export_tiny_generate}
 
 if __name__ == "__main__":

@@ -27,10 +27,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def converter_version() -> str:
+    """What a conversion depends on besides the GGUF: this module's code and the transformers and gguf versions.
+    Part of the cache key, so that a conversion made by other code is never reused."""
+    from importlib.metadata import version
+
+    stamp = Path(__file__).read_bytes() + f"transformers {version('transformers')} gguf {version('gguf')}".encode()
+    return hashlib.sha256(stamp).hexdigest()[:8]
+
+
 def converted(gguf: Path, digest: str | None = None) -> Path:
     """The Hugging Face directory for ``gguf``, converting it on first use (into a temp dir, then renamed)."""
     digest = digest or file_sha256(gguf)
-    target = cache_root() / "gguf" / f"{gguf.stem}-{digest[:16]}"
+    target = cache_root() / "gguf" / f"{gguf.stem}-{digest[:16]}-{converter_version()}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,8 @@ def column_levels(weight: np.ndarray) -> np.ndarray:
     """Steps per column (``REDUCED_LEVELS`` to ``QMAX``) such that rounding ``weight`` (K × N, float) on
     ``max|w| / levels`` keeps every row pair within ``PAIR_WEIGHT_LIMIT`` (each rounding adds at most half a step)."""
     magnitude = np.abs(_pairs(weight)).sum(axis=1).max(axis=0)
-    relative = magnitude / np.maximum(np.abs(weight).max(axis=0), 1e-12)  # 1 (one large weight) to 2 (two)
+    # 1 (one large weight) to 2 (two); an all-zero column (say, a channel zeroed upstream) counts as 1
+    relative = np.maximum(magnitude / np.maximum(np.abs(weight).max(axis=0), 1e-12), 1.0)
     return np.clip(np.floor((PAIR_WEIGHT_LIMIT - 1) / relative), REDUCED_LEVELS, QMAX).astype(np.int64)
 
 
