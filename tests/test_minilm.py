@@ -39,7 +39,8 @@ def test_quantized_variants_meet_their_recipe_gate(minilm_root, variant):
     held_out = corpus.split(corpus.load()).evaluation
     found = cosines(*(load(minilm_root / "minilm-l6" / v).embed(held_out) for v in ("fp32", variant)))
     assert found.mean() >= gate["mean_cosine"] and found.min() >= gate["min_cosine"]
-    assert found.mean() == pytest.approx(manifest.quality["mean_cosine"], abs=1e-5)
+    # the gate embedded in other batches: per-tensor activation scales (int8-fast) follow the batch, so ±1e-3
+    assert found.mean() == pytest.approx(manifest.quality["mean_cosine"], abs=1e-3)
     fp32 = verify(minilm_root / "minilm-l6" / "fp32")
     assert manifest.files["model.onnx"].bytes < 0.8 * fp32.files["model.onnx"].bytes
 
