@@ -199,18 +199,6 @@ def test_prompts_that_cannot_run_are_refused(decoder):
         generator.generate("word " * 400)
 
 
-def test_repetition_penalty_and_top_p_on_known_logits():
-    from onnxforge.runtime.sampling import Sampling
-
-    logits = np.array([0.0, 5.0, 4.9, -1.0], dtype=np.float32)
-    assert Sampling().picker()(logits, [1]) == 1
-    assert Sampling(repetition_penalty=1.5).picker()(logits, [1]) == 2  # 5 / 1.5 < 4.9
-    nucleus = Sampling(temperature=1.0, top_p=0.5, seed=0).picker()
-    assert {nucleus(logits, []) for _ in range(50)} == {1}  # token 1 alone holds just over half the mass
-    wide = Sampling(temperature=1.0, seed=0).picker()
-    assert {wide(logits, []) for _ in range(200)} >= {1, 2}
-
-
 def test_text_stream_never_splits_characters_and_holds_stop_prefixes():
     from tokenizers import Tokenizer
 
