@@ -139,3 +139,41 @@ def test_malformed_manifest_is_an_artifact_error(tmp_path):
     (final / MANIFEST).write_text(json.dumps({"format": FORMAT, "name": "m"}))
     with pytest.raises(ArtifactError, match="malformed manifest"):
         read_manifest(final)
+
+
+def test_recover_puts_the_newest_aside_copy_back_and_clears_the_rest(tmp_path):
+    """A build killed between its two renames left no artifact, two aside copies and a half-built directory."""
+    import shutil
+
+    from onnxforge.artifact import recover
+
+    shutil.copytree(_publish(tmp_path), tmp_path / "first")
+    final = _publish(tmp_path, {"model.onnx": b"newer graph"})
+    older, newer = final.with_name(".fp32.old-bbbb"), final.with_name(".fp32.old-aaaa")
+    final.rename(newer)
+    (tmp_path / "first").rename(older)
+    os.utime(older, (1, 1))  # the older copy is older by its time, whatever its name sorts as
+    (tmp_path / "m" / ".fp32.tmp-half").mkdir()
+    recover(final)
+    assert verify(final).files["model.onnx"].bytes == len(b"newer graph")
+    assert siblings(final) == ["fp32"]
+    recover(final)  # nothing left to do: the artifact stays
+    assert (final / "model.onnx").read_bytes() == b"newer graph"
+
+
+def test_manifest_round_trips_its_outputs_and_names_a_missing_one(tmp_path):
+    final = _publish(tmp_path)
+    manifest = read_manifest(final)
+    assert manifest.output("input_ids") == TensorSpec("input_ids", "int64", ["batch", "sequence"])
+    assert manifest.outputs == _manifest().outputs
+    with pytest.raises(ArtifactError, match=r"artifact m/fp32 has no output 'logits'"):
+        manifest.output("logits")
+
+
+def test_refusals_name_what_is_wrong(tmp_path):
+    final = _publish(tmp_path)
+    (final / MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match=r"manifest\.json: manifest is not a JSON object"):
+        read_manifest(final)
+    with pytest.raises(ArtifactError, match=r"the staged artifact has no model\.onnx"), staging(tmp_path / "n") as stage:
+        publish(stage, _manifest(), tmp_path / "n")

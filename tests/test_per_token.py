@@ -77,6 +77,44 @@ def test_one_outlier_token_coarsens_per_tensor_int8_but_not_per_token(tmp_path, 
     assert _relative_error(_run(token, x)[0, 3], want[0, 3]) < 0.03  # the outlier token itself stays right too
 
 
+def _stored_weight(path) -> tuple[np.ndarray, np.ndarray]:
+    """The rewritten MatMul's int8 weight (K × N) and its per-column scales, read from the graph."""
+    arrays = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    q = next(a for a in arrays if a.dtype == np.int8 and a.shape == (K, N))
+    scale = next(a for a in arrays if a.dtype == np.float32 and a.shape == (N,))
+    return q, scale
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e-3])  # small activations keep their own fine grid
+def test_signed_tokens_are_rounded_on_their_own_127_steps_exactly(tmp_path, weight, magnitude):
+    """Without a shift each token is rounded to max|x|/127 steps around 0: the graph's output is those integers,
+    computed here in numpy, times the stored int8 weight and its scale (which holds the 1/127) times the token's
+    max|x|, to float precision (not just "close to fp32")."""
+    x = (np.random.default_rng(2).normal(size=(2, 8, K)) * magnitude).astype(np.float32)
+    _matmul_model(tmp_path / "float.onnx", weight)
+    model = onnx.load(str(tmp_path / "float.onnx"))
+    per_token_int8(model, {"proj"}, {})
+    onnx.save(model, str(tmp_path / "token.onnx"))
+    q, scale = _stored_weight(tmp_path / "token.onnx")
+    peak = np.abs(x).max(axis=-1, keepdims=True).astype(np.float64)
+    want = (np.round(x / peak * 127) @ (q.astype(np.float64) * scale)) * peak
+    np.testing.assert_allclose(_run(tmp_path / "token.onnx", x), want, rtol=1e-4, atol=1e-6 * magnitude)
+
+
+def test_levels_stored_by_prepare_bound_the_weight_integers(tmp_path, weight):
+    """prepare() stores each weight's steps per column (the pair rule's room); the rewrite rounds on those."""
+    from onnxforge.quantization.per_token import LEVELS_SUFFIX
+
+    _matmul_model(tmp_path / "float.onnx", weight)
+    model = onnx.load(str(tmp_path / "float.onnx"))
+    levels = np.where(np.arange(N) % 2 == 0, 64, 100).astype(np.int64)
+    model.graph.initializer.append(numpy_helper.from_array(levels, "W" + LEVELS_SUFFIX))
+    per_token_int8(model, {"proj"}, {})
+    onnx.save(model, str(tmp_path / "token.onnx"))
+    q, _ = _stored_weight(tmp_path / "token.onnx")
+    np.testing.assert_array_equal(np.abs(q.astype(np.int64)).max(axis=0), levels)
+
+
 def test_the_shift_is_folded_into_the_next_bias_or_subtracted(tmp_path, weight):
     """MatMul → BiasGelu: c·W leaves through BiasGelu's bias, no extra node; a bare MatMul output gets a Sub."""
     x = np.maximum(np.random.default_rng(2).normal(size=(4, 32, K)), -0.17).astype(np.float32)  # GELU-like
