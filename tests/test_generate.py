@@ -78,6 +78,41 @@ def test_each_decode_step_gives_transformers_logits_at_its_position(decoder, fam
     np.testing.assert_allclose(np.stack(steps), reference.logits(ids)[7:], atol=1e-3)
 
 
+def test_repetition_penalty_counts_the_prompt_as_transformers_does(decoder):
+    import torch
+
+    reference, artifact = decoder("llama")
+    generator = load(artifact, providers="cpu")
+    ids = generator.encode(PROMPTS[1])
+    with torch.no_grad():
+        out = reference.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                       max_new_tokens=24, do_sample=False, repetition_penalty=1.3, eos_token_id=2,
+                                       pad_token_id=2)  # fmt: skip
+    expected = reference.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    assert expected != reference.text(PROMPTS[1], 24)  # the penalty changes this continuation
+    assert generator.generate(PROMPTS[1], max_new_tokens=24, repetition_penalty=1.3) == expected
+
+
+def test_generation_stops_at_the_context(decoder):
+    from onnxforge.runtime.decoder import greedy
+
+    reference, artifact = decoder("llama")
+    generator = load(artifact, providers="cpu")
+    endless = TorchReference(reference.source, eos=-1)  # no end-of-sequence: only the context stops it
+    passage = [i for p in held_out_passages(generator, 2) for i in p]
+    for room in (1, 6):
+        ids = passage[: generator.context - room]
+        tokens = list(generator.decoder.continuation(ids, 40, greedy, frozenset()))
+        assert tokens == endless.continuation(ids, room) and len(tokens) == room
+
+
+def test_a_graph_without_a_kv_cache_is_not_a_decoder(tiny_artifact):
+    from onnxforge.runtime.decoder import Decoder
+
+    with pytest.raises(ValueError, match=r"not a generate graph with a KV cache: inputs are \['attention_mask', "):
+        Decoder(load(tiny_artifact, providers="cpu").loaded.session, 64)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_llama_families_get_the_fused_graph_and_the_traced_one_is_fused_too(decoder, family):
     built = read_manifest(decoder(family)[1]).graph
