@@ -89,3 +89,21 @@ def decode_and_reread(generator: Generator, prompt: str, new_tokens: int = 24) -
     tokens = list(generator.tokens(ids, Request.check(new_tokens, None)))
     logits = generator.loaded.session.run(["logits"], generator.decoder.feeds(ids + tokens))[0][0]
     return tokens, logits[len(ids) - 1 : len(ids) - 1 + len(tokens)].argmax(-1).tolist()
+
+
+def assert_cache_exact(generator: Generator, ids: list[int], new_tokens: int, pick: Picker = greedy,
+                       prompt_counts: bool = False, eos: frozenset[int] | None = None) -> list[int]:  # fmt: skip
+    """Decode through the cache, keeping the logits each step picked from; they must equal the same graph's logits
+    at those positions when it reads prompt + output in one plain ``session.run`` (atol 1e-3). Finer than
+    comparing tokens: a cache one position off changes logits even where the greedy choice survives."""
+    seen: list[np.ndarray] = []
+
+    def recording(logits: np.ndarray, previous: Sequence[int]) -> int:
+        seen.append(logits.copy())
+        return pick(logits, previous)
+
+    stop = generator.eos if eos is None else eos
+    tokens = list(generator.decoder.continuation(ids, new_tokens, recording, stop, prompt_counts))
+    one_pass = generator.loaded.session.run(["logits"], generator.decoder.feeds(ids + tokens))[0][0]
+    np.testing.assert_allclose(np.stack(seen), one_pass[len(ids) - 1 : len(ids) - 1 + len(seen)], atol=1e-3)
+    return tokens

@@ -16,7 +16,13 @@ from onnxforge.artifact import read_manifest
 from onnxforge.runtime import load
 from onnxforge.runtime.generate import Generator, Request
 from onnxforge.runtime.sampling import Sampling
-from tests.decoding import TorchReference, decode_and_reread, held_out_passages, language_figures
+from tests.decoding import (
+    TorchReference,
+    assert_cache_exact,
+    decode_and_reread,
+    held_out_passages,
+    language_figures,
+)
 
 PROMPTS = ["The weather today", "Once upon a time there was", "Numbers: 1, 2, 3,"]
 
@@ -91,10 +97,10 @@ def test_repetition_penalty_counts_the_prompt_as_transformers_does(decoder):
     expected = reference.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
     assert expected != reference.text(PROMPTS[1], 24)  # the penalty changes this continuation
     assert generator.generate(PROMPTS[1], max_new_tokens=24, repetition_penalty=1.3) == expected
+    assert_cache_exact(generator, ids, 24, Sampling(repetition_penalty=1.3).picker(), prompt_counts=True)
 
 
 def test_generation_stops_at_the_context(decoder):
-    from onnxforge.runtime.decoder import greedy
 
     reference, artifact = decoder("llama")
     generator = load(artifact, providers="cpu")
@@ -102,7 +108,7 @@ def test_generation_stops_at_the_context(decoder):
     passage = [i for p in held_out_passages(generator, 2) for i in p]
     for room in (1, 6):
         ids = passage[: generator.context - room]
-        tokens = list(generator.decoder.continuation(ids, 40, greedy, frozenset()))
+        tokens = assert_cache_exact(generator, ids, 40, eos=frozenset())
         assert tokens == endless.continuation(ids, room) and len(tokens) == room
 
 
@@ -162,6 +168,7 @@ def test_max_new_tokens_and_stop_strings(decoder):
     assert generator.generate(PROMPTS[2], max_new_tokens=0) == ""
     text = generator.generate(PROMPTS[2], max_new_tokens=40)
     assert text == reference.text(PROMPTS[2], 40)
+    assert_cache_exact(generator, ids, 40)
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     assert stop.strip(), f"no stop string to cut at in {text!r}"
     cut = generator.generate(PROMPTS[2], max_new_tokens=40, stop=[stop, "\u2603never"])
@@ -183,6 +190,8 @@ def test_chat_uses_the_models_template(decoder):
         )
     reply = generator.chat(conversations[0], max_new_tokens=10)
     assert reply == reference.text("Hi there", 10, chat=True)
+    prompt_ids = generator.encode(generator.chat_prompt(conversations[0]), add_special_tokens=False)
+    assert_cache_exact(generator, prompt_ids, 10)
     with pytest.raises(ValueError, match="role 'robot'"):
         generator.chat([{"role": "robot", "content": "beep"}])
     with pytest.raises(TypeError, match="non-empty list"):
