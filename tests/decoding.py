@@ -82,13 +82,19 @@ def language_figures(reference: TorchReference, generator: Generator, count: int
     return {"next_token_agreement": float(np.concatenate(agree).mean()), "perplexity_retention": float(retention)}
 
 
+def _one_pass_logits(generator: Generator, ids: list[int], tokens: list[int], steps: int) -> np.ndarray:
+    """The logits that predicted each of the first ``steps`` decoded positions, from the same graph reading
+    ``ids + tokens`` in one plain ``session.run`` from an empty cache (no decode loop involved)."""
+    logits = generator.loaded.session.run(["logits"], generator.decoder.feeds(ids + tokens))[0][0]
+    return logits[len(ids) - 1 : len(ids) - 1 + steps]
+
+
 def decode_and_reread(generator: Generator, prompt: str, new_tokens: int = 24) -> tuple[list[int], list[int]]:
     """Greedy tokens decoded through the cache, and the argmax at each of their positions when the same graph
-    reads prompt + tokens in one plain ``session.run`` from an empty cache: equal when decoding is right."""
+    reads prompt + tokens in one pass: equal when decoding is right."""
     ids = generator.encode(prompt)
     tokens = list(generator.tokens(ids, Request.check(new_tokens, None)))
-    logits = generator.loaded.session.run(["logits"], generator.decoder.feeds(ids + tokens))[0][0]
-    return tokens, logits[len(ids) - 1 : len(ids) - 1 + len(tokens)].argmax(-1).tolist()
+    return tokens, _one_pass_logits(generator, ids, tokens, len(tokens)).argmax(-1).tolist()
 
 
 def assert_cache_exact(generator: Generator, ids: list[int], new_tokens: int, pick: Picker = greedy,
@@ -104,6 +110,5 @@ def assert_cache_exact(generator: Generator, ids: list[int], new_tokens: int, pi
 
     stop = generator.eos if eos is None else eos
     tokens = list(generator.decoder.continuation(ids, new_tokens, recording, stop, prompt_counts))
-    one_pass = generator.loaded.session.run(["logits"], generator.decoder.feeds(ids + tokens))[0][0]
-    np.testing.assert_allclose(np.stack(seen), one_pass[len(ids) - 1 : len(ids) - 1 + len(seen)], atol=1e-3)
+    np.testing.assert_allclose(np.stack(seen), _one_pass_logits(generator, ids, tokens, len(seen)), atol=1e-3)
     return tokens

@@ -114,7 +114,7 @@ def prepare(src: Path, dst: Path, config: Int8Config, feeds: list[dict[str, np.n
                 if grams:
                     rounded = gptq_int8(values, grams[activation], levels)
                     weight.CopyFrom(numpy_helper.from_array(rounded, weight.name))
-    if config.activations == "per-token":
+    if per_token:
         for activation, (low, _, rows) in activation_range(dst, inputs, feeds).items():
             if (shift := unsigned_shift(low, rows)) is not None:
                 model.graph.initializer.append(numpy_helper.from_array(shift, activation + SHIFT_SUFFIX))
