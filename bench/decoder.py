@@ -1,5 +1,8 @@
 """SmolLM2-135M greedy decoding, every system side by side: TTFT, tokens/s at 64 and 256 new tokens, and the bytes
-of weights each decoded token reads, next to the memory bandwidth that implies.
+of weights each decoded token reads, next to the memory bandwidth that implies; and beside the speed, each system's
+fidelity to the fp32 reference (torch on the GGUF's de-quantized weights) on the held-out passages the quantization
+gate uses: teacher-forced top-1 next-token agreement and perplexity retention, so no row wins speed by losing
+quality unseen.
 
 Peers in their own venvs (``make bench-peers``): llama.cpp (llama-cpp-python) on the same Q4_1 GGUF, and
 onnxruntime-genai's model builder int4. A peer that is not installed is listed as skipped, not silently dropped.
@@ -122,9 +125,22 @@ def prompts() -> list[str]:
     return found
 
 
+def held_out(count: int) -> list[list[int]]:
+    """Token ids of the gate's held-out passages (the corpus's evaluation split), in SmolLM2's tokenizer."""
+    from onnxforge import corpus
+    from onnxforge.quantization.gate import passages
+    from onnxforge.runtime import load
+
+    generator = load(ARTIFACTS / "fp32", providers="cpu", verify_files=False)
+    return passages(generator, corpus.split(corpus.load()).evaluation, count)
+
+
 def run_decoders(quick: bool, threads: int, machine: dict, tmp: Path) -> list[dict]:
-    prompt_file = tmp / "prompts.json"
+    from onnxforge.quantization.gate import PASSAGES
+
+    prompt_file, passage_file = tmp / "prompts.json", tmp / "passages.json"
     prompt_file.write_text(json.dumps(prompts()[:1] if quick else prompts()))
+    passage_file.write_text(json.dumps(held_out(8 if quick else PASSAGES)))
     lengths = "64" if quick else "64,256"
     rows = []
     for index, system in enumerate(decoders()):
@@ -138,9 +154,10 @@ def run_decoders(quick: bool, threads: int, machine: dict, tmp: Path) -> list[di
         out = tmp / f"decode-{index}.json"
         subprocess.run([str(python), "-m", "bench.decode_worker", "--loader", system.loader, "--model", str(model),
                         "--prompts", str(prompt_file), "--lengths", lengths, "--threads", str(threads),
-                        "--out", str(out)], check=True, cwd=ROOT)  # fmt: skip
+                        "--out", str(out), "--passages", str(passage_file)], check=True, cwd=ROOT)  # fmt: skip
         measured = json.loads(out.read_text())
-        rows.append({**_figures(system, model, measured["runs"], machine), "peak_rss_mb": measured["peak_rss_mb"]})
+        rows.append({**_figures(system, model, measured["runs"], machine), "peak_rss_mb": measured["peak_rss_mb"],
+                     "scored": measured["scored"]})  # fmt: skip
     reference = next((r for r in rows if r["family"] == "reference" and "runs" in r), None)
     llama = next((r for r in rows if r["system"].startswith("llama.cpp") and "runs" in r), None)
     for row in rows:
@@ -148,8 +165,11 @@ def run_decoders(quick: bool, threads: int, machine: dict, tmp: Path) -> list[di
             continue
         if reference:
             row["same_tokens_as_torch"] = _prefix_share(reference["runs"], row["runs"])
+            row.update(fidelity(reference["scored"], row["scored"]))
         if llama:
             row["vs_llama_cpp"] = row["tok_s_64"] / llama["tok_s_64"]
+    for row in rows:
+        row.pop("scored", None)  # per-position scores: figures above, not results
     return rows
 
 
@@ -171,6 +191,17 @@ def _figures(system: Decoder, model: Path, runs: list[dict], machine: dict) -> d
     return row
 
 
+def fidelity(reference: list[dict], scored: list[dict]) -> dict[str, float]:
+    """Teacher-forced top-1 agreement with the reference over every position, and perplexity retention
+    (reference perplexity / this one's: 1 = nothing lost)."""
+    import numpy as np
+
+    agree = np.concatenate([np.equal(r["top1"], s["top1"]) for r, s in zip(reference, scored)])
+    nll = lambda rows: -np.concatenate([r["log_p"] for r in rows]).mean()
+    return {"agreement": float(agree.mean()), "perplexity_retention": float(np.exp(nll(reference) - nll(scored))),
+            "scored_tokens": int(agree.size)}  # fmt: skip
+
+
 def _prefix_share(reference: list[dict], runs: list[dict]) -> float:
     """Mean share of the 64-token greedy continuations that match torch fp32 before the first difference."""
     shares = []
@@ -185,6 +216,7 @@ COLUMNS = [
     ("tok/s (256)", "tok_s_256", 1), ("× llama.cpp", "vs_llama_cpp", 2), ("peak RSS MB", "peak_rss_mb", 0),
     ("size MB", "size_mb", 1), ("weights MB/token", "weight_mb_per_token", 1),
     ("implied GB/s", "implied_gbps", 2), ("% of mem. bw", "bandwidth_pct", 0),
+    ("agreement vs fp32", "agreement", 3), ("ppl retention", "perplexity_retention", 3),
     ("greedy = torch", "same_tokens_as_torch", 2),
 ]  # fmt: skip
 
@@ -203,7 +235,10 @@ def markdown(rows: list[dict], title: str) -> str:
               "token. tok/s: the tokens after the first. weights MB/token: weight bytes each decoded token reads "
               "(embedding tables excluded, one row is read); implied GB/s = that × tok/s (64). greedy = torch: "
               "share of the 64 greedy tokens equal to torch fp32's before the first difference (llama.cpp: its run "
-              "does not mask the end-of-sequence token, so it stops matching where torch's masked one would end).")]  # fmt: skip
+              "does not mask the end-of-sequence token, so it stops matching where torch's masked one would end). "
+              "agreement vs fp32 / ppl retention: teacher-forced on the quantization gate's held-out passages "
+              f"({rows[0].get('scored_tokens', '?') if rows else '?'} positions), against torch fp32 on the GGUF's "
+              "de-quantized weights; each system reads the same token ids.")]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ INT8_KEYS = {
     "activations", "calibration", "op_types", "per_channel", "symmetric_weights", "smooth_alpha",
     "keep", "keep_as", "max_keep", "search_margin", "calibration_texts", "weight_rounding",
 }  # fmt: skip  (the fields of quantization.Int8Config)
-WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level"}  # quantization.WeightOnlyConfig's
+WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level", "requantize"}  # WeightOnlyConfig's
 VARIANT_KEYS = {"method", "gate", "target", "opset", "graph", "block"} | INT8_KEYS | WEIGHT_KEYS
 METHODS = ("export", "int8", "int4", "fp16")
 
@@ -103,7 +103,8 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
     from .export import ExportConfig, export
     from .quantization import Gate, config_for, quantize
 
-    origin = models.resolve(variant.source).sha256
+    source = models.resolve(variant.source)
+    origin = source.sha256
     fp32 = root / variant.model / "fp32"
     if variant.method != "export":  # a quantized variant is stale when its fp32 parent changed
         parent = read_manifest(fp32)
@@ -120,7 +121,7 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
         gate = Gate(opts.pop("gate", {}))
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
         config = config_for(variant.method, variant.task, settings)
-        manifest = quantize(fp32, out, config, gate, recipe=fingerprint)
+        manifest = quantize(fp32, out, config, gate, recipe=fingerprint, gguf=source.gguf)
     return manifest, True
 
 

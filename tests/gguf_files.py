@@ -1,0 +1,132 @@
+"""Real GGUF files written in-process from tiny Hugging Face decoders, as llama.cpp's converter lays them out.
+
+Tensors are named by the ``gguf`` package's own name map, Llama's q/k rows are permuted as llama.cpp's converter
+permutes them, and the tokenizer (byte-level BPE) and chat template go in the metadata, so transformers loads the
+file back like any published one. Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 tensors are quantized by the ``gguf`` package;
+it cannot quantize k-quants, so Q4_K, Q5_K and Q6_K tensors hold random blocks (random codes, 6-bit scales and
+minimums, small fp16 super-block scales) of the tensor's shape: the model then runs on those de-quantized weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+# A decoder whose rows are multiples of 256 (the k-quants' super-block); untrained.
+K_QUANT_SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "max_position_embeddings": 256}  # fmt: skip
+ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
+
+
+def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's q/k row order for Llama (rotary halves interleaved per head)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+# Where each format keeps its fp16 scales (and minimums) inside a block, and how large random blocks' scales are.
+SCALE_BYTES = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q4_K": (0, 2),
+               "Q5_K": (0, 2), "Q6_K": (208,)}  # fmt: skip
+SCALE = {"Q4_K": 1e-4, "Q5_K": 1e-4, "Q6_K": 1e-4}
+
+
+def random_blocks(fmt: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Random but well-scaled ``fmt`` blocks for a (rows, columns) tensor, as raw bytes: random codes and packed
+    sub-block scales, small finite fp16 scales (and, for Q6_K, small int8 sub-block scales)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
+    raw = rng.integers(0, 256, (shape[0], shape[1] // block, size), dtype=np.uint8)
+    for start in SCALE_BYTES[fmt]:  # d, then the minimum (legacy formats: stored as is; k-quants: dmin)
+        scales = (rng.uniform(0.5, 1.0, raw.shape[:2]) * SCALE.get(fmt, 0.01)).astype(np.float16)
+        raw[..., start : start + 2] = (-scales if start and fmt.endswith("_1") else scales).view(np.uint8).reshape(*raw.shape[:2], 2)
+    if fmt == "Q6_K":
+        raw[..., 192:208] = rng.integers(-12, 13, (*raw.shape[:2], 16)).astype(np.int8).view(np.uint8)
+    return raw.reshape(shape[0], -1)
+
+
+def write_gguf(source: Path, out: Path, format_of: Callable[[str], str], seed: int = 0) -> Path:
+    """Write the Hugging Face decoder at ``source`` as a GGUF at ``out``; ``format_of(gguf tensor name)`` picks each
+    2-D weight's format ("F32", "Q4_0", …); 1-D tensors (norms, biases) stay F32."""
+    import gguf
+    import torch  # noqa: F401 - transformers' model classes
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((source / "config.json").read_text())
+    family = config["model_type"]
+    arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[family])
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch])
+    _metadata(writer, config, source)
+    state = AutoModelForCausalLM.from_pretrained(source).state_dict()
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    rng = np.random.default_rng(seed)
+    for key, tensor in state.items():
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        weight = tensor.float().numpy()
+        if family == "llama" and key.endswith(("q_proj.weight", "k_proj.weight")):
+            weight = _permute(weight, heads if "q_proj" in key else kv_heads)
+        fmt = format_of(name) if weight.ndim == 2 else "F32"
+        kind = gguf.GGMLQuantizationType[fmt]
+        if fmt.endswith("_K"):
+            writer.add_tensor(name, random_blocks(fmt, weight.shape, rng), raw_dtype=kind)
+        elif fmt != "F32":
+            writer.add_tensor(name, gguf.quants.quantize(weight, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, weight)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def _metadata(writer, config: dict, source: Path) -> None:
+    """The architecture's hyper-parameters and the byte-level BPE tokenizer, as llama.cpp's converter writes them."""
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_vocab_size(config["vocab_size"])
+    tokenizer = json.loads((source / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    special = {t["id"] for t in tokenizer["added_tokens"]}
+    tokens = sorted(vocab, key=vocab.get)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if vocab[t] in special else 1 for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]])
+    writer.add_bos_token_id(config["bos_token_id"])
+    writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_add_bos_token(False)
+    template = json.loads((source / "tokenizer_config.json").read_text()).get("chat_template")
+    if template:
+        writer.add_chat_template(template)
+
+
+def make_k_quant_decoder(directory: Path, family: str, seed: int = 0) -> Path:
+    """An untrained decoder of ``family`` shaped for the k-quants (:data:`K_QUANT_SHAPE`), with the tiny decoders'
+    tokenizer."""
+    import torch
+    import transformers
+
+    from tests.tiny_models import DECODERS, byte_bpe_tokenizer
+
+    config_class, kwargs = DECODERS[family]
+    tokenizer = byte_bpe_tokenizer()
+    config = getattr(transformers, config_class)(**{**kwargs, **K_QUANT_SHAPE}, vocab_size=len(tokenizer),
+                                                 bos_token_id=1, eos_token_id=2)  # fmt: skip
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
