@@ -135,3 +135,27 @@ def test_remote_code_in_a_model_directory_is_never_run(tmp_path, tiny_source):
 def test_module_task_is_not_exported_from_a_directory(tmp_path, tiny_source):
     with pytest.raises(ValueError, match="exported with onnxforge.export.export_module"):
         export(tiny_source, tmp_path / "x", "module")
+
+
+@pytest.mark.parametrize(("positions", "usable"), [(66, 65), (512, 511)])
+def test_a_tokenizer_longer_than_the_models_positions_is_cut_to_the_usable_length(tmp_path, positions, usable):
+    """MiniLM's tokenizer allows 512 tokens; a RoBERTa with fewer positions (ids start after the padding index)
+    embeds long text cut to what its positions can index, instead of an IndexError inside torch.embedding."""
+    from onnxforge.runtime import load
+    from tests.tiny_models import make_encoder
+
+    source = make_encoder(tmp_path / "source", "roberta", max_position_embeddings=positions)
+    export(source, tmp_path / "out", "embed", name="short-roberta")
+    assert read_manifest(tmp_path / "out").preprocess["max_length"] == usable
+    vectors = load(tmp_path / "out", providers="cpu").embed(["word " * 1000])
+    assert vectors.shape == (1, 32) and np.isfinite(vectors).all()
+
+
+def test_a_sentence_transformers_length_beyond_the_positions_is_refused_with_both_numbers(tmp_path):
+    from tests.tiny_models import make_encoder
+
+    source = make_encoder(tmp_path / "source", "roberta", max_position_embeddings=66)
+    (source / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+    with pytest.raises(ValueError, match="max_seq_length is 128 but the model has 65 usable positions"):
+        export(source, tmp_path / "out", "embed", name="short-roberta")
+    assert not (tmp_path / "out").exists()

@@ -36,8 +36,9 @@ LABELS: dict[str, list[str]] = {
 }
 
 
-def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str = "embed") -> Path:
-    """Save a random-weight ``family`` model for ``task`` with MiniLM's (real) WordPiece tokenizer into ``directory``."""
+def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str = "embed", **config: object) -> Path:
+    """Save a random-weight ``family`` model for ``task`` with MiniLM's (real) WordPiece tokenizer into ``directory``;
+    ``config`` overrides the family's tiny settings."""
     import torch
     import transformers
 
@@ -47,7 +48,7 @@ def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str
     torch.manual_seed(seed)
     labels = LABELS.get(task)
     extra = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}} if labels else {}
-    config = getattr(transformers, config_class)(**kwargs, **extra)
+    config = getattr(transformers, config_class)(**{**kwargs, **config}, **extra)
     model_class = getattr(transformers, get_task(task).model_class)
     model = model_class.from_config(config).eval()
     with torch.no_grad():  # random heads start near zero; spread them so labels and spans actually differ

@@ -40,18 +40,35 @@ class ExportConfig:
     parity_texts: list[str] | None = None  # default: the held-out split of the shipped corpus
 
 
+# Families whose position ids start after the padding index (fairseq's convention): padding_idx + 1 fewer positions.
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
+                            "longformer", "roberta-prelayernorm", "xmod"}  # fmt: skip
+
+
+def usable_positions(config: dict) -> int:
+    """How many tokens the model's position embeddings can index: ``max_position_embeddings``, less the padding
+    offset of RoBERTa-like families (position ids start at pad_token_id + 1); DEFAULT_MAX_LENGTH when unknown."""
+    positions = int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
+    if config.get("model_type") in PADDING_OFFSET_POSITIONS:
+        positions -= int(config.get("pad_token_id") or 0) + 1
+    return positions
+
+
 def text_settings(model_dir: Path) -> dict[str, int | bool]:
     """Maximum tokens per text (the sentence-transformers setting if any), special token ids, and whether
     decoded text gets transformers' clean-up of spaces before punctuation: what the runtime pipelines need."""
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    positions = usable_positions(AutoConfig.from_pretrained(model_dir).to_dict())
     sbert = model_dir / "sentence_bert_config.json"
     if sbert.is_file():
         max_length = int(json.loads(sbert.read_text(encoding="utf-8"))["max_seq_length"])
-    else:
-        positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", DEFAULT_MAX_LENGTH)
-        max_length = min(int(tokenizer.model_max_length), int(positions), DEFAULT_MAX_LENGTH)
+        if max_length > positions:
+            raise ValueError(f"{model_dir}: sentence_bert_config.json's max_seq_length is {max_length} but the model has "
+                             f"{positions} usable positions (config max_position_embeddings); lower max_seq_length")  # fmt: skip
+    else:  # a tokenizer may allow more tokens than the model has positions (e.g. 512 against 128)
+        max_length = min(int(tokenizer.model_max_length), positions, DEFAULT_MAX_LENGTH)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"{model_dir}: the tokenizer has no pad token; batches need one")
     settings: dict[str, int | bool] = {"max_length": max_length, "pad_token_id": int(tokenizer.pad_token_id)}
