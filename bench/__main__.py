@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxforge import corpus
-from onnxforge.quantization.metrics import embedding_fidelity
+from onnxforge.quantization.fidelity import embedding_fidelity
 
 from . import report, serve_load
 from .decoder import markdown as decoder_markdown
@@ -41,7 +41,7 @@ def encoder_flops(texts: list[str]) -> float:
     """Useful fp32 FLOPs for MiniLM over ``texts`` (real tokens only: projections, FFN and attention)."""
     from tokenizers import Tokenizer
 
-    from onnxforge.models import resolve
+    from onnxforge.sources import resolve
 
     source = resolve(MINILM)
     config = source.config

@@ -43,7 +43,7 @@ class Decoder:
 
 
 def _hf_dir() -> Path:
-    from onnxforge.models import resolve
+    from onnxforge.sources import resolve
 
     return resolve(SMOLLM2).path
 

@@ -34,7 +34,7 @@ def optimum_decoder() -> None:
         return
     from optimum.exporters.onnx import main_export
 
-    from onnxforge.models import resolve
+    from onnxforge.sources import resolve
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -26,7 +26,7 @@ class System:
 
 
 def _source_dir() -> Path:
-    from onnxforge.models import resolve
+    from onnxforge.sources import resolve
 
     return resolve(MINILM).path
 

@@ -51,6 +51,28 @@ class FileEntry:
     bytes: int
 
 
+@dataclass(frozen=True)
+class Preprocess:
+    """The contract between export and runtime: what a pipeline needs to turn text into feeds and logits into text.
+    Export writes it (a misspelt field is a TypeError at build time), the runtime reads its attributes."""
+
+    max_length: int | None = None  # tokens per text (encoders) or the context (decoders)
+    pad_token_id: int | None = None
+    cls_token_id: int | None = None
+    unk_token_id: int | None = None
+    mask_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()  # decoders: generation stops before any of these
+    clean_up_tokenization_spaces: bool = False  # decoded text gets transformers' space clean-up
+    pooling: str | None = None  # embed: the pooling the graph applies ("mean", "cls", …), for the record
+    normalize: bool | None = None  # embed: whether the graph L2-normalises its vectors
+    chat: dict[str, Any] | None = None  # decoders: the chat template compiled to role prefixes/suffixes
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        return cls(**{**data, "eos_token_ids": tuple(data.get("eos_token_ids", ()))})
+
+
 @dataclass
 class Manifest:
     """Self-description of one artifact; docs/design.md gives the meaning of each field."""
@@ -61,7 +83,7 @@ class Manifest:
     source: dict[str, Any]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    preprocess: dict[str, Any] = field(default_factory=dict)
+    preprocess: Preprocess = field(default_factory=Preprocess)
     precision: dict[str, Any] = field(default_factory=dict)
     graph: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +109,7 @@ class Manifest:
             fields["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
             fields["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
             fields["files"] = {k: FileEntry(**v) for k, v in data.get("files", {}).items()}
+            fields["preprocess"] = Preprocess.from_dict(data.get("preprocess", {}))
             return cls(**fields)
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"{where}: malformed manifest ({exc})") from exc
@@ -99,11 +122,15 @@ class Manifest:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    return hash_into(hashlib.sha256(), path).hexdigest()
+
+
+def hash_into(digest: Any, path: Path) -> Any:
+    """Feed ``path``'s bytes into ``digest`` in chunks (the one place onnxforge reads a file to hash it)."""
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest
 
 
 def _safe_member(root: Path, name: str) -> Path:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import models
+from . import sources
 from .artifact import ArtifactError, Manifest, read_manifest, verify
 from .tasks import get_task
 
@@ -76,6 +76,10 @@ def parse(path: str | Path) -> list[Variant]:
             method = options.pop("method", "export" if name == "fp32" else "")
             if method not in METHODS:
                 raise ValueError(f"{file}: [{model}.variants.{name}] method {method!r}; supported: {', '.join(METHODS)}")
+            if "gate" in options:  # a misspelt figure fails here, not after a whole quantization
+                from .quantization.gate import Gate, check_gate
+
+                check_gate(entry["task"], Gate(options["gate"]))
             variants.append(Variant(model, name, entry["source"], entry["task"], method, options))
     return variants
 
@@ -103,7 +107,7 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
     from .export import ExportConfig, export
     from .quantization import Gate, config_for, quantize
 
-    source = models.resolve(variant.source)
+    source = sources.resolve(variant.source)
     origin = source.sha256
     fp32 = root / variant.model / "fp32"
     if variant.method != "export":  # a quantized variant is stale when its fp32 parent changed

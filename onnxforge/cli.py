@@ -9,34 +9,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .artifact import ArtifactError, Manifest, read_manifest
+from .artifact import ArtifactError, read_manifest
 from .cpu import this_cpu
+from .manifest_table import cpu_line, manifest_rows, summary_rows
 from .table import fmt, render
 from .tasks import HF_TASKS
 
 BUILD_HINT = "this command needs the build tools: pip install 'onnxforge[build]'"
-
-
-def _size_mb(manifest: Manifest) -> str:
-    return f"{sum(f.bytes for f in manifest.files.values()) / 1e6:.1f} MB"
-
-
-def _quality(manifest: Manifest) -> str:
-    q = manifest.quality
-    figures = ", ".join(f"{k} {fmt(v)}" for k, v in q.items() if isinstance(v, float))
-    return f"{figures} ({'pass' if q.get('passed') else 'FAIL'})" if q else ""
-
-
-def summary_rows(items: list[tuple[str, Manifest, str]]) -> str:
-    rows = []
-    for key, m, state in items:
-        parity = {} if "inherited_from" in m.parity else m.parity  # a quantized variant reports quality instead
-        rows.append([
-            key, m.task, m.precision.get("weights", ""), _size_mb(m), state,
-            fmt(parity.get("max_abs_diff")), fmt(parity.get("min_cosine"), 7), _quality(m) or "n/a (reference)",
-        ])  # fmt: skip
-    headers = ["artifact", "task", "weights", "size", "build", "parity max|Δ|", "parity min cos", "quality vs fp32"]
-    return render(headers, rows)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -97,47 +76,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     print(summary_rows([(str(args.output), manifest, "built")]))
 
 
-def _search_rows(steps: list[dict]) -> list[list[str]]:
-    return [[f"quality.search[{s['kept']} kept apart]",
-             ", ".join(f"{k} {fmt(v, 5)}" for k, v in s["figures"].items() if isinstance(v, float))
-             + ("  pass" if s["passed"] else "  fail")] for s in steps]  # fmt: skip
-
-
-def _sensitivity_rows(nodes: list[dict]) -> list[list[str]]:
-    return [[f"quality.sensitivity #{i + 1}", f"{n['node']}  error {n['error']:.2e}"] for i, n in enumerate(nodes)]
-
-
-def _kept_rows(names: list[str]) -> list[list[str]]:
-    return [["precision.kept", f"{len(names)} nodes"]] + [["", name] for name in names]
-
-
-# Manifest fields that read better as several rows than as one JSON blob.
-REPORT_ROWS: dict[tuple[str, str], Callable[[list], list[list[str]]]] = {
-    ("quality", "search"): _search_rows,
-    ("quality", "sensitivity"): _sensitivity_rows,
-    ("precision", "kept"): _kept_rows,
-}
-
-
 def cmd_inspect(args: argparse.Namespace) -> None:
-    m = read_manifest(args.artifact)
-    rows = [["name", f"{m.name}/{m.variant}"], ["task", m.task], ["source", m.source.get("model")],
-            ["size", _size_mb(m)], ["targets", ", ".join(m.targets)]]  # fmt: skip
-    rows += [[f"input {t.name}", f"{t.dtype} {t.shape}"] for t in m.inputs]
-    rows += [[f"output {t.name}", f"{t.dtype} {t.shape}"] for t in m.outputs]
-    for section in ("preprocess", "precision", "graph", "parity", "quality", "build"):
-        for key, value in getattr(m, section).items():
-            if (section, key) in REPORT_ROWS:
-                rows += REPORT_ROWS[section, key](value)
-            else:
-                rows.append([f"{section}.{key}", fmt(value, 6) if isinstance(value, float) else json.dumps(value)])
-    rows += [[f"file {name}", f"{entry.bytes:,} B  sha256 {entry.sha256[:16]}…"] for name, entry in m.files.items()]
-    rows.append(["this machine", _cpu_line(this_cpu().record())])
-    print(render(["field", "value"], rows))
-
-
-def _cpu_line(record: dict) -> str:
-    return f"{record.get('cpu', '?')} ({record.get('class', '?')})"
+    print(render(["field", "value"], manifest_rows(read_manifest(args.artifact))))
 
 
 class VerifyError(RuntimeError):
@@ -163,8 +103,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
     rows += [[name, fmt(m.quality.get(name), 5), fmt(value, 5), "", ""] for name, value in here.items()
              if isinstance(value, float) and name not in gate.minimums]  # fmt: skip
     print(render(["figure", "manifest", "here", "minimum", ""], rows))
-    print(f"manifest measured on {_cpu_line(m.quality.get('measured_on', {}))} with {m.quality.get('texts')} texts;"
-          f" here: {_cpu_line(this_cpu().record())}, {len(texts)} texts vs {reference_dir}")  # fmt: skip
+    print(f"manifest measured on {cpu_line(m.quality.get('measured_on', {}))} with {m.quality.get('texts')} texts;"
+          f" here: {cpu_line(this_cpu().record())}, {len(texts)} texts vs {reference_dir}")  # fmt: skip
     if failures := gate.failures(here):
         raise VerifyError(f"{args.artifact} misses its gate on this machine: {'; '.join(failures)}")
 

@@ -13,6 +13,7 @@ from onnxforge.artifact import (
     MANIFEST,
     ArtifactError,
     Manifest,
+    Preprocess,
     TensorSpec,
     publish,
     read_manifest,
@@ -24,7 +25,8 @@ from tests.util import siblings
 
 def _manifest() -> Manifest:
     spec = TensorSpec("input_ids", "int64", ["batch", "sequence"])
-    return Manifest(name="m", variant="fp32", task="embed", source={"model": "x"}, inputs=[spec], outputs=[spec])
+    return Manifest(name="m", variant="fp32", task="embed", source={"model": "x"}, inputs=[spec], outputs=[spec],
+                    preprocess=Preprocess(max_length=128, pad_token_id=0, eos_token_ids=(2, 7)))  # fmt: skip
 
 
 def _publish(tmp_path, files=None):
@@ -42,7 +44,19 @@ def test_publish_hashes_every_file_and_round_trips(tmp_path):
     assert set(manifest.files) == {"model.onnx", "tokenizer.json"}
     assert manifest.files["model.onnx"].bytes == len(b"graph-bytes")
     assert manifest.format == FORMAT and manifest.inputs[0].shape == ["batch", "sequence"]
+    assert manifest.preprocess == _manifest().preprocess  # the typed contract survives JSON (tuples included)
     assert siblings(final) == ["fp32"]  # no staging directory left behind
+
+
+def test_the_preprocess_contract_refuses_unknown_fields_when_written_and_when_read(tmp_path):
+    with pytest.raises(TypeError, match="max_lenght"):
+        Preprocess(max_lenght=128)  # a misspelt field fails where the exporter writes it
+    final = _publish(tmp_path)
+    data = json.loads((final / MANIFEST).read_text())
+    data["preprocess"]["pad_id"] = data["preprocess"].pop("pad_token_id")
+    (final / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="malformed manifest.*pad_id"):
+        read_manifest(final)
 
 
 def test_published_directory_is_not_private(tmp_path):

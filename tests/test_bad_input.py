@@ -57,7 +57,7 @@ def test_huge_inputs(embedder):
     """A 1 MB string is truncated to max_length tokens; a 10k-item list comes back in order."""
     big = "lorem ipsum dolor sit amet " * 40_000
     assert len(big) > 1_000_000
-    truncated = " ".join(big.split()[: embedder.manifest.preprocess["max_length"]])
+    truncated = " ".join(big.split()[: embedder.manifest.preprocess.max_length])
     np.testing.assert_allclose(embedder.embed(big), embedder.embed(truncated), atol=1e-6)
     many = [f"sentence number {i}" for i in range(10_000)]
     vectors = embedder.embed(many, batch_size=256)

@@ -27,6 +27,10 @@ def test_default_recipe_parses():
     ('[m]\nsource="x"\ntask="poetry"\n[m.variants.fp32]\n', "unknown task 'poetry'"),
     ('[m]\nsource="x"\ntask="embed"\n[m.variants.fp32]\n[m.variants.q]\nmethod="int8"\nbits=3\n',
      r"unknown keys \['bits'\]"),
+    ('[m]\nsource="x"\ntask="embed"\n[m.variants.fp32]\n[m.variants.q]\nmethod="int8"\ngate={recal_at_10=0.9}\n',
+     r"unknown figures \['recal_at_10'\] for task 'embed'; it can gate on mean_cosine, min_cosine, recall_at_10"),
+    ('[m]\nsource="x"\ntask="generate"\n[m.variants.fp32]\n[m.variants.q]\nmethod="int4"\ngate={mean_cosine=0.9}\n',
+     r"unknown figures \['mean_cosine'\] for task 'generate'"),
 ])  # fmt: skip
 def test_recipe_errors_name_the_problem(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -101,7 +102,7 @@ def test_cls_pooling_graph_matches_reference(tmp_path, tiny_source):
     _sbert_dir(source, {"pooling_mode_cls_token": True})
     out = tmp_path / "cls" / "fp32"
     manifest = export(source, out, "embed")
-    assert manifest.preprocess["pooling"] == "cls" and read_manifest(out).parity["min_cosine"] >= 0.99999
+    assert manifest.preprocess.pooling == "cls" and read_manifest(out).parity["min_cosine"] >= 0.99999
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path, tiny_source):
@@ -146,7 +147,7 @@ def test_a_tokenizer_longer_than_the_models_positions_is_cut_to_the_usable_lengt
 
     source = make_encoder(tmp_path / "source", "roberta", max_position_embeddings=positions)
     export(source, tmp_path / "out", "embed", name="short-roberta")
-    assert read_manifest(tmp_path / "out").preprocess["max_length"] == usable
+    assert read_manifest(tmp_path / "out").preprocess.max_length == usable
     vectors = load(tmp_path / "out", providers="cpu").embed(["word " * 1000])
     assert vectors.shape == (1, 32) and np.isfinite(vectors).all()
 
@@ -159,3 +160,32 @@ def test_a_sentence_transformers_length_beyond_the_positions_is_refused_with_bot
     with pytest.raises(ValueError, match="max_seq_length is 128 but the model has 65 usable positions"):
         export(source, tmp_path / "out", "embed", name="short-roberta")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_directory_without_a_tokenizer_is_refused_by_name(tmp_path, tiny_source):
+    source = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_source, source)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (source / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="no usable tokenizer"):
+        export(source, tmp_path / "out", "embed")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_with_both_numbers(tmp_path):
+    from tests.tiny_models import make_encoder
+
+    source = make_encoder(tmp_path / "source", "bert", vocab_size=1000)  # MiniLM's tokenizer has 30,522 tokens
+    with pytest.raises(ValueError, match="the tokenizer has 30522 tokens but the model's vocab_size is 1000"):
+        export(source, tmp_path / "out", "embed")
+
+
+def test_every_session_is_opened_by_the_session_factory():
+    """Threads, providers and the integer-precision option are set in one place: runtime/session.py."""
+    from pathlib import Path
+
+    import onnxforge
+
+    package = Path(onnxforge.__file__).parent
+    callers = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if "InferenceSession(" in p.read_text()]
+    assert callers == ["runtime/session.py"]

@@ -199,7 +199,7 @@ def test_chat_uses_the_models_template(decoder):
 
 
 def test_a_template_that_is_not_prefix_suffix_shaped_is_not_compiled():
-    from onnxforge.export.decoder import compile_chat_template
+    from onnxforge.export.generation import compile_chat_template
     from tests.tiny_models import byte_bpe_tokenizer
 
     tokenizer = byte_bpe_tokenizer()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxforge import models
+from onnxforge import sources
 from onnxforge.export import export
 from onnxforge.quantization import Gate, WeightOnlyConfig, quantize
 from onnxforge.quantization.ggml_blocks import FORMATS, decode
@@ -83,7 +83,7 @@ def test_a_gguf_decoder_keeps_the_files_blocks_exactly(family, case, decoder_sou
     k_shaped = case == "mixed-k" or case.endswith("_K")
     hf = k_quant_source(family) if k_shaped else decoder_source(family)
     gguf = write_gguf(hf, tmp_path / f"{family}-{case}.gguf", _format_of(case))
-    source = models.resolve(gguf)  # transformers de-quantizes the file: the reference runs on exactly its weights
+    source = sources.resolve(gguf)  # transformers de-quantizes the file: the reference runs on exactly its weights
     assert source.gguf == gguf
     export(gguf, tmp_path / "fp32", "generate", name=f"{family}-{case}")
     manifest = quantize(tmp_path / "fp32", tmp_path / "int4", WeightOnlyConfig(bits=4, accuracy_level=0), Gate({}),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnxforge.export import gguf
+from onnxforge.sources import gguf
 
 
 def test_a_conversion_is_reused_only_by_the_same_converter(tmp_path, monkeypatch):

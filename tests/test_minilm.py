@@ -8,9 +8,9 @@ import pytest
 from onnxforge import corpus
 from onnxforge.artifact import verify
 from onnxforge.build import build, parse
-from onnxforge.models import resolve
 from onnxforge.quantization import Gate, GateError, Int8Config, quantize
 from onnxforge.runtime import load
+from onnxforge.sources import resolve
 from tests.conftest import ROOT
 from tests.util import cosines, siblings
 

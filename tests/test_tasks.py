@@ -171,3 +171,18 @@ def test_cli_run_prints_each_task(build, capsys):
     assert "Paris is the" in capsys.readouterr().out
     assert main(["run", str(out)]) == 1
     assert "give at least one text" in capsys.readouterr().err
+
+
+def test_the_task_tables_name_the_same_tasks():
+    """A task is one row of ``TASKS``; its pipeline, gate figures, CLI runner and server batching are rows in tables
+    of their own modules, which must name only (and, for pipelines and figures, every one of) those tasks."""
+    from onnxforge.cli import RUNNERS
+    from onnxforge.quantization.gate import FIGURES
+    from onnxforge.runtime.pipelines import PIPELINES
+    from onnxforge.server.app import BATCHED_TASKS
+    from onnxforge.tasks import HF_TASKS, TASKS
+
+    assert set(PIPELINES) == set(TASKS) and all(PIPELINES[name].task == name for name in TASKS)
+    assert set(FIGURES) == set(HF_TASKS)  # every task exported from a model directory can be quantized and gated
+    assert set(RUNNERS) <= set(TASKS) and set(BATCHED_TASKS) <= set(TASKS)
+    assert all(name == task.name for name, task in TASKS.items())

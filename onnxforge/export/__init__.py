@@ -10,16 +10,16 @@ import json
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import corpus, models
-from ..artifact import Manifest, publish, staging
+from .. import corpus, sources
+from ..artifact import Manifest, Preprocess, publish, staging
 from ..progress import step
 from ..tasks import get_task
 from ..versions import tool_versions
 from . import generate_parity, llama_graph, parity
-from .decoder import generation_settings
+from .generation import generation_settings
 from .graph import fused_ops, op_counts, signature
 from .module import export_module
 from .optimize import fusion_type, optimize
@@ -54,12 +54,12 @@ def usable_positions(config: dict) -> int:
     return positions
 
 
-def text_settings(model_dir: Path) -> dict[str, int | bool]:
+def text_settings(model_dir: Path) -> Preprocess:
     """Maximum tokens per text (the sentence-transformers setting if any), special token ids, and whether
     decoded text gets transformers' clean-up of spaces before punctuation: what the runtime pipelines need."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = sources.tokenizer_of(model_dir)
     positions = usable_positions(AutoConfig.from_pretrained(model_dir).to_dict())
     sbert = model_dir / "sentence_bert_config.json"
     if sbert.is_file():
@@ -71,12 +71,10 @@ def text_settings(model_dir: Path) -> dict[str, int | bool]:
         max_length = min(int(tokenizer.model_max_length), positions, DEFAULT_MAX_LENGTH)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"{model_dir}: the tokenizer has no pad token; batches need one")
-    settings: dict[str, int | bool] = {"max_length": max_length, "pad_token_id": int(tokenizer.pad_token_id)}
-    for name in ("cls_token_id", "unk_token_id", "mask_token_id"):
-        if getattr(tokenizer, name, None) is not None:
-            settings[name] = int(getattr(tokenizer, name))
-    settings["clean_up_tokenization_spaces"] = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
-    return settings
+    ids = {name: int(getattr(tokenizer, name)) for name in ("cls_token_id", "unk_token_id", "mask_token_id")
+           if getattr(tokenizer, name, None) is not None}  # fmt: skip
+    return Preprocess(max_length=max_length, pad_token_id=int(tokenizer.pad_token_id), **ids,
+                      clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)))
 
 
 def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int) -> Path:
@@ -114,9 +112,7 @@ def _passages(texts: list[str], size: int = 4, count: int = 12) -> list[str]:
 def _copy_text_files(model_dir: Path, stage: Path) -> None:
     """Tokenizer (always as a fast tokenizer.json), config.json and generation_config.json if any: what runtimes
     and ORTModel classes read."""
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(stage)
+    sources.tokenizer_of(model_dir).save_pretrained(stage)
     for name in ("config.json", "generation_config.json"):
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, stage / name)
@@ -131,7 +127,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     spec = get_task(task)
     if not spec.exporter_task:
         raise ValueError(f"task {task!r} is exported with onnxforge.export.export_module, not from a model directory")
-    src = models.resolve(source)
+    src = sources.resolve(source)
     model_type = src.config.get("model_type", "?")
     fusion_type(model_type)  # before any slow step: an unsupported family fails at once, listing ours
     settings = generation_settings(src.path) if task == "generate" else text_settings(src.path)
@@ -157,17 +153,17 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
                 figures = generate_parity.check(stage / "model.onnx", src.path, parity_texts, settings,
                                                 config.tolerance.max_logit_abs, in_place=builder == "onnxforge")  # fmt: skip
             elif pooling:
-                figures = parity.check(stage / "model.onnx", src.path, texts, pooling, settings["max_length"],
+                figures = parity.check(stage / "model.onnx", src.path, texts, pooling, settings.max_length,
                                        config.tolerance)  # fmt: skip
             else:
-                figures = parity.check_task(stage / "model.onnx", src.path, texts, spec, settings["max_length"],
+                figures = parity.check_task(stage / "model.onnx", src.path, texts, spec, settings.max_length,
                                             config.tolerance)  # fmt: skip
         _copy_text_files(src.path, stage)
         inputs, outputs = signature(stage / "model.onnx")
         manifest = Manifest(
             name=name or out.parent.name, variant=out.name, task=task, source=src.as_record(),
             inputs=inputs, outputs=outputs,
-            preprocess={**settings, **({"pooling": pooling.mode, "normalize": pooling.normalize} if pooling else {})},
+            preprocess=replace(settings, pooling=pooling.mode, normalize=pooling.normalize) if pooling else settings,
             precision={"weights": "float32", "activations": "float32"},
             graph={"model_type": model_type, "target": config.target, "builder": builder, "fused_ops": fused},
             parity={"reference": "pytorch", **figures},

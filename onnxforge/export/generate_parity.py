@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
+from ..artifact import Preprocess
 from ..runtime import chat
 from ..runtime.decoder import Decoder, greedy
+from ..runtime.session import SessionConfig, create_session
+from ..sources import tokenizer_of
 from .parity import ParityError
 
 PROMPTS = (
@@ -24,13 +26,13 @@ PROMPTS = (
 )
 
 
-def check(onnx_path: Path, model_dir: Path, texts: list[str], settings: dict, max_abs: float,
+def check(onnx_path: Path, model_dir: Path, texts: list[str], settings: Preprocess, max_abs: float,
           new_tokens: int = 64, in_place: bool = False) -> dict[str, float | int]:  # fmt: skip
     """Figures of the graph vs PyTorch; raises :class:`ParityError` naming what missed."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = tokenizer_of(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    decoder = Decoder(session, int(settings["max_length"]), in_place)
+    session = create_session(onnx_path, SessionConfig(providers="cpu"))
+    decoder = Decoder(session, int(settings.max_length), in_place)
     worst, positions = 0.0, 0
     for text in texts:
         ids = tokenizer(text).input_ids[: decoder.context]
@@ -44,10 +46,10 @@ def check(onnx_path: Path, model_dir: Path, texts: list[str], settings: dict, ma
         positions += len(ids)
     if worst > max_abs:
         raise ParityError(f"logits differ from PyTorch by up to {worst:.3g} (tolerance {max_abs:g}) over {positions} positions")
-    eos = frozenset(settings["eos_token_ids"])
+    eos = frozenset(settings.eos_token_ids)
     for prompt in PROMPTS:
-        if settings.get("chat"):
-            ids = tokenizer(chat.render(settings["chat"], [{"role": "user", "content": prompt}]), add_special_tokens=False).input_ids
+        if settings.chat:
+            ids = tokenizer(chat.render(settings.chat, [{"role": "user", "content": prompt}]), add_special_tokens=False).input_ids
         else:
             ids = tokenizer(prompt).input_ids
         with torch.no_grad():

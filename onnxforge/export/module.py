@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from ..artifact import Manifest, publish, staging
 from ..progress import step
 from ..runtime.base import first_line
+from ..runtime.session import SessionConfig, create_session
 from ..versions import tool_versions
 from .graph import signature
 from .parity import ParityError, Tolerance
@@ -64,7 +64,7 @@ def _resized(example: Sequence[torch.Tensor], names: Sequence[str], dynamic: Dyn
 
 def _parity(module: torch.nn.Module, path: Path, cases: list[list[torch.Tensor]], input_names: list[str],
             output_names: list[str], tolerance: Tolerance) -> dict[str, object]:  # fmt: skip
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = create_session(path, SessionConfig(providers="cpu"))
     worst, shapes = 0.0, []
     for inputs in cases:
         with torch.no_grad():

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import transformers
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
+from ..runtime.session import SessionConfig, create_session
+from ..sources import tokenizer_of
 from ..tasks import Task
 from .pooling import Pooling
 
@@ -64,9 +65,9 @@ def _batches(texts: list[str]) -> list[list[str]]:
 def check(onnx_path: Path, model_dir: Path, texts: list[str], pooling: Pooling, max_length: int,
           tolerance: Tolerance = Tolerance()) -> dict[str, float]:  # fmt: skip
     """Figures of the ONNX graph vs PyTorch; raises :class:`ParityError` naming the figure that missed."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = tokenizer_of(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = create_session(onnx_path, SessionConfig(providers="cpu"))
     wanted = [i.name for i in session.get_inputs()]
     long_text = " ".join(texts[:64])
     max_abs, cosines, shapes = 0.0, [], set()
@@ -106,9 +107,9 @@ def _rows(got: np.ndarray, want: np.ndarray, mask: np.ndarray) -> tuple[np.ndarr
 def check_task(onnx_path: Path, model_dir: Path, texts: list[str], task: Task, max_length: int,
                tolerance: Tolerance = Tolerance()) -> dict[str, float]:  # fmt: skip
     """Every output of the graph vs the task's transformers model; :class:`ParityError` names the output."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = tokenizer_of(model_dir)
     model = getattr(transformers, task.model_class).from_pretrained(model_dir).eval()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = create_session(onnx_path, SessionConfig(providers="cpu"))
     wanted = [i.name for i in session.get_inputs()]
     long_text = " ".join(texts[:64])
     max_abs, cosines, shapes = {name: 0.0 for name in task.outputs}, [], set()

@@ -24,7 +24,7 @@ from ..runtime.session import SessionConfig, create_session
 from ..versions import tool_versions
 from .calibration import text_feeds
 from .fp16 import Fp16Config, to_fp16
-from .gate import Gate, GateError, expected, measure
+from .gate import Gate, GateError, check_gate, expected, measure
 from .gguf_blocks import kept_record
 from .int8 import Int8Config, finish, prepare
 from .search import Step, greedy, sensitivity
@@ -78,6 +78,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
     src, out = Path(src_dir), Path(out_dir)
     reference = open_artifact(src, providers="cpu")
     base = reference.manifest
+    check_gate(base.task, gate)
     split = corpus.split(corpus.load())
     held_out, calib = texts or split.evaluation, calibration or split.calibration
     if overlap := set(held_out) & set(calib):

@@ -11,7 +11,7 @@ import numpy as np
 from ..progress import bar
 from ..runtime.base import Loaded, Pipeline
 from ..runtime.pipelines import PIPELINES
-from .metrics import embedding_fidelity
+from .fidelity import embedding_fidelity
 
 
 class GateError(RuntimeError):
@@ -126,16 +126,28 @@ class Figures:
 
     outputs: Callable[[Loaded, list[str]], Any]
     compare: Callable[[Any, Any], dict[str, float]]
+    names: tuple[str, ...]  # the figures a gate may set minimums for (``compare`` reports them)
 
 
 FIGURES: dict[str, Figures] = {
-    "embed": Figures(_embeddings, embedding_fidelity),
-    "classify": Figures(_per_text, _agreement("top1_agreement", np.stack)),
-    "token-classify": Figures(_per_text, _agreement("token_agreement", np.concatenate)),
-    "answer": Figures(_spans, lambda r, c: {"pairs": len(r), "span_agreement": float(np.mean([a == b for a, b in zip(r, c)]))}),
-    "generate": Figures(_next_tokens, _language_model),
-    "fill-mask": Figures(_top5, lambda r, c: {"texts": len(r), "top5_overlap": float(np.mean([len(a & b) / 5 for a, b in zip(r, c)]))}),
+    "embed": Figures(_embeddings, embedding_fidelity, ("mean_cosine", "min_cosine", "recall_at_10")),
+    "classify": Figures(_per_text, _agreement("top1_agreement", np.stack), ("top1_agreement",)),
+    "token-classify": Figures(_per_text, _agreement("token_agreement", np.concatenate), ("token_agreement",)),
+    "answer": Figures(_spans, lambda r, c: {"pairs": len(r), "span_agreement": float(np.mean([a == b for a, b in zip(r, c)]))},
+                      ("span_agreement",)),
+    "generate": Figures(_next_tokens, _language_model, ("next_token_agreement", "perplexity_retention")),
+    "fill-mask": Figures(_top5, lambda r, c: {"texts": len(r), "top5_overlap": float(np.mean([len(a & b) / 5 for a, b in zip(r, c)]))},
+                         ("top5_overlap",)),
 }  # fmt: skip
+
+
+def check_gate(task: str, gate: Gate) -> None:
+    """Refuse, before any work, a gate naming a figure the task does not report (a typo such as ``recal_at_10``)."""
+    if task not in FIGURES:
+        raise ValueError(f"no quality figures for task {task!r}; supported: {', '.join(sorted(FIGURES))}")
+    if unknown := sorted(set(gate.minimums) - set(FIGURES[task].names)):
+        raise ValueError(f"gate names unknown figures {unknown} for task {task!r}; it can gate on "
+                         f"{', '.join(FIGURES[task].names)}")  # fmt: skip
 
 
 def expected(task: str, reference: Loaded, texts: list[str]) -> Any:

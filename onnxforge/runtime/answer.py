@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from .base import Loaded, Pipeline
-from .classify import _check_top_k
+from .base import Loaded, Pipeline, check_top_k
 from .text import check_positive, pad_batch
 
 MAX_SEQ_LEN = 384
@@ -56,16 +55,15 @@ class QuestionAnswerer(Pipeline):
     def __init__(self, loaded: Loaded) -> None:
         super().__init__(loaded)
         pre = loaded.manifest.preprocess
-        self.pad_id = pre["pad_token_id"]
-        self.cls_id = pre.get("cls_token_id")
-        self.max_seq_len = min(MAX_SEQ_LEN, pre["max_length"])
-        self._path = loaded.directory / "tokenizer.json"
+        self.pad_id = pre.pad_token_id
+        self.cls_id = pre.cls_token_id
+        self.max_seq_len = min(MAX_SEQ_LEN, loaded.max_length)
         self._tokenizers: dict[tuple[int, int], Tokenizer] = {}
 
     def _tokenizer(self, max_seq_len: int, doc_stride: int) -> Tokenizer:
         key = (max_seq_len, doc_stride)
         if key not in self._tokenizers:  # configured once per setting: tokenizers are shared across threads
-            tokenizer = Tokenizer.from_file(str(self._path))
+            tokenizer = self.loaded.tokenizer()
             tokenizer.no_padding()
             tokenizer.enable_truncation(max_seq_len, stride=doc_stride, strategy="only_second")
             self._tokenizers[key] = tokenizer
@@ -78,7 +76,7 @@ class QuestionAnswerer(Pipeline):
                 raise TypeError(f"{name} must be a str, got {type(value).__name__}")
             if not value.strip():
                 raise ValueError(f"{name} is empty")
-        top = _check_top_k(top_k, 10**6)
+        top = check_top_k(top_k, 10**6)
         max_len = check_positive("max_answer_len", max_answer_len)
         seq_len = check_positive("max_seq_len", max_seq_len or self.max_seq_len)
         stride = check_positive("doc_stride", doc_stride or min(seq_len // 2, DOC_STRIDE))

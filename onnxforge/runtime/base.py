@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-from tokenizers import Encoding
+from tokenizers import Encoding, Tokenizer
 
-from ..artifact import Manifest
+from ..artifact import ArtifactError, Manifest
 from ..cpu import Cpu, this_cpu
 from .feeds import check_feeds
 from .text import TextEncoder, length_sorted_batches, pad_batch
@@ -57,9 +57,34 @@ class Loaded:
             raise ValueError(f"unknown outputs {unknown}; the graph has {[s.name for s in self.manifest.outputs]}")
         return dict(zip(names, self.infer(names, checked)))
 
+    @property
+    def max_length(self) -> int:
+        """Tokens per text (the context, for decoders): the manifest's ``preprocess.max_length``."""
+        if self.manifest.preprocess.max_length is None:
+            raise ArtifactError(f"{self.directory}: manifest has no preprocess.max_length; re-export it")
+        return self.manifest.preprocess.max_length
+
+    def tokenizer(self) -> Tokenizer:
+        """A fresh ``tokenizers.Tokenizer`` from the artifact's tokenizer.json: the one place the runtime opens it."""
+        path = self.directory / "tokenizer.json"
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing; the runtime reads tokenizers from tokenizer.json")
+        return Tokenizer.from_file(str(path))
+
     def text_encoder(self) -> TextEncoder:
-        pre = self.manifest.preprocess
-        return TextEncoder.from_file(self.directory / "tokenizer.json", pre["max_length"], pre["pad_token_id"])
+        pad = self.manifest.preprocess.pad_token_id
+        if pad is None:
+            raise ArtifactError(f"{self.directory}: manifest has no preprocess.pad_token_id; re-export it")
+        return TextEncoder.truncating(self.tokenizer(), self.max_length, pad)
+
+
+def check_top_k(top_k: object, most: int) -> int | None:
+    """A pipeline's ``top_k`` argument: None (all), or a positive int capped at ``most``; else a ValueError."""
+    if top_k is None:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None (all {most} labels), got {top_k!r}")
+    return min(top_k, most)
 
 
 def first_line(exc: Exception) -> str:

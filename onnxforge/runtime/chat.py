@@ -2,7 +2,7 @@
 
 The manifest's ``preprocess.chat`` holds ``default_system`` (text put first when no system message is given),
 ``roles`` (role → [prefix, suffix]) and ``generation_prompt``. Export only writes it after checking that it
-reproduces the Jinja template exactly on several conversations (``onnxforge.export.decoder``).
+reproduces the Jinja template exactly on several conversations (``onnxforge.export.generation``).
 """
 
 from __future__ import annotations

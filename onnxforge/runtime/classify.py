@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from tokenizers import Tokenizer
 
-from .base import Loaded, Pipeline
+from .base import Loaded, Pipeline, check_top_k
 from .entities import AGGREGATIONS, aggregate, pieces
 from .labels import Labels, softmax
 from .text import check_batch_size, check_texts
-
-
-def _check_top_k(top_k: object, most: int) -> int | None:
-    if top_k is None:
-        return None
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None (all {most} labels), got {top_k!r}")
-    return min(top_k, most)
 
 
 class Classifier(Pipeline):
@@ -34,7 +26,7 @@ class Classifier(Pipeline):
 
     def classify(self, texts: str | list[str], top_k: int | None = 1, batch_size: int = 32) -> list[list[dict]]:
         items = check_texts(texts)
-        top = _check_top_k(top_k, len(self.labels.names)) or len(self.labels.names)
+        top = check_top_k(top_k, len(self.labels.names)) or len(self.labels.names)
         results: list[list[dict]] = [[] for _ in items]
         if not items:
             return results
@@ -62,7 +54,7 @@ class TokenClassifier(Pipeline):
         tokenizer: Tokenizer = self.encoder.tokenizer
         self._join = tokenizer.decoder.decode if tokenizer.decoder else " ".join
         self._prefix = getattr(tokenizer.model, "continuing_subword_prefix", None)
-        self._unk = loaded.manifest.preprocess.get("unk_token_id")
+        self._unk = loaded.manifest.preprocess.unk_token_id
 
     def entities(self, texts: str | list[str], aggregation: str = "simple", batch_size: int = 32) -> list[list[dict]]:
         if aggregation not in AGGREGATIONS:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Loaded, Pipeline
-from .classify import _check_top_k
+from .base import Loaded, Pipeline, check_top_k
 from .labels import softmax
 from .text import check_batch_size, check_texts
 
@@ -26,11 +25,11 @@ class MaskFiller(Pipeline):
         super().__init__(loaded)
         pre = loaded.manifest.preprocess
         self.encoder = loaded.text_encoder()
-        if "mask_token_id" not in pre:
+        if pre.mask_token_id is None:
             raise ValueError(f"{loaded.directory}: manifest has no preprocess.mask_token_id; re-export it")
-        self.mask_id = int(pre["mask_token_id"])
+        self.mask_id = pre.mask_token_id
         self.mask_token = self.encoder.tokenizer.id_to_token(self.mask_id)
-        self._clean = bool(pre.get("clean_up_tokenization_spaces", False))
+        self._clean = pre.clean_up_tokenization_spaces
 
     def _decode(self, ids: list[int], skip_special: bool = True) -> str:
         text = self.encoder.tokenizer.decode(ids, skip_special_tokens=skip_special)
@@ -41,7 +40,7 @@ class MaskFiller(Pipeline):
 
     def fill(self, texts: str | list[str], top_k: int = 5, batch_size: int = 32) -> list[list[dict]]:
         items = check_texts(texts)
-        top = _check_top_k(top_k, self.encoder.tokenizer.get_vocab_size())
+        top = check_top_k(top_k, self.encoder.tokenizer.get_vocab_size())
         encodings = self.encoder.encode(items)
         positions = []
         for index, enc in enumerate(encodings):

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
-
 from . import chat as chat_format
 from .base import Loaded, Pipeline
 from .decoder import Decoder
@@ -48,10 +46,10 @@ class Generator(Pipeline):
     def __init__(self, loaded: Loaded) -> None:
         super().__init__(loaded)
         pre = loaded.manifest.preprocess
-        self.tokenizer = Tokenizer.from_file(str(loaded.directory / "tokenizer.json"))
-        self.context = int(pre["max_length"])
-        self.eos = frozenset(int(i) for i in pre.get("eos_token_ids", []))
-        self.chat_template = pre.get("chat")
+        self.tokenizer = loaded.tokenizer()
+        self.context = loaded.max_length
+        self.eos = frozenset(pre.eos_token_ids)
+        self.chat_template = pre.chat
         self.decoder = Decoder(loaded.session, self.context, in_place=in_place(loaded.manifest.graph))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

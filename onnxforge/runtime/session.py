@@ -140,8 +140,9 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     return options
 
 
-def create_session(model: Path, config: SessionConfig = SessionConfig()) -> ort.InferenceSession:
-    """An InferenceSession on the providers the config asks for, or an error saying why not."""
+def create_session(model: Path | bytes, config: SessionConfig = SessionConfig()) -> ort.InferenceSession:
+    """An InferenceSession on the providers the config asks for, or an error saying why not: the one place onnxforge
+    opens a graph (a file, or a serialized model), so threads, providers and integer settings agree everywhere."""
     available = ort.get_available_providers()
     auto = isinstance(config.providers, str) and config.providers.lower() == "auto"
     names = resolve_providers(config.providers, available)
@@ -154,7 +155,7 @@ def create_session(model: Path, config: SessionConfig = SessionConfig()) -> ort.
             log.info("onnxforge: CUDA is installed but unusable here; running on CPUExecutionProvider")
             return _open(model, [CPU], config)
         raise ProviderError(f"{names[0]} was requested but the session runs on {', '.join(landed)}")
-    log.info("onnxforge: %s runs on %s", model.parent.name, landed[0])
+    log.info("onnxforge: %s runs on %s", _label(model), landed[0])
     return session
 
 
@@ -174,9 +175,13 @@ def _load_cuda_libraries() -> None:
         ort.preload_dlls()
 
 
-def _open(model: Path, names: list[str], config: SessionConfig) -> ort.InferenceSession:
+def _label(model: Path | bytes) -> str:
+    return "an in-memory graph" if isinstance(model, bytes) else str(model)
+
+
+def _open(model: Path | bytes, names: list[str], config: SessionConfig) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(model), sess_options=session_options(config),
-                                    providers=provider_entries(names, config))  # fmt: skip
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                    sess_options=session_options(config), providers=provider_entries(names, config))  # fmt: skip
     except Exception as exc:  # onnxruntime raises its own untyped errors: name the file and the cause
-        raise RuntimeError(f"{model}: onnxruntime could not load the model: {exc}") from exc
+        raise RuntimeError(f"{_label(model)}: onnxruntime could not load the model: {exc}") from exc

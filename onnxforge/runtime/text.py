@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -57,10 +56,8 @@ class TextEncoder:
     pad_id: int
 
     @classmethod
-    def from_file(cls, path: Path, max_length: int, pad_id: int) -> TextEncoder:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: tokenizer file missing from the artifact")
-        tokenizer = Tokenizer.from_file(str(path))
+    def truncating(cls, tokenizer: Tokenizer, max_length: int, pad_id: int) -> TextEncoder:
+        """``tokenizer`` set to truncate at ``max_length`` and not to pad (batches are padded by length)."""
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=max_length)
         return cls(tokenizer=tokenizer, max_length=max_length, pad_id=pad_id)

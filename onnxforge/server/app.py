@@ -9,7 +9,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,114 +177,132 @@ def _generation(body: dict, generator: Generator, prompt_tokens: int) -> Generat
                             repetition_penalty=body.get("repetition_penalty"))  # fmt: skip
 
 
+Handler = Callable[[Server, Request], Awaitable[Response]]
+
+
+def _route(path: str, handler: Handler, methods: list[str]) -> Route:
+    """``handler(server, request)`` behind the API's error mapping and request metrics."""
+
+    async def endpoint(request: Request) -> Response:
+        server: Server = request.app.state.server
+        start = time.perf_counter()
+        try:
+            response = await handler(server, request)
+        except ApiError as exc:
+            response = exc.response()
+        except Overloaded as exc:
+            response = ApiError(503, f"overloaded: {exc}; retry later", "server_error").response()
+        except (ValueError, TypeError) as exc:  # the runtime's own checks on settings and prompts
+            response = ApiError(400, str(exc)).response()
+        server.metrics.request(path, response.status_code, time.perf_counter() - start)
+        return response
+
+    return Route(path, endpoint, methods=methods)
+
+
+async def health(server: Server, request: Request) -> Response:
+    return JSONResponse({"status": "ok", "models": list(server.models)})
+
+
+async def models(server: Server, request: Request) -> Response:
+    data = [{"id": n, "object": "model", "created": 0, "owned_by": "onnxforge", "task": s.pipeline.task}
+            for n, s in server.models.items()]  # fmt: skip
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def metrics(server: Server, request: Request) -> Response:
+    return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def embeddings(server: Server, request: Request) -> Response:
+    body = await _body(request)
+    served = server.model(body, "embed")
+    texts = _texts(body, server.limits)
+    encode = _vector_encoding(body)
+    vectors, counts = await served.batcher.submit(texts)
+    tokens = int(counts.sum())
+    data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
+    return JSONResponse({"object": "list", "data": data, "model": served.name,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+
+
+async def completions(server: Server, request: Request) -> Response:
+    body = await _body(request)
+    served = server.model(body, "generate")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise ApiError(400, "'prompt' must be a string", param="prompt")
+    return await _generate(server, served, body, served.pipeline.encode(_checked(server, prompt)), chat=False)
+
+
+async def chat_completions(server: Server, request: Request) -> Response:
+    body = await _body(request)
+    served = server.model(body, "generate")
+    prompt = _checked(server, served.pipeline.chat_prompt(body.get("messages")))
+    return await _generate(server, served, body, served.pipeline.encode(prompt, add_special_tokens=False), chat=True)
+
+
+def _checked(server: Server, prompt: str) -> str:
+    if len(prompt) > server.limits.max_chars:
+        raise ApiError(413, f"the prompt exceeds {server.limits.max_chars} characters", param="prompt")
+    return prompt
+
+
+async def _generate(server: Server, served: Served, body: dict, ids: list[int], chat: bool) -> Response:
+    generator: Generator = served.pipeline
+    request = _generation(body, generator, len(ids))
+    created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    if body.get("stream"):
+        server.check_room()  # now, while a 503 can still be sent: the stream takes its slot after the headers
+        return StreamingResponse(_events(server, served, ids, request, chat, rid, created),
+                                 media_type="text/event-stream")  # fmt: skip
+    async with server.slot():
+        tokens, text = await asyncio.get_running_loop().run_in_executor(server.executor, _complete, generator, ids, request)
+    choice = {"index": 0, "finish_reason": _finish(tokens, request), "logprobs": None}
+    choice |= {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+    return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                         "model": served.name, "choices": [choice],
+                         "usage": {"prompt_tokens": len(ids), "completion_tokens": tokens,
+                                   "total_tokens": len(ids) + tokens}})  # fmt: skip
+
+
+async def _events(server: Server, served: Served, ids: list[int], request: Generation, chat: bool, rid: str,
+                  created: int) -> AsyncIterator[str]:  # fmt: skip
+    """Server-sent events of one streamed generation, in OpenAI's chunk shapes."""
+    generator: Generator = served.pipeline
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(delta: dict, finish: str | None) -> str:
+        if chat:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": delta.get("content", ""), "finish_reason": finish, "logprobs": None}
+        return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": served.name,
+                                      "choices": [choice]}) + "\n\n"  # fmt: skip
+
+    loop = asyncio.get_running_loop()
+    async with server.slot():
+        counter = _Counter(generator.tokens(ids, request))
+        pieces = generator.pieces(ids, request, counter)
+        if chat:
+            yield chunk({"role": "assistant"}, None)
+        while (piece := await loop.run_in_executor(server.executor, next, pieces, None)) is not None:
+            yield chunk({"content": piece}, None)
+    yield chunk({}, _finish(counter.n, request))
+    yield "data: [DONE]\n\n"
+
+
+ROUTES: list[tuple[str, Handler, list[str]]] = [
+    ("/health", health, ["GET"]), ("/v1/models", models, ["GET"]), ("/metrics", metrics, ["GET"]),
+    ("/v1/embeddings", embeddings, ["POST"]), ("/v1/completions", completions, ["POST"]),
+    ("/v1/chat/completions", chat_completions, ["POST"]),
+]  # fmt: skip
+
+
 def create_app(artifacts: list[str | Path], limits: Limits = Limits()) -> Starlette:
+    """The ASGI app serving ``artifacts``: handlers are module functions reading the :class:`Server` in ``app.state``."""
     server = Server(artifacts, limits)
-
-    def route(path: str, handler, methods: list[str]) -> Route:
-        async def endpoint(request: Request) -> Response:
-            start = time.perf_counter()
-            try:
-                response = await handler(request)
-            except ApiError as exc:
-                response = exc.response()
-            except Overloaded as exc:
-                response = ApiError(503, f"overloaded: {exc}; retry later", "server_error").response()
-            except (ValueError, TypeError) as exc:  # the runtime's own checks on settings and prompts
-                response = ApiError(400, str(exc)).response()
-            server.metrics.request(path, response.status_code, time.perf_counter() - start)
-            return response
-
-        return Route(path, endpoint, methods=methods)
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": list(server.models)})
-
-    async def models(request: Request) -> Response:
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": "onnxforge", "task": s.pipeline.task}
-                for n, s in server.models.items()]  # fmt: skip
-        return JSONResponse({"object": "list", "data": data})
-
-    async def metrics(request: Request) -> Response:
-        return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")
-
-    async def embeddings(request: Request) -> Response:
-        body = await _body(request)
-        served = server.model(body, "embed")
-        texts = _texts(body, limits)
-        encode = _vector_encoding(body)
-        vectors, counts = await served.batcher.submit(texts)
-        tokens = int(counts.sum())
-        data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
-        return JSONResponse({"object": "list", "data": data, "model": served.name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
-
-    async def completions(request: Request) -> Response:
-        body = await _body(request)
-        served = server.model(body, "generate")
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise ApiError(400, "'prompt' must be a string", param="prompt")
-        return await _generate(served, body, served.pipeline.encode(_checked(prompt)), chat=False)
-
-    async def chat_completions(request: Request) -> Response:
-        body = await _body(request)
-        served = server.model(body, "generate")
-        prompt = served.pipeline.chat_prompt(body.get("messages"))
-        return await _generate(served, body, served.pipeline.encode(_checked(prompt), add_special_tokens=False), chat=True)
-
-    def _checked(prompt: str) -> str:
-        if len(prompt) > limits.max_chars:
-            raise ApiError(413, f"the prompt exceeds {limits.max_chars} characters", param="prompt")
-        return prompt
-
-    async def _generate(served: Served, body: dict, ids: list[int], chat: bool) -> Response:
-        generator: Generator = served.pipeline
-        request = _generation(body, generator, len(ids))
-        created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        if body.get("stream"):
-            server.check_room()  # now, while a 503 can still be sent: the stream takes its slot after the headers
-            return StreamingResponse(_events(served, generator, ids, request, chat, rid, created),
-                                     media_type="text/event-stream")  # fmt: skip
-        async with server.slot():
-            tokens, text = await asyncio.get_running_loop().run_in_executor(server.executor, _complete, generator, ids, request)
-        choice = {"index": 0, "finish_reason": _finish(tokens, request), "logprobs": None}
-        choice |= {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
-        return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                             "model": served.name, "choices": [choice],
-                             "usage": {"prompt_tokens": len(ids), "completion_tokens": tokens,
-                                       "total_tokens": len(ids) + tokens}})  # fmt: skip
-
-    async def _events(served: Served, generator: Generator, ids: list[int], request: Generation, chat: bool, rid: str,
-                      created: int) -> AsyncIterator[str]:  # fmt: skip
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(delta: dict, finish: str | None) -> str:
-            if chat:
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": delta.get("content", ""), "finish_reason": finish, "logprobs": None}
-            return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": served.name,
-                                          "choices": [choice]}) + "\n\n"  # fmt: skip
-
-        loop = asyncio.get_running_loop()
-        async with server.slot():
-            counter = _Counter(generator.tokens(ids, request))
-            pieces = generator.pieces(ids, request, counter)
-            if chat:
-                yield chunk({"role": "assistant"}, None)
-            while (piece := await loop.run_in_executor(server.executor, next, pieces, None)) is not None:
-                yield chunk({"content": piece}, None)
-        yield chunk({}, _finish(counter.n, request))
-        yield "data: [DONE]\n\n"
-
-    app = Starlette(
-        routes=[
-            route("/health", health, ["GET"]), route("/v1/models", models, ["GET"]), route("/metrics", metrics, ["GET"]),
-            route("/v1/embeddings", embeddings, ["POST"]), route("/v1/completions", completions, ["POST"]),
-            route("/v1/chat/completions", chat_completions, ["POST"]),
-        ],
-        lifespan=lambda app: server.lifespan(),
-    )  # fmt: skip
+    app = Starlette(routes=[_route(*row) for row in ROUTES], lifespan=lambda app: server.lifespan())
     app.state.server = server
     return app
 

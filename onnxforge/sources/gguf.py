@@ -13,18 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..artifact import sha256_file
+
 
 def cache_root() -> Path:
     """``$ONNXFORGE_CACHE`` or ``~/.cache/onnxforge``."""
     return Path(os.environ.get("ONNXFORGE_CACHE") or Path.home() / ".cache" / "onnxforge")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def converter_version() -> str:
@@ -38,7 +32,7 @@ def converter_version() -> str:
 
 def converted(gguf: Path, digest: str | None = None) -> Path:
     """The Hugging Face directory for ``gguf``, converting it on first use (into a temp dir, then renamed)."""
-    digest = digest or file_sha256(gguf)
+    digest = digest or sha256_file(gguf)
     target = cache_root() / "gguf" / f"{gguf.stem}-{digest[:16]}-{converter_version()}"
     if (target / "config.json").is_file():
         return target

@@ -1,8 +1,12 @@
-"""What a ``generate`` artifact's runtime needs from the source model: context, end tokens, compiled chat template."""
+"""Generation settings of a ``generate`` artifact: context, end tokens, and the chat template compiled to role
+prefixes/suffixes, as the runtime's :class:`~onnxforge.artifact.Preprocess` holds them."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ..artifact import Preprocess
+from ..sources import tokenizer_of
 
 MARKS = ("\u27e6system\u27e7", "\u27e6user\u27e7", "\u27e6assistant\u27e7")  # message texts no template contains
 CONVERSATIONS = (
@@ -10,10 +14,10 @@ CONVERSATIONS = (
 )
 
 
-def generation_settings(model_dir: Path) -> dict[str, object]:
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+def generation_settings(model_dir: Path) -> Preprocess:
+    from transformers import AutoConfig, GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = tokenizer_of(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if not context:
@@ -23,12 +27,9 @@ def generation_settings(model_dir: Path) -> dict[str, object]:
         eos |= _ids(GenerationConfig.from_pretrained(model_dir).eos_token_id)
     if not eos and tokenizer.eos_token_id is not None:  # the model's own setting wins over the tokenizer's
         eos.add(int(tokenizer.eos_token_id))
-    settings: dict[str, object] = {"max_length": int(context), "eos_token_ids": sorted(eos)}
-    if tokenizer.bos_token_id is not None:
-        settings["bos_token_id"] = int(tokenizer.bos_token_id)
-    if tokenizer.chat_template:
-        settings["chat"] = compile_chat_template(tokenizer)
-    return settings
+    return Preprocess(max_length=int(context), eos_token_ids=tuple(sorted(eos)),
+                      bos_token_id=None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id),
+                      chat=compile_chat_template(tokenizer) if tokenizer.chat_template else None)  # fmt: skip
 
 
 def _ids(value: int | list[int] | None) -> set[int]:

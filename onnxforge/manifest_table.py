@@ -1,0 +1,85 @@
+"""Manifests as readable tables: the build summary (one row per artifact) and ``onnxforge inspect`` (one artifact)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+
+from .artifact import Manifest
+from .cpu import this_cpu
+from .table import fmt, render
+
+
+def _size_mb(manifest: Manifest) -> str:
+    return f"{sum(f.bytes for f in manifest.files.values()) / 1e6:.1f} MB"
+
+
+def _quality(manifest: Manifest) -> str:
+    q = manifest.quality
+    figures = ", ".join(f"{k} {fmt(v)}" for k, v in q.items() if isinstance(v, float))
+    return f"{figures} ({'pass' if q.get('passed') else 'FAIL'})" if q else ""
+
+
+def summary_rows(items: list[tuple[str, Manifest, str]]) -> str:
+    """The build summary: one row per artifact with its size, parity and quality figures."""
+    rows = []
+    for key, m, state in items:
+        parity = {} if "inherited_from" in m.parity else m.parity  # a quantized variant reports quality instead
+        rows.append([
+            key, m.task, m.precision.get("weights", ""), _size_mb(m), state,
+            fmt(parity.get("max_abs_diff")), fmt(parity.get("min_cosine"), 7), _quality(m) or "n/a (reference)",
+        ])  # fmt: skip
+    headers = ["artifact", "task", "weights", "size", "build", "parity max|Δ|", "parity min cos", "quality vs fp32"]
+    return render(headers, rows)
+
+
+def _search_rows(steps: list[dict]) -> list[list[str]]:
+    return [[f"quality.search[{s['kept']} kept apart]",
+             ", ".join(f"{k} {fmt(v, 5)}" for k, v in s["figures"].items() if isinstance(v, float))
+             + ("  pass" if s["passed"] else "  fail")] for s in steps]  # fmt: skip
+
+
+def _sensitivity_rows(nodes: list[dict]) -> list[list[str]]:
+    return [[f"quality.sensitivity #{i + 1}", f"{n['node']}  error {n['error']:.2e}"] for i, n in enumerate(nodes)]
+
+
+def _kept_rows(names: list[str]) -> list[list[str]]:
+    return [["precision.kept", f"{len(names)} nodes"]] + [["", name] for name in names]
+
+
+def _gguf_rows(record: dict) -> list[list[str]]:
+    """The GGUF blocks a variant kept: the file and a count per format (each node's format is in the manifest)."""
+    counts = ", ".join(f"{fmt} × {n}" for fmt, n in record["formats"].items())
+    return [["precision.gguf_blocks", f"{record['file']}: {counts}"]]
+
+
+# Manifest fields that read better as several rows than as one JSON blob.
+REPORT_ROWS: dict[tuple[str, str], Callable[[list], list[list[str]]]] = {
+    ("quality", "search"): _search_rows,
+    ("quality", "sensitivity"): _sensitivity_rows,
+    ("precision", "kept"): _kept_rows,
+    ("precision", "gguf_blocks"): _gguf_rows,
+}
+
+
+def manifest_rows(m: Manifest) -> list[list[str]]:
+    """``onnxforge inspect``'s rows: identity, signature, every manifest section, files and this machine."""
+    rows = [["name", f"{m.name}/{m.variant}"], ["task", m.task], ["source", m.source.get("model")],
+            ["size", _size_mb(m)], ["targets", ", ".join(m.targets)]]  # fmt: skip
+    rows += [[f"input {t.name}", f"{t.dtype} {t.shape}"] for t in m.inputs]
+    rows += [[f"output {t.name}", f"{t.dtype} {t.shape}"] for t in m.outputs]
+    sections = {"preprocess": {k: v for k, v in asdict(m.preprocess).items() if v is not None}}
+    for section in ("preprocess", "precision", "graph", "parity", "quality", "build"):
+        for key, value in sections.get(section, getattr(m, section)).items():
+            if (section, key) in REPORT_ROWS:
+                rows += REPORT_ROWS[section, key](value)
+            else:
+                rows.append([f"{section}.{key}", fmt(value, 6) if isinstance(value, float) else json.dumps(value)])
+    rows += [[f"file {name}", f"{entry.bytes:,} B  sha256 {entry.sha256[:16]}…"] for name, entry in m.files.items()]
+    rows.append(["this machine", cpu_line(this_cpu().record())])
+    return rows
+
+
+def cpu_line(record: dict) -> str:
+    return f"{record.get('cpu', '?')} ({record.get('class', '?')})"
