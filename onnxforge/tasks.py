@@ -18,6 +18,7 @@ class Task:
     outputs: tuple[str, ...]  # graph outputs, the first being what the runtime reads first
     pooled: bool = False  # sentence pooling + normalisation appended to the graph
     text_pairs: bool = False  # inputs are (question, context) pairs
+    generative: bool = False  # a decoder with a KV cache: generation settings, teacher-forced passages, decode feeds
 
 
 TASKS: dict[str, Task] = {
@@ -27,7 +28,7 @@ TASKS: dict[str, Task] = {
     "answer": Task("answer", "question-answering", "AutoModelForQuestionAnswering", ("start_logits", "end_logits"),
                    text_pairs=True),
     "fill-mask": Task("fill-mask", "fill-mask", "AutoModelForMaskedLM", ("logits",)),
-    "generate": Task("generate", "text-generation-with-past", "AutoModelForCausalLM", ("logits",)),
+    "generate": Task("generate", "text-generation-with-past", "AutoModelForCausalLM", ("logits",), generative=True),
     # Any torch.nn.Module, exported by onnxforge.export.export_module (not from a Hugging Face directory).
     "module": Task("module", "", "", ()),
 }  # fmt: skip

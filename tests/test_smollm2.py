@@ -6,6 +6,7 @@ prompts; here the built artifacts are checked from the outside: chat answers, ga
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -20,14 +21,23 @@ from tests.decoding import TorchReference, language_figures
 pytestmark = pytest.mark.model
 
 
+# The question as asked: fp32's first answer token leads by 1.1 logits here. ("What is the capital of France?" leads
+# by 0.08, a near-tie that int8 activation rounding flips on any weights: the quantized answer is then luck.)
+QUESTION = [{"role": "user", "content": "What is the capital city of France? Answer in one sentence."}]
+
+
+def test_the_question_is_no_near_tie_for_fp32(smollm2_root):
+    generator = load(smollm2_root / "smollm2-135m" / "fp32", providers="cpu")
+    logits = np.sort(generator.decoder.logits(generator.encode(generator.chat_prompt(QUESTION), False))[-1])
+    assert logits[-1] - logits[-2] > 0.5
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int4"])
 def test_chat_knows_the_capital_of_france(smollm2_root, variant):
     generator = load(smollm2_root / "smollm2-135m" / variant, providers="cpu")
-    answer = generator.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=32)
+    answer = generator.chat(QUESTION, max_new_tokens=32)
     assert "Paris" in answer
-    pieces = list(generator.chat([{"role": "user", "content": "What is the capital of France?"}],
-                                 max_new_tokens=32, stream=True))  # fmt: skip
-    assert "".join(pieces) == answer
+    assert "".join(generator.chat(QUESTION, max_new_tokens=32, stream=True)) == answer
 
 
 def test_manifests_record_parity_and_gates(smollm2_root):

@@ -99,7 +99,7 @@ def _builder(task: str, model_config: dict, graph: str, target: str) -> str:
     """
     if graph not in GRAPHS:
         raise ValueError(f"unknown graph {graph!r}; supported: {', '.join(GRAPHS)}")
-    if task == "generate" and graph == "auto" and target == "cpu" and llama_graph.supported(model_config):
+    if get_task(task).generative and graph == "auto" and target == "cpu" and llama_graph.supported(model_config):
         return "onnxforge"
     return "optimum"
 
@@ -130,7 +130,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     src = sources.resolve(source)
     model_type = src.config.get("model_type", "?")
     fusion_type(model_type)  # before any slow step: an unsupported family fails at once, listing ours
-    settings = generation_settings(src.path) if task == "generate" else text_settings(src.path)
+    settings = generation_settings(src.path) if spec.generative else text_settings(src.path)
     pooling = pooling_of(src.path) if spec.pooled else None
     texts = config.parity_texts or corpus.split(corpus.load()).evaluation[:PARITY_TEXTS]
     out = Path(out_dir)
@@ -147,9 +147,9 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
                     append_pooling(raw, pooling)
             with step(f"fuse for {config.target}"):
                 fused = optimize(raw, stage / "model.onnx", model_type, config.target, src.config)
-        parity_texts = _passages(texts) if task == "generate" else texts
+        parity_texts = _passages(texts) if spec.generative else texts
         with step(f"parity vs PyTorch on {len(parity_texts)} real texts"):
-            if task == "generate":
+            if spec.generative:
                 figures = generate_parity.check(stage / "model.onnx", src.path, parity_texts, settings,
                                                 config.tolerance.max_logit_abs, in_place=builder == "onnxforge")  # fmt: skip
             elif pooling:

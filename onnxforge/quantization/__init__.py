@@ -21,6 +21,7 @@ from ..progress import step
 from ..runtime import open_artifact
 from ..runtime.base import Loaded
 from ..runtime.session import SessionConfig, create_session
+from ..tasks import get_task
 from ..versions import tool_versions
 from .calibration import text_feeds
 from .fp16 import Fp16Config, to_fp16
@@ -39,7 +40,7 @@ SENSITIVITY_TEXTS = 64
 def weight_only(method: str, task: str, settings: dict[str, object] | None = None) -> bool:
     """Whether ``method`` quantizes weights only for ``task``: int4 always; int8 for decoders, whose decoding is bound
     by the bytes of weights read per token, not by arithmetic, unless ``settings`` name int8 ``activations``."""
-    return method == "int4" or (method == "int8" and task == "generate" and "activations" not in (settings or {}))
+    return method == "int4" or (method == "int8" and get_task(task).generative and "activations" not in (settings or {}))
 
 
 def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
@@ -107,7 +108,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
             shown = ", ".join(f"{k}={v:.5f}" for k, v in figures.items() if isinstance(v, float))
             raise GateError(f"{base.name} {out.name} missed its gate ({'; '.join(failures)}); figures: {shown}."
                             f"{_search_summary(report)} No artifact was written.")  # fmt: skip
-        feeds = decode_feeds(reference.session) if base.task == "generate" else text_feeds(reference, calib[:256])
+        feeds = decode_feeds(reference.session) if get_task(base.task).generative else text_feeds(reference, calib[:256])
         report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, feeds)
         manifest = replace(
             base, variant=variant or out.name, precision={**config.describe(), **precision},
