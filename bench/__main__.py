@@ -20,7 +20,7 @@ import numpy as np
 from onnxforge import corpus
 from onnxforge.quantization.fidelity import embedding_fidelity
 
-from . import report, serve_load
+from . import cold_start, report, serve_load
 from .decoder import markdown as decoder_markdown
 from .decoder import plot as decoder_plot
 from .decoder import run_decoders
@@ -28,7 +28,7 @@ from .systems import MINILM, ROOT, encoder_systems
 
 RESULTS = ROOT / "bench" / "results"
 QUICK_SENTENCES = 128
-PARTS = ("encoder", "decoder", "serve")
+PARTS = ("encoder", "cold", "decoder", "serve")
 
 
 def _worker(args: list[str]) -> float:
@@ -133,6 +133,10 @@ def main() -> None:
         )
         results["decoder"] = rows
         plots.append(decoder_plot(rows, out))
+    if args.part in ("all", "cold") and not args.quick:
+        rows = cold_start.run()
+        results.setdefault("tables", {})["cold"] = cold_start.markdown(rows)
+        results["cold"] = rows
     if args.part in ("all", "serve"):
         rows = serve_load.run(corpus.split(corpus.load()).evaluation, requests=300 if args.quick else 2000,
                               threads=args.threads)  # fmt: skip

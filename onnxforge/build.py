@@ -25,7 +25,7 @@ else:  # pragma: no cover
 MODEL_KEYS = {"source", "task", "variants"}
 INT8_KEYS = {
     "activations", "calibration", "op_types", "per_channel", "symmetric_weights", "smooth_alpha",
-    "keep", "keep_as", "max_keep", "search_margin", "calibration_texts", "weight_rounding",
+    "keep", "keep_as", "max_keep", "search_margin", "calibration_texts", "weight_rounding", "embedding_rows",
 }  # fmt: skip  (the fields of quantization.Int8Config)
 WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level", "requantize"}  # WeightOnlyConfig's
 VARIANT_KEYS = {"method", "gate", "target", "opset", "graph", "block"} | INT8_KEYS | WEIGHT_KEYS

@@ -21,16 +21,23 @@ def _quality(manifest: Manifest) -> str:
     return f"{figures} ({'pass' if q.get('passed') else 'FAIL'})" if q else ""
 
 
+def _bytes(manifest: Manifest) -> str:
+    """Where the graph's bytes are, in MB: embeddings / attention / FFN / head / other."""
+    groups = manifest.graph.get("bytes") or {}
+    return " / ".join(f"{groups.get(k, 0) / 1e6:.1f}" for k in ("embeddings", "attention", "ffn", "head", "other"))
+
+
 def summary_rows(items: list[tuple[str, Manifest, str]]) -> str:
-    """The build summary: one row per artifact with its size, parity and quality figures."""
+    """The build summary: one row per artifact with its size, where the bytes are, parity and quality figures."""
     rows = []
     for key, m, state in items:
         parity = {} if "inherited_from" in m.parity else m.parity  # a quantized variant reports quality instead
         rows.append([
-            key, m.task, m.precision.get("weights", ""), _size_mb(m), state,
+            key, m.task, m.precision.get("weights", ""), _size_mb(m), _bytes(m), state,
             fmt(parity.get("max_abs_diff")), fmt(parity.get("min_cosine"), 7), _quality(m) or "n/a (reference)",
         ])  # fmt: skip
-    headers = ["artifact", "task", "weights", "size", "build", "parity max|Δ|", "parity min cos", "quality vs fp32"]
+    headers = ["artifact", "task", "weights", "size", "MB emb/attn/ffn/head/other", "build", "parity max|Δ|",
+               "parity min cos", "quality vs fp32"]  # fmt: skip
     return render(headers, rows)
 
 
@@ -60,6 +67,7 @@ REPORT_ROWS: dict[tuple[str, str], Callable[[list], list[list[str]]]] = {
     ("quality", "sensitivity"): _sensitivity_rows,
     ("precision", "kept"): _kept_rows,
     ("precision", "gguf_blocks"): _gguf_rows,
+    ("graph", "bytes"): lambda groups: [["graph.bytes", ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in groups.items())]],
 }
 
 

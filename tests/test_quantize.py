@@ -175,3 +175,30 @@ def test_bad_int8_settings_are_named():
         Int8Config(smooth_alpha=1.5)
     with pytest.raises(ValueError, match="keep_as 'int4'"):
         Int8Config(keep_as="int4")
+
+
+def test_vocabulary_tables_become_int8_rows_that_gather_what_they_held(tmp_path):
+    """A float table only gathered from (≥ 1,024 rows) is stored as int8 rows and a scale per row; the graph still
+    gathers float rows, each within half a step of the original; small tables and tables a MatMul reads stay."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxforge.quantization.tables import int8_rows
+
+    rng = np.random.default_rng(0)
+    vocab, small, weight = (rng.standard_normal(s).astype(np.float32) for s in ((2048, 16), (512, 16), (2048, 16)))
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["vocab", "ids"], ["a"]), helper.make_node("Gather", ["small", "ids"], ["b"]),
+         helper.make_node("Gather", ["weight", "ids"], ["c"]), helper.make_node("MatMul", ["x", "weight"], ["d"])],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None]),
+              helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2048])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "abcd"],
+        [numpy_helper.from_array(v, n) for v, n in ((vocab, "vocab"), (small, "small"), (weight, "weight"))],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    assert int8_rows(model) == ["vocab"]
+    ids = np.array([0, 7, 511])
+    a, b, c, _ = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": ids, "x": np.ones((1, 2048), np.float32)})
+    step = np.abs(vocab[ids]).max(1, keepdims=True) / 127
+    assert np.all(np.abs(a - vocab[ids]) <= step / 2 + 1e-6) and not np.array_equal(a, vocab[ids])
+    assert np.array_equal(b, small[ids]) and np.array_equal(c, weight[ids])

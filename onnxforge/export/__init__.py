@@ -20,7 +20,7 @@ from ..tasks import get_task
 from ..versions import tool_versions
 from . import generate_parity, llama_graph, parity
 from .generation import generation_settings
-from .graph import fused_ops, op_counts, signature
+from .graph import byte_groups, fused_ops, op_counts, signature
 from .module import export_module
 from .optimize import fusion_type, optimize
 from .parity import ParityError, Tolerance
@@ -165,7 +165,8 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
             inputs=inputs, outputs=outputs,
             preprocess=replace(settings, pooling=pooling.mode, normalize=pooling.normalize) if pooling else settings,
             precision={"weights": "float32", "activations": "float32"},
-            graph={"model_type": model_type, "target": config.target, "builder": builder, "fused_ops": fused},
+            graph={"model_type": model_type, "target": config.target, "builder": builder, "fused_ops": fused,
+                   "bytes": byte_groups(stage / "model.onnx")},
             parity={"reference": "pytorch", **figures},
             targets=["CUDAExecutionProvider"] if config.target == "cuda" else ["CPUExecutionProvider"],
             build=tool_versions(config.opset, recipe),

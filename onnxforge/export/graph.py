@@ -40,3 +40,28 @@ def op_counts(path: Path) -> dict[str, int]:
 def fused_ops(counts: dict[str, int]) -> dict[str, int]:
     """The fused (contrib) operators among an op histogram."""
     return {op: n for op, n in counts.items() if op in FUSED_OPS}
+
+
+# Where a graph's bytes are: each initializer counted once, in the group of the first node that reads it (by that
+# node's name, as exporters and the fused decoder graph name them), then the shared vocabulary table's consumers.
+BYTE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("embeddings", ("embed", "word_embeddings", "position_embeddings", "token_type")),
+    ("head", ("lm_head", "classifier", "pooler", "qa_outputs", "/cls/", "pre_classifier")),
+    ("attention", ("attention", "attn", "qkv", "self_attn", "/query", "/key", "/value")),
+    ("ffn", ("intermediate", "output/dense", "mlp", "ffn", "gate_up", "down_proj", "lin1", "lin2")),
+)
+
+
+def byte_groups(path: Path) -> dict[str, int]:
+    """Initializer bytes per group (embeddings, attention, ffn, head, other): what ``inspect`` and the summary show."""
+    model = onnx.load(str(path))
+    readers: dict[str, str] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, f"{node.name} {node.op_type} {name}".lower())
+    totals = {group: 0 for group, _ in BYTE_GROUPS} | {"other": 0}
+    for tensor in model.graph.initializer:
+        where = readers.get(tensor.name, tensor.name.lower())
+        group = next((g for g, keys in BYTE_GROUPS if any(k in where for k in keys)), "other")
+        totals[group] += len(tensor.raw_data) or onnx.numpy_helper.to_array(tensor).nbytes
+    return totals

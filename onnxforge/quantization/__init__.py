@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import corpus
 from ..artifact import MANIFEST, Manifest, publish, staging, verify
 from ..cpu import this_cpu
-from ..export.graph import fused_ops, op_counts
+from ..export.graph import byte_groups, fused_ops, op_counts
 from ..progress import step
 from ..runtime import open_artifact
 from ..runtime.base import Loaded
@@ -113,7 +113,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
         manifest = replace(
             base, variant=variant or out.name, precision={**config.describe(), **precision},
             quality={**gate.record(figures), "measured_on": this_cpu().record(), **report},
-            graph={**base.graph, "fused_ops": fused_ops(op_counts(model))},
+            graph={**base.graph, "fused_ops": fused_ops(op_counts(model)), "bytes": byte_groups(model)},
             parity={"inherited_from": base.variant, **base.parity}, build=tool_versions(base.build.get("opset"), recipe),
             files={},
         )  # fmt: skip

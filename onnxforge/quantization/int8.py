@@ -37,6 +37,7 @@ from .gptq import gptq_int8
 from .per_token import LEVELS_SUFFIX, SHIFT_SUFFIX, per_token_int8, unsigned_shift
 from .saturation import PAIR_WEIGHT_LIMIT, REDUCED_LEVELS, column_levels, saturating_products
 from .smooth import smooth, weight_matmuls
+from .tables import int8_rows
 
 ACTIVATIONS = ("dynamic", "static", "per-token")
 CALIBRATIONS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -62,6 +63,7 @@ class Int8Config:
     max_keep: int = 0
     search_margin: float = 0.0  # the search's gate: each minimum this share of the way to 1 (Gate.tightened)
     calibration_texts: int = 256
+    embedding_rows: bool = True  # vocabulary tables stored as int8 rows (tables.py): 4x smaller on disk
 
     def __post_init__(self) -> None:
         if self.activations not in ACTIVATIONS:
@@ -154,6 +156,10 @@ def finish(prepared: Path, dst: Path, config: Int8Config, feeds: list[dict[str, 
         )  # fmt: skip
     if config.keep and config.keep_as == "int8-block":
         _block_int8(dst, set(config.keep))
+    if config.embedding_rows:
+        model = onnx.load(str(dst))
+        if int8_rows(model):
+            onnx.save(model, str(dst))
     if saturating := saturating_products(onnx.load(str(dst))):
         raise RuntimeError(f"{dst}: integer products that would saturate on CPUs without VNNI, so results would "
                            f"depend on the CPU: {', '.join(saturating)}")  # fmt: skip
