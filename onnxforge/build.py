@@ -28,7 +28,8 @@ INT8_KEYS = {
     "keep", "keep_as", "max_keep", "search_margin", "calibration_texts", "weight_rounding", "embedding_rows",
 }  # fmt: skip  (the fields of quantization.Int8Config)
 WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level", "requantize"}  # WeightOnlyConfig's
-VARIANT_KEYS = {"method", "gate", "target", "opset", "graph", "block"} | INT8_KEYS | WEIGHT_KEYS
+VARIANT_KEYS = {"method", "gate", "target", "opset", "graph", "block", "format"} | INT8_KEYS | WEIGHT_KEYS
+FORMATS = ("onnx", "ort")  # "ort": model.ort + required_operators.config added (ort_format.py)
 METHODS = ("export", "int8", "int4", "fp16")
 
 
@@ -76,6 +77,9 @@ def parse(path: str | Path) -> list[Variant]:
             method = options.pop("method", "export" if name == "fp32" else "")
             if method not in METHODS:
                 raise ValueError(f"{file}: [{model}.variants.{name}] method {method!r}; supported: {', '.join(METHODS)}")
+            if options.get("format", "onnx") not in FORMATS:
+                raise ValueError(f"{file}: [{model}.variants.{name}] format {options['format']!r}; supported: "
+                                 f"{', '.join(FORMATS)}")  # fmt: skip
             if "gate" in options:  # a misspelt figure fails here, not after a whole quantization
                 from .quantization.gate import Gate, check_gate
 
@@ -118,6 +122,7 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
     if not force and (current := up_to_date(out, fingerprint)):
         return current, False
     opts = dict(variant.options)
+    graph_format = opts.pop("format", "onnx")
     if variant.method == "export":
         config = ExportConfig(opset=opts.get("opset", 18), target=opts.get("target", "cpu"), graph=opts.get("graph", "auto"))
         manifest = export(variant.source, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
@@ -126,6 +131,10 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
         config = config_for(variant.method, variant.task, settings)
         manifest = quantize(fp32, out, config, gate, recipe=fingerprint, gguf=source.gguf)
+    if graph_format == "ort":
+        from .ort_format import to_ort_format
+
+        manifest = to_ort_format(out)
     return manifest, True
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .artifact import ArtifactError, read_manifest
+from .artifact import ArtifactError, Manifest, read_manifest
 from .cpu import this_cpu
 from .manifest_table import cpu_line, manifest_rows, summary_rows
 from .table import fmt, render
@@ -30,7 +30,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import ExportConfig, export
 
     manifest = export(args.model, args.output, args.task, config=ExportConfig(opset=args.opset, target=args.target, graph=args.graph))
-    print(summary_rows([(str(args.output), manifest, "built")]))
+    print(summary_rows([(str(args.output), _formatted(args, manifest), "built")]))
+
+
+def _formatted(args: argparse.Namespace, manifest: Manifest) -> Manifest:
+    """``--format ort``: the artifact just written gains its ORT-format graph (ort_format.py)."""
+    if args.format != "ort":
+        return manifest
+    from .ort_format import to_ort_format
+
+    return to_ort_format(args.output)
 
 
 def _gate(pairs: list[str]) -> dict[str, float]:
@@ -73,7 +82,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     config = config_for(args.to, task, settings)
     manifest = quantize(args.input, args.output, config, Gate(_gate(args.gate)), texts=_lines(args.evaluation),
                         calibration=_lines(args.calibration), gguf=args.gguf)  # fmt: skip
-    print(summary_rows([(str(args.output), manifest, "built")]))
+    print(summary_rows([(str(args.output), _formatted(args, manifest), "built")]))
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -252,6 +261,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--graph", choices=["auto", "optimum"], default="auto",
                    help="generate: auto = onnxforge's fused decoder graph where it covers the family")
+    _format_option(s)
     s.set_defaults(run=cmd_export)
 
     s = sub.add_parser("quantize", help="quantize an fp32 artifact, gated against it")
@@ -279,6 +289,7 @@ def parser() -> argparse.ArgumentParser:
                                              "holds keep its own blocks exactly")
     s.add_argument("--calibration", type=Path, help="calibration/search texts, one per line")
     s.add_argument("--evaluation", type=Path, help="held-out texts for the gate, one per line")
+    _format_option(s)
     s.set_defaults(run=cmd_quantize)
 
     s = sub.add_parser("inspect", help="show an artifact's manifest as a table")
@@ -360,6 +371,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # SIGTERM / Ctrl-C: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then shuts down.
     uvicorn.run(create_app(args.artifacts, limits), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=30)  # fmt: skip
+
+
+def _format_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--format", choices=["onnx", "ort"], default="onnx",
+                   help="ort: also write model.ort and required_operators.config (mobile / minimal onnxruntime builds)")
 
 
 def _generation_options(s: argparse.ArgumentParser, max_new_tokens: int) -> None:
