@@ -193,13 +193,17 @@ def _figures(system: Decoder, model: Path, runs: list[dict], machine: dict) -> d
 
 def fidelity(reference: list[dict], scored: list[dict]) -> dict[str, float]:
     """Teacher-forced top-1 agreement with the reference over every position, and perplexity retention
-    (reference perplexity / this one's: 1 = nothing lost)."""
+    (reference perplexity / this one's: 1 = nothing lost), computed as the quantization gate computes them."""
     import numpy as np
 
-    agree = np.concatenate([np.equal(r["top1"], s["top1"]) for r, s in zip(reference, scored)])
-    nll = lambda rows: -np.concatenate([r["log_p"] for r in rows]).mean()
-    return {"agreement": float(agree.mean()), "perplexity_retention": float(np.exp(nll(reference) - nll(scored))),
-            "scored_tokens": int(agree.size)}  # fmt: skip
+    from onnxforge.quantization.gate import language_model
+
+    def pairs(rows: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(np.asarray(r["top1"]), np.asarray(r["log_p"])) for r in rows]
+
+    figures = language_model(pairs(reference), pairs(scored))
+    return {"agreement": figures["next_token_agreement"], "perplexity_retention": figures["perplexity_retention"],
+            "scored_tokens": figures["tokens"]}  # fmt: skip
 
 
 def _prefix_share(reference: list[dict], runs: list[dict]) -> float:

@@ -133,6 +133,13 @@ def hash_into(digest: Any, path: Path) -> Any:
     return digest
 
 
+def copy_files(src: Path, stage: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy an artifact's files (not its manifest, nor the names in ``skip``) into a staging directory."""
+    for path in src.iterdir():
+        if path.is_file() and path.name not in (MANIFEST, *skip):
+            shutil.copy2(path, stage / path.name)
+
+
 def _safe_member(root: Path, name: str) -> Path:
     """Resolve a file named by a manifest, refusing names that leave the artifact directory or are links."""
     if not name or os.path.isabs(name) or ".." in Path(name).parts:

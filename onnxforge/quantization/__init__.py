@@ -8,13 +8,12 @@ evaluation split and published only when every figure meets the gate. Needs the 
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import corpus
-from ..artifact import MANIFEST, Manifest, publish, staging, verify
+from ..artifact import Manifest, copy_files, publish, staging, verify
 from ..cpu import this_cpu
 from ..export.graph import byte_groups, fused_ops, op_counts
 from ..progress import step
@@ -52,12 +51,6 @@ def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
     if method == "int8":
         return Int8Config(**settings)
     raise ValueError(f"unknown quantization method {method!r}; supported: int8, int4, fp16")
-
-
-def _stage_copy(src: Path, stage: Path, model_file: str) -> None:
-    for path in src.iterdir():
-        if path.is_file() and path.name not in (MANIFEST, model_file):
-            shutil.copy2(path, stage / path.name)
 
 
 def _candidate(reference: Loaded, model: Path) -> Loaded:
@@ -100,7 +93,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
             config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report)
-        _stage_copy(src, stage, base.model_file)
+        copy_files(src, stage, skip=(base.model_file,))
         candidate = _candidate(reference, model)
         with step(f"quality gate on {len(held_out)} held-out texts"):
             figures = measure(base.task, reference, candidate, held_out)

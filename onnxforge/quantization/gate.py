@@ -111,7 +111,7 @@ def _next_tokens(loaded: Loaded, texts: list[str]) -> list[tuple[np.ndarray, np.
     return found
 
 
-def _language_model(reference: list, candidate: list) -> dict[str, float]:
+def language_model(reference: list, candidate: list) -> dict[str, float]:
     """Top-1 next-token agreement with the reference, both perplexities, and their ratio (1 = no loss)."""
     agree = np.concatenate([r[0] == c[0] for r, c in zip(reference, candidate)])
     ppl_ref = float(np.exp(-np.concatenate([r[1] for r in reference]).mean()))
@@ -135,7 +135,7 @@ FIGURES: dict[str, Figures] = {
     "token-classify": Figures(_per_text, _agreement("token_agreement", np.concatenate), ("token_agreement",)),
     "answer": Figures(_spans, lambda r, c: {"pairs": len(r), "span_agreement": float(np.mean([a == b for a, b in zip(r, c)]))},
                       ("span_agreement",)),
-    "generate": Figures(_next_tokens, _language_model, ("next_token_agreement", "perplexity_retention")),
+    "generate": Figures(_next_tokens, language_model, ("next_token_agreement", "perplexity_retention")),
     "fill-mask": Figures(_top5, lambda r, c: {"texts": len(r), "top5_overlap": float(np.mean([len(a & b) / 5 for a, b in zip(r, c)]))},
                          ("top5_overlap",)),
 }  # fmt: skip

@@ -4,10 +4,11 @@ quantized tensors becomes MatMulNBits / GatherBlockQuantized holding exactly tho
 Rows are found by content (a hash of the de-quantized row, then an exact comparison), so packed projections (QKV,
 gate/up), the row permutations converters apply to Llama's q/k, tied embeddings and any family's naming are found
 alike. Formats with an integer zero point (Q4_0, Q5_0, Q8_0, Q6_K) map onto MatMulNBits directly. Formats with a
-float block minimum (Q4_1, Q5_1, Q4_K, Q5_K), which MatMulNBits' fast kernels cannot take as a zero point, become
-``MatMulNBits(x; codes, scales, zero point 0) + blocksum(x) · M``: blocksum(x) = x · S (S sums each block of K) and M
-holds the minimums (fp16 on disk when that is exact; onnxruntime folds the Cast at load). Exact at
-``accuracy_level=0``; at 4 only the activations are rounded to int8 per block, as llama.cpp's own Q8 dot products.
+float block minimum (Q4_1, Q5_1, Q4_K, Q5_K), which MatMulNBits' fast kernels cannot take as a zero point, have it
+moved onto the nearest integer zero point (:meth:`Blocks.centred`) and the remainder added as ``blocksum(x) · M``:
+blocksum(x) sums x over each block of K (Reshape + ReduceSum) and M holds the remainders (fp16 on disk when that is
+exact; onnxruntime folds the Cast at load). Exact at ``accuracy_level=0``; at 4 only the activations are rounded
+to int8 per block, as llama.cpp's own Q8 dot products.
 A tied embedding shares the output projection's blocks (a Reshape of the same initializer).
 """
 
@@ -53,7 +54,8 @@ class FileRows:
             name = tensor.tensor_type.name
             if name not in FORMATS:
                 continue  # float tensors (norms, biases) are the graph's own
-            raw = np.asarray(tensor.data).reshape(-1, np.asarray(tensor.data).shape[-1])
+            data = np.asarray(tensor.data)
+            raw = data.reshape(-1, data.shape[-1])
             rows.raw[tensor.name] = (name, raw)
             for index, key in enumerate(_row_hashes(rows.blocks(tensor.name).values()).tolist()):
                 rows.where.setdefault(key, (tensor.name, index))
@@ -64,9 +66,10 @@ class FileRows:
             self._decoded[tensor] = decode(*self.raw[tensor]).centred()
         return self._decoded[tensor]
 
-    def find(self, rows: np.ndarray) -> list[tuple[str, np.ndarray]] | None:
-        """Runs of ``rows`` that are consecutive tensors' rows: [(tensor, row indices)], or None if a row is missing."""
-        found = [self.where.get(key) for key in _row_hashes(rows).tolist()]
+    def find(self, hashes: np.ndarray) -> list[tuple[str, np.ndarray]] | None:
+        """Runs of the rows with ``hashes`` that are consecutive tensors' rows: [(tensor, row indices)], or None if a
+        row is missing."""
+        found = [self.where.get(key) for key in hashes.tolist()]
         if any(f is None for f in found):
             return None
         runs: list[tuple[str, list[int]]] = []
@@ -80,11 +83,12 @@ class FileRows:
     def gather(self, rows: np.ndarray) -> tuple[Blocks, bytes] | None:
         """Blocks whose values equal ``rows`` exactly, assembled from the file's rows, and a key for those values;
         or None."""
-        runs = self.find(rows)
+        hashes = _row_hashes(rows)
+        runs = self.find(hashes)
         if runs is None:
             return None
         blocks = join([self.blocks(tensor).rows(index) for tensor, index in runs])
-        return (blocks, _row_hashes(rows).tobytes()) if np.array_equal(blocks.values(), rows) else None
+        return (blocks, hashes.tobytes()) if np.array_equal(blocks.values(), rows) else None
 
 
 def join(parts: list[Blocks]) -> Blocks:
@@ -101,7 +105,7 @@ def join(parts: list[Blocks]) -> Blocks:
                   offsets, bits)  # fmt: skip
 
 
-def _packed(values: np.ndarray, bits: int) -> np.ndarray:
+def pack_codes(values: np.ndarray, bits: int) -> np.ndarray:
     """uint8 codes along the last axis as MatMulNBits stores them: two per byte (low nibble first) at 4 bits."""
     if bits == 8:
         return values.astype(np.uint8)
@@ -132,11 +136,11 @@ class _Rewriter:
 
     def stored_blocks(self, base: str, blocks: Blocks) -> tuple[str, str, str]:
         """Codes, scales and (when not the kernel's default) zero points as initializers."""
-        codes = self.initializer(f"{base}_codes", _packed(blocks.codes, blocks.bits))
+        codes = self.initializer(f"{base}_codes", pack_codes(blocks.codes, blocks.bits))
         scales = self.floats(f"{base}_scales", blocks.scales)
         zp = ""
         if (blocks.zero_points != 1 << (blocks.bits - 1)).any():
-            zp = self.initializer(f"{base}_zero_points", _packed(blocks.zero_points, blocks.bits))
+            zp = self.initializer(f"{base}_zero_points", pack_codes(blocks.zero_points, blocks.bits))
         return codes, scales, zp
 
     def floats(self, name: str, values: np.ndarray) -> str:

@@ -156,11 +156,10 @@ def finish(prepared: Path, dst: Path, config: Int8Config, feeds: list[dict[str, 
         )  # fmt: skip
     if config.keep and config.keep_as == "int8-block":
         _block_int8(dst, set(config.keep))
-    if config.embedding_rows:
-        model = onnx.load(str(dst))
-        if int8_rows(model):
-            onnx.save(model, str(dst))
-    if saturating := saturating_products(onnx.load(str(dst))):
+    model = onnx.load(str(dst))
+    if config.embedding_rows and int8_rows(model):
+        onnx.save(model, str(dst))
+    if saturating := saturating_products(model):
         raise RuntimeError(f"{dst}: integer products that would saturate on CPUs without VNNI, so results would "
                            f"depend on the CPU: {', '.join(saturating)}")  # fmt: skip
 

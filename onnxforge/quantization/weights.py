@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .gguf_blocks import keep_file_blocks
+from .gguf_blocks import keep_file_blocks, pack_codes
 
 BITS = (4, 8)
 
@@ -96,7 +96,7 @@ def refit(model: onnx.ModelProto, weights: dict[str, np.ndarray], block_size: in
             continue
         if bits == 4 and len(node.input) >= 4:
             codes, scales, zeros = fit_blocks(weights[source], block_size)
-            fitted = (_nibbles(codes), scales, _nibbles(zeros))
+            fitted = (pack_codes(codes, 4), scales, pack_codes(zeros, 4))
         elif bits == 8 and (len(node.input) < 4 or not node.input[3]):
             fitted = fit_symmetric_int8(weights[source], block_size)
         else:
@@ -155,13 +155,6 @@ def fit_blocks(weight: np.ndarray, block_size: int, chunk: int = 1 << 16) -> tup
             rows = start + np.flatnonzero(better)
             codes[rows], scales[rows], zeros[rows] = code[better], fitted[better], zero[better]
     return codes.reshape(shaped.shape), scales.reshape(shaped.shape[:2]), zeros.reshape(shaped.shape[:2])
-
-
-def _nibbles(values: np.ndarray) -> np.ndarray:
-    """uint8 values < 16, two per byte along the last axis (low nibble first, odd counts padded), as MatMulNBits."""
-    if values.shape[-1] % 2:
-        values = np.concatenate([values, np.zeros((*values.shape[:-1], 1), np.uint8)], axis=-1)
-    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
 def _blockwise(config: WeightOnlyConfig, bits: int, op_types: tuple[str, ...], exclude: list[str],

@@ -103,11 +103,12 @@ def tokenizer_of(model_dir: Path) -> Any:
     the model's vocabulary; a ValueError naming the problem otherwise (never a trace from inside transformers)."""
     from transformers import AutoTokenizer
 
+    from ..runtime.base import first_line
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{model_dir}: no usable tokenizer ({reason}); a model directory needs tokenizer.json or the "
+        raise ValueError(f"{model_dir}: no usable tokenizer ({first_line(exc)}); a model directory needs tokenizer.json or the "
                          "files its tokenizer class reads (vocab.txt, tokenizer.model, vocab.json + merges.txt)") from None  # fmt: skip
     if not tokenizer.is_fast:
         raise ValueError(f"{model_dir}: {type(tokenizer).__name__} has no fast (tokenizers) version, and the runtime "
