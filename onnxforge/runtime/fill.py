@@ -6,11 +6,7 @@ import numpy as np
 
 from .base import Loaded, Pipeline, check_top_k
 from .labels import softmax
-from .text import check_batch_size, check_texts
-
-# transformers' clean_up_tokenization: spaces before punctuation and English contractions.
-_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))  # fmt: skip
+from .text import check_batch_size, check_texts, decode_text
 
 
 class MaskFiller(Pipeline):
@@ -32,11 +28,7 @@ class MaskFiller(Pipeline):
         self._clean = pre.clean_up_tokenization_spaces
 
     def _decode(self, ids: list[int], skip_special: bool = True) -> str:
-        text = self.encoder.tokenizer.decode(ids, skip_special_tokens=skip_special)
-        if self._clean:
-            for before, after in _CLEANUPS:
-                text = text.replace(before, after)
-        return text
+        return decode_text(self.encoder.tokenizer, ids, self._clean, skip_special)
 
     def fill(self, texts: str | list[str], top_k: int = 5, batch_size: int = 32) -> list[list[dict]]:
         items = check_texts(texts)

@@ -36,6 +36,20 @@ def _without_lone_surrogates(text: str) -> str:
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
+# transformers' clean_up_tokenization: spaces before punctuation and English contractions.
+_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))  # fmt: skip
+
+
+def decode_text(tokenizer: Tokenizer, ids: list[int], clean_up: bool, skip_special: bool = True) -> str:
+    """Token ids → text as transformers' ``decode`` gives it (``clean_up``: its ``clean_up_tokenization_spaces``)."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special)
+    if clean_up:
+        for before, after in _CLEANUPS:
+            text = text.replace(before, after)
+    return text
+
+
 def check_positive(name: str, value: object) -> int:
     """``value`` if it is a positive int (not a bool), else a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
