@@ -67,10 +67,19 @@ class Preprocess:
     pooling: str | None = None  # embed: the pooling the graph applies ("mean", "cls", …), for the record
     normalize: bool | None = None  # embed: whether the graph L2-normalises its vectors
     chat: dict[str, Any] | None = None  # decoders: the chat template compiled to role prefixes/suffixes
+    # text2text (encoder-decoder) models: how the target begins, which tokens are forced or never generated, the
+    # decoder's own positions (None: unbounded, e.g. T5) and the model's generation defaults (num_beams, …).
+    decoder_start_token_id: int | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
+    suppressed_token_ids: tuple[int, ...] = ()
+    target_length: int | None = None
+    generation: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        return cls(**{**data, "eos_token_ids": tuple(data.get("eos_token_ids", ()))})
+        tuples = {name: tuple(data.get(name, ())) for name in ("eos_token_ids", "suppressed_token_ids")}
+        return cls(**{**data, **tuples})
 
 
 @dataclass
@@ -92,6 +101,7 @@ class Manifest:
     build: dict[str, Any] = field(default_factory=dict)
     files: dict[str, FileEntry] = field(default_factory=dict)
     model_file: str = "model.onnx"
+    encoder_file: str | None = None  # text2text: the encoder graph, run once per input before model_file decodes
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -119,6 +129,11 @@ class Manifest:
             if spec.name == name:
                 return spec
         raise ArtifactError(f"artifact {self.name}/{self.variant} has no output {name!r}")
+
+
+def graph_files(manifest: Manifest) -> list[str]:
+    """The ONNX graphs an artifact runs: its model file, after its encoder's where it has one."""
+    return [name for name in (manifest.encoder_file, manifest.model_file) if name]
 
 
 def sha256_file(path: Path) -> str:
@@ -169,8 +184,9 @@ def verify(directory: str | os.PathLike[str], manifest: Manifest | None = None) 
     """Check that every file the manifest lists exists with its recorded size and sha256."""
     root = Path(directory)
     manifest = manifest or read_manifest(root)
-    if manifest.model_file not in manifest.files:
-        raise ArtifactError(f"{root / MANIFEST}: does not list its model file {manifest.model_file!r}")
+    for graph in graph_files(manifest):
+        if graph not in manifest.files:
+            raise ArtifactError(f"{root / MANIFEST}: does not list its model file {graph!r}")
     for path in root.rglob("*"):  # a link could point the runtime (or onnxruntime's external data) elsewhere
         if path.is_symlink():
             raise ArtifactError(f"{path}: is a symbolic link; artifacts hold plain files only")
@@ -252,8 +268,9 @@ def publish(stage: Path, manifest: Manifest, final: str | os.PathLike[str]) -> P
     """
     target = Path(final)
     manifest.files = hash_files(stage)
-    if manifest.model_file not in manifest.files:
-        raise ArtifactError(f"{stage}: the staged artifact has no {manifest.model_file}")
+    for graph in graph_files(manifest):
+        if graph not in manifest.files:
+            raise ArtifactError(f"{stage}: the staged artifact has no {graph}")
     _write_synced(stage / MANIFEST, manifest.to_json())
     return swap_in(stage, target)
 

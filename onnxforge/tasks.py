@@ -19,6 +19,7 @@ class Task:
     pooled: bool = False  # sentence pooling + normalisation appended to the graph
     text_pairs: bool = False  # inputs are (question, context) pairs
     generative: bool = False  # a decoder with a KV cache: generation settings, teacher-forced passages, decode feeds
+    seq2seq: bool = False  # an encoder and a decoder with self- and cross-attention caches (two graphs)
 
 
 TASKS: dict[str, Task] = {
@@ -29,6 +30,8 @@ TASKS: dict[str, Task] = {
                    text_pairs=True),
     "fill-mask": Task("fill-mask", "fill-mask", "AutoModelForMaskedLM", ("logits",)),
     "generate": Task("generate", "text-generation-with-past", "AutoModelForCausalLM", ("logits",), generative=True),
+    "translate": Task("translate", "text2text-generation-with-past", "AutoModelForSeq2SeqLM", ("logits",), seq2seq=True),
+    "summarize": Task("summarize", "text2text-generation-with-past", "AutoModelForSeq2SeqLM", ("logits",), seq2seq=True),
     # Any torch.nn.Module, exported by onnxforge.export.export_module (not from a Hugging Face directory).
     "module": Task("module", "", "", ()),
 }  # fmt: skip

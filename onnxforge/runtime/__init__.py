@@ -33,7 +33,8 @@ def open_artifact(
     if needs_exact_integers(manifest):
         config = replace(config, exact_integers=True)
     session = create_session(directory / manifest.model_file, config)
-    return Loaded(directory=directory, manifest=manifest, session=session)
+    encoder = create_session(directory / manifest.encoder_file, config) if manifest.encoder_file else None
+    return Loaded(directory=directory, manifest=manifest, session=session, encoder=encoder)
 
 
 def needs_exact_integers(manifest: Manifest) -> bool:

@@ -28,6 +28,7 @@ class Loaded:
     directory: Path
     manifest: Manifest
     session: ort.InferenceSession
+    encoder: ort.InferenceSession | None = None  # text2text artifacts: the session of manifest.encoder_file
 
     @property
     def provider(self) -> str:

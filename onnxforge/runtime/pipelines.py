@@ -10,6 +10,7 @@ from .classify import Classifier, TokenClassifier
 from .fill import MaskFiller
 from .generate import Generator
 from .text import check_batch_size, check_texts
+from .text2text import Summarizer, Text2Text
 
 
 class Embedder(Pipeline):
@@ -61,4 +62,6 @@ PIPELINES: dict[str, type[Pipeline]] = {
     "answer": QuestionAnswerer,
     "fill-mask": MaskFiller,
     "generate": Generator,
+    "translate": Text2Text,
+    "summarize": Summarizer,
 }

@@ -1,0 +1,118 @@
+"""Beam search over a batch of text2text targets, step for step transformers' (4.57) vectorised beam search.
+
+Each input keeps ``num_beams`` running beams. At every step the best ``2 * num_beams`` continuations over all its
+beams are taken; those that end (an end token, or the length limit) among the first ``num_beams`` become finished
+hypotheses scored ``sum of log-probabilities / generated length ** length_penalty``, the others carry on. An input is
+done when no running beam could still beat its worst kept hypothesis (``early_stopping=False``: judged at the current
+length; ``"never"``: at the longest length, when the penalty favours length), or at once when it has ``num_beams``
+hypotheses and ``early_stopping=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .constraints import Constraints
+
+LOST = -1.0e9  # transformers' score for "not a candidate"
+Step = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (rows to keep, their next tokens) → logits (rows, vocab)
+
+
+@dataclass(frozen=True)
+class BeamSettings:
+    num_beams: int
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values per row, largest first (ties: lowest index first)."""
+    return np.argsort(-values, axis=1, kind="stable")[:, :k]
+
+
+def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(values, index.reshape(index.shape + (1,) * (values.ndim - 2)), axis=1)
+
+
+def beam_search(first_logits: np.ndarray, step: Step, start: int, eos: frozenset[int], max_new_tokens: int,
+                settings: BeamSettings, rules: Constraints) -> list[list[int]]:  # fmt: skip
+    """The best hypothesis (tokens after the start token, end token excluded) per input.
+
+    ``first_logits``: (inputs * num_beams, vocab), the first step's logits, beams of an input next to each other.
+    ``step(rows, tokens)``: reorders the caches to ``rows`` (flat indices), feeds ``tokens``, returns the logits.
+    """
+    beams, penalty = settings.num_beams, settings.length_penalty
+    inputs, vocab = len(first_logits) // beams, first_logits.shape[1]
+    max_length = 1 + max_new_tokens
+    keep = max(2, 1 + len(eos)) * beams
+    top_beams = np.arange(keep) < beams
+    ends = np.array(sorted(eos), dtype=np.int64)
+    running = np.full((inputs, beams, max_length), start, dtype=np.int64)
+    finished_tokens = running.copy()
+    running_scores = np.zeros((inputs, beams), dtype=np.float32)
+    running_scores[:, 1:] = LOST
+    scores = np.full((inputs, beams), LOST, dtype=np.float32)
+    finished = np.zeros((inputs, beams), dtype=bool)
+    lengths = np.zeros((inputs, beams), dtype=np.int64)  # generated tokens of each kept hypothesis
+    improvable = np.ones((inputs, 1), dtype=bool)
+    logits, length = first_logits, 1
+    while True:
+        log_probs = rules.apply(running[:, :, :length].reshape(inputs * beams, length), log_softmax(logits), max_length)
+        totals = (log_probs.reshape(inputs, beams, vocab) + running_scores[:, :, None]).reshape(inputs, beams * vocab)
+        picked = _top(totals, keep)
+        top_scores = _take(totals, picked)
+        origin, tokens = picked // vocab, picked % vocab
+        candidates = _take(running, origin)
+        candidates[:, :, length] = tokens
+        ended = np.isin(tokens, ends) | (length + 1 >= max_length)
+        # beams that carry on: the best candidates that did not end
+        carry_scores = top_scores + ended.astype(np.float32) * LOST
+        carried = _top(carry_scores, beams)
+        running, running_scores = _take(candidates, carried), _take(carry_scores, carried)
+        rows = (_take(origin, carried) + np.arange(inputs)[:, None] * beams).reshape(-1)
+        # hypotheses: the candidates among the first num_beams that ended, if they beat the kept ones
+        just_ended = ended & top_beams[None, :]
+        hypothesis = top_scores / np.float32(length**penalty)  # generated tokens, the end token included
+        full = finished.all(axis=1, keepdims=True) & (settings.early_stopping is True)
+        hypothesis = hypothesis + (full | ~improvable | ~just_ended).astype(np.float32) * LOST
+        merged = np.concatenate([scores, hypothesis], axis=1)
+        best = _top(merged, beams)
+        finished_tokens = _take(np.concatenate([finished_tokens, candidates], axis=1), best)
+        scores = _take(merged, best)
+        finished = _take(np.concatenate([finished, just_ended], axis=1), best)
+        lengths = _take(np.concatenate([lengths, np.full((inputs, keep), length, dtype=np.int64)], axis=1), best)
+        length += 1
+        improvable &= _could_improve(running_scores, scores, finished, length, max_length, settings)
+        if not improvable.any() or (finished.all() and settings.early_stopping is True) or ended.all():
+            break
+        logits = step(rows, running[:, :, length - 1].reshape(-1))
+    return [_until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos) for i in range(inputs)]
+
+
+def _could_improve(running_scores: np.ndarray, scores: np.ndarray, finished: np.ndarray, length: int,
+                   max_length: int, settings: BeamSettings) -> np.ndarray:  # fmt: skip
+    """Per input: whether its best running beam could still beat its worst kept hypothesis."""
+    if settings.early_stopping == "never" and settings.length_penalty > 0.0:
+        best_length = max_length - 1
+    else:
+        best_length = length - 1
+    best_running = running_scores[:, :1] / np.float32(best_length**settings.length_penalty)
+    worst_kept = np.where(finished, scores.min(axis=1, keepdims=True), LOST)
+    return (best_running > worst_kept).any(axis=-1, keepdims=True)
+
+
+def _until_end(tokens: np.ndarray, eos: frozenset[int]) -> list[int]:
+    out = []
+    for token in tokens.tolist():
+        if token in eos:
+            break
+        out.append(token)
+    return out

@@ -1,0 +1,92 @@
+"""The two graphs of a text2text artifact: the encoder, run once per batch, and the merged decoder, run once per
+target token with its caches handed on.
+
+The decoder graph (Optimum's merged decoder) takes ``past_key_values.{i}.decoder.*`` (self-attention, growing one
+position per step) and ``past_key_values.{i}.encoder.*`` (cross-attention over the source). On the first step
+(``use_cache_branch`` false) it computes the cross-attention keys and values from the encoder's states; every later
+step takes them back unchanged, so they are computed once per input, not once per step. Rows of a batch are
+independent sequences (beams flattened into the batch); :meth:`Seq2Seq.select` keeps or reorders them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+PAST = "past_key_values."
+PRESENT = "present."
+BRANCH = "use_cache_branch"
+
+
+@dataclass
+class Caches:
+    """A batch's decoder state: self-attention and cross-attention keys/values and the encoder's padding mask."""
+
+    own: dict[str, np.ndarray]
+    cross: dict[str, np.ndarray]
+    source_mask: np.ndarray
+
+    def select(self, rows: np.ndarray, same_source: bool) -> Caches:
+        """The caches of ``rows`` (in that order, repeats allowed): beams that carry on, or finished rows dropped.
+
+        ``same_source``: each row moves among rows of the same input (beams), so the cross-attention caches and the
+        mask, identical across them, stay as they are.
+        """
+        own = {name: value[rows] for name, value in self.own.items()}
+        if same_source:
+            return Caches(own, self.cross, self.source_mask)
+        return Caches(own, {name: value[rows] for name, value in self.cross.items()}, self.source_mask[rows])
+
+
+class Seq2Seq:
+    """Batched encode, first decoder step and later steps over the two sessions; thread-safe (no state kept)."""
+
+    def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession) -> None:
+        inputs = {i.name: i for i in decoder.get_inputs()}
+        past = [name for name in inputs if name.startswith(PAST)]
+        needed = {"input_ids", "encoder_hidden_states", "encoder_attention_mask", BRANCH}
+        if not past or not needed <= set(inputs):
+            raise ValueError(f"not a merged encoder-decoder graph with caches: inputs are {sorted(inputs)}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.own = [name for name in past if ".decoder." in name]
+        self.cross = [name for name in past if ".encoder." in name]
+        if len(self.own) != len(self.cross):
+            raise ValueError(f"the graph has {len(self.own)} self-attention caches but {len(self.cross)} cross-attention ones")
+        first = inputs[past[0]]
+        self.heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.kv_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+        hidden = inputs["encoder_hidden_states"]
+        self.hidden_dtype = np.float16 if hidden.type == "tensor(float16)" else np.float32
+        # later steps read the cross-attention caches, not the encoder's states: a one-position stand-in is fed
+        self.width = int(hidden.shape[2])
+
+    def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The encoder's last hidden states for right-padded ``ids`` (batch, source)."""
+        return self.encoder.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+
+    def start(self, hidden: np.ndarray, mask: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, Caches]:
+        """The first decoder step: logits (rows, vocab) after ``tokens`` (rows, n), and the caches it made."""
+        rows = len(tokens)
+        empty = np.zeros((rows, self.heads, 0, self.head_dim), dtype=self.kv_dtype)
+        feeds = {"input_ids": tokens, "encoder_hidden_states": hidden.astype(self.hidden_dtype, copy=False),
+                 "encoder_attention_mask": mask, BRANCH: np.array([False])}  # fmt: skip
+        feeds |= {name: empty for name in self.own + self.cross}
+        names = ["logits"] + [PRESENT + n[len(PAST) :] for n in self.own + self.cross]
+        logits, *present = self.decoder.run(names, feeds)
+        own = dict(zip(self.own, present[: len(self.own)]))
+        return logits[:, -1], Caches(own, dict(zip(self.cross, present[len(self.own) :])), mask)
+
+    def step(self, caches: Caches, tokens: np.ndarray) -> np.ndarray:
+        """One more token per row (``tokens``: (rows,)): logits (rows, vocab); ``caches`` grow in place."""
+        rows = len(tokens)
+        feeds = {"input_ids": tokens.reshape(rows, 1).astype(np.int64, copy=False),
+                 "encoder_hidden_states": np.zeros((rows, 1, self.width), dtype=self.hidden_dtype),
+                 "encoder_attention_mask": caches.source_mask, BRANCH: np.array([True])}  # fmt: skip
+        feeds |= caches.own | caches.cross
+        names = ["logits"] + [PRESENT + n[len(PAST) :] for n in self.own]
+        logits, *present = self.decoder.run(names, feeds)
+        caches.own = dict(zip(self.own, present))
+        return logits[:, -1]
