@@ -16,9 +16,11 @@ from pathlib import Path
 from .. import corpus, sources
 from ..artifact import Manifest, Preprocess, publish, staging
 from ..progress import step
+from ..runtime.base import Loaded
+from ..runtime.session import SessionConfig, create_session
 from ..tasks import get_task
 from ..versions import tool_versions
-from . import generate_parity, llama_graph, parity
+from . import generate_parity, llama_graph, parity, seq2seq, seq2seq_parity
 from .generation import generation_settings
 from .graph import byte_groups, fused_ops, op_counts, signature
 from .module import export_module
@@ -118,6 +120,14 @@ def _copy_text_files(model_dir: Path, stage: Path) -> None:
             shutil.copy2(model_dir / name, stage / name)
 
 
+def _open_staged(stage: Path, manifest: Manifest) -> Loaded:
+    """The staged artifact opened as the runtime opens a published one (CPU), for parity through its pipeline."""
+    def session(name: str | None):
+        return create_session(stage / name, SessionConfig(providers="cpu")) if name else None
+
+    return Loaded(stage, manifest, session(manifest.model_file), session(manifest.encoder_file))
+
+
 def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name: str | None = None,
            config: ExportConfig = ExportConfig(), recipe: str | None = None) -> Manifest:  # fmt: skip
     """Export ``source`` (packaged model name or local HF dir) for ``task`` into the artifact ``out_dir``.
@@ -130,46 +140,56 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     src = sources.resolve(source)
     model_type = src.config.get("model_type", "?")
     fusion_type(model_type)  # before any slow step: an unsupported family fails at once, listing ours
-    settings = generation_settings(src.path) if spec.generative else text_settings(src.path)
+    if spec.generative:
+        settings = generation_settings(src.path)
+    else:
+        settings = seq2seq.text2text_settings(src.path) if spec.seq2seq else text_settings(src.path)
     pooling = pooling_of(src.path) if spec.pooled else None
     texts = config.parity_texts or corpus.split(corpus.load()).evaluation[:PARITY_TEXTS]
     out = Path(out_dir)
+    model_file = seq2seq.DECODER if spec.seq2seq else "model.onnx"
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-export-") as tmp:
         builder = _builder(task, src.config, config.graph, config.target)
         if builder == "onnxforge":
             with step(f"build the fused decoder graph of {src.label} ({model_type}) from its weights"):
-                llama_graph.build(src.path, stage / "model.onnx", config.opset)
-                fused = fused_ops(op_counts(stage / "model.onnx"))
+                llama_graph.build(src.path, stage / model_file, config.opset)
+                fused = fused_ops(op_counts(stage / model_file))
         else:
             with step(f"export {src.label} ({model_type}) for {task}, opset {config.opset}"):
                 raw = _optimum_export(src.path, spec.exporter_task, Path(tmp), config.opset)
                 if pooling:
                     append_pooling(raw, pooling)
             with step(f"fuse for {config.target}"):
-                fused = optimize(raw, stage / "model.onnx", model_type, config.target, src.config)
-        parity_texts = _passages(texts) if spec.generative else texts
-        with step(f"parity vs PyTorch on {len(parity_texts)} real texts"):
-            if spec.generative:
-                figures = generate_parity.check(stage / "model.onnx", src.path, parity_texts, settings,
-                                                config.tolerance.max_logit_abs, in_place=builder == "onnxforge")  # fmt: skip
-            elif pooling:
-                figures = parity.check(stage / "model.onnx", src.path, texts, pooling, settings.max_length,
-                                       config.tolerance)  # fmt: skip
-            else:
-                figures = parity.check_task(stage / "model.onnx", src.path, texts, spec, settings.max_length,
-                                            config.tolerance)  # fmt: skip
+                if spec.seq2seq:
+                    fused = seq2seq.build(src.path, Path(tmp), stage, model_type, config.target, src.config)
+                else:
+                    fused = optimize(raw, stage / model_file, model_type, config.target, src.config)
         _copy_text_files(src.path, stage)
-        inputs, outputs = signature(stage / "model.onnx")
+        inputs, outputs = signature(stage / model_file)
         manifest = Manifest(
             name=name or out.parent.name, variant=out.name, task=task, source=src.as_record(),
             inputs=inputs, outputs=outputs,
             preprocess=replace(settings, pooling=pooling.mode, normalize=pooling.normalize) if pooling else settings,
             precision={"weights": "float32", "activations": "float32"},
             graph={"model_type": model_type, "target": config.target, "builder": builder, "fused_ops": fused,
-                   "bytes": byte_groups(stage / "model.onnx")},
-            parity={"reference": "pytorch", **figures},
+                   "bytes": byte_groups(stage / model_file)},
             targets=["CUDAExecutionProvider"] if config.target == "cuda" else ["CPUExecutionProvider"],
-            build=tool_versions(config.opset, recipe),
+            build=tool_versions(config.opset, recipe), model_file=model_file,
+            encoder_file=seq2seq.ENCODER if spec.seq2seq else None,
         )  # fmt: skip
+        parity_texts = _passages(texts) if spec.generative else texts
+        with step(f"parity vs PyTorch on {len(parity_texts)} real texts"):
+            if spec.generative:
+                figures = generate_parity.check(stage / model_file, src.path, parity_texts, settings,
+                                                config.tolerance.max_logit_abs, in_place=builder == "onnxforge")  # fmt: skip
+            elif spec.seq2seq:
+                figures = seq2seq_parity.check(_open_staged(stage, manifest), src.path, texts, config.tolerance.max_logit_abs)
+            elif pooling:
+                figures = parity.check(stage / model_file, src.path, texts, pooling, settings.max_length,
+                                       config.tolerance)  # fmt: skip
+            else:
+                figures = parity.check_task(stage / model_file, src.path, texts, spec, settings.max_length,
+                                            config.tolerance)  # fmt: skip
+        manifest.parity = {"reference": "pytorch", **figures}
         publish(stage, manifest, out)
     return manifest

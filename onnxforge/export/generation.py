@@ -22,9 +22,9 @@ def generation_settings(model_dir: Path) -> Preprocess:
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if not context:
         raise ValueError(f"{model_dir}: the config gives no context length (max_position_embeddings / n_positions)")
-    eos = _ids(config.eos_token_id)
+    eos = id_set(config.eos_token_id)
     if (model_dir / "generation_config.json").is_file():
-        eos |= _ids(GenerationConfig.from_pretrained(model_dir).eos_token_id)
+        eos |= id_set(GenerationConfig.from_pretrained(model_dir).eos_token_id)
     if not eos and tokenizer.eos_token_id is not None:  # the model's own setting wins over the tokenizer's
         eos.add(int(tokenizer.eos_token_id))
     return Preprocess(max_length=int(context), eos_token_ids=tuple(sorted(eos)),
@@ -32,7 +32,7 @@ def generation_settings(model_dir: Path) -> Preprocess:
                       chat=compile_chat_template(tokenizer) if tokenizer.chat_template else None)  # fmt: skip
 
 
-def _ids(value: int | list[int] | None) -> set[int]:
+def id_set(value: int | list[int] | None) -> set[int]:
     if value is None:
         return set()
     return {int(v) for v in (value if isinstance(value, (list, tuple)) else [value])}

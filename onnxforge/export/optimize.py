@@ -9,6 +9,7 @@ graph runs on any CPU; onnxruntime applies its own session-level optimizations a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from onnxruntime.transformers.fusion_options import FusionOptions
@@ -23,8 +24,13 @@ ORT_MODEL_TYPES: dict[str, str] = {
     # Decoders: the "qwen3" rules fuse RMS norms (Skip)SimplifiedLayerNormalization and RotaryEmbedding in Llama
     # and Qwen2 graphs as well; "gpt2" fuses GPT-2's layer norms, GELU and attention with past.
     "llama": "qwen3", "qwen2": "qwen3", "qwen3": "qwen3", "gpt2": "gpt2",
+    # Encoder-decoders (translate / summarize): T5's RMS norms and encoder attention; BART's layer norms and attention.
+    "t5": "t5", "mt5": "t5", "bart": "bart", "mbart": "bart", "marian": "bart",
 }  # fmt: skip
 TARGETS = ("cpu", "cuda")
+# Optimizer types whose fusions include a CUDA-only operator (T5's RelativePositionBias, applied unconditionally):
+# on CPU their graphs are left as traced, and onnxruntime's session-level fusions (RMS norms) apply at load.
+CUDA_ONLY = {"t5"}
 
 
 def fusion_type(model_type: str) -> str:
@@ -45,12 +51,16 @@ def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu", config:
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
     ort_type = fusion_type(model_type)
+    if ort_type in CUDA_ONLY and target == "cpu":
+        shutil.copy2(src, dst)
+        return fused_ops(op_counts(dst))
     options = FusionOptions(ort_type)
     options.enable_gelu_approximation = False  # exact GELU: fidelity first, it costs little on CPU
     options.use_multi_head_attention = True
     model = optimize_model(
-        str(src), model_type=ort_type, num_heads=_first(config, "num_attention_heads", "n_head"),
-        hidden_size=_first(config, "hidden_size", "n_embd"), opt_level=0,
+        str(src), model_type=ort_type,
+        num_heads=_first(config, "num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"),
+        hidden_size=_first(config, "hidden_size", "n_embd", "d_model"), opt_level=0,
         optimization_options=options, use_gpu=target == "cuda",
     )  # fmt: skip
     model.save_model_to_file(str(dst))
