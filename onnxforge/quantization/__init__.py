@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import corpus
-from ..artifact import Manifest, copy_files, publish, staging, verify
+from ..artifact import Manifest, copy_files, graph_files, publish, staging, verify
 from ..cpu import this_cpu
 from ..export.graph import byte_groups, fused_ops, op_counts
 from ..progress import step
@@ -37,9 +37,11 @@ SENSITIVITY_TEXTS = 64
 
 
 def weight_only(method: str, task: str, settings: dict[str, object] | None = None) -> bool:
-    """Whether ``method`` quantizes weights only for ``task``: int4 always; int8 for decoders, whose decoding is bound
-    by the bytes of weights read per token, not by arithmetic, unless ``settings`` name int8 ``activations``."""
-    return method == "int4" or (method == "int8" and get_task(task).generative and "activations" not in (settings or {}))
+    """Whether ``method`` quantizes weights only for ``task``: int4 always; int8 for decoders (text2text ones too),
+    whose decoding is bound by the bytes of weights read per token, not by arithmetic, unless ``settings`` name int8
+    ``activations`` (decoder-only models)."""
+    spec = get_task(task)
+    return method == "int4" or (method == "int8" and (spec.seq2seq or spec.generative and "activations" not in (settings or {})))
 
 
 def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
@@ -54,8 +56,11 @@ def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
 
 
 def _candidate(reference: Loaded, model: Path) -> Loaded:
-    """A candidate graph with the reference's tokenizer and manifest, on CPU."""
-    return replace(reference, session=create_session(model, SessionConfig(providers="cpu")))
+    """A candidate graph with the reference's tokenizer and manifest, on CPU (and its encoder beside it, if any)."""
+    cpu = SessionConfig(providers="cpu")
+    encoder = reference.manifest.encoder_file
+    return replace(reference, session=create_session(model, cpu),
+                   encoder=create_session(model.parent / encoder, cpu) if encoder else None)  # fmt: skip
 
 
 def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = None,
@@ -81,19 +86,25 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
     precision: dict[str, object] = {}  # what the config does not say: the GGUF blocks kept
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as tmp:
         model = stage / base.model_file
+        graphs = graph_files(base)
         if isinstance(config, Fp16Config):
             with step(f"fp16 {base.name}, {len(config.block)} fragile op types kept fp32"):
-                to_fp16(src / base.model_file, model, config.block)
+                for graph in graphs:
+                    to_fp16(src / graph, stage / graph, config.block)
         elif isinstance(config, WeightOnlyConfig):
             keeping = f", keeping {gguf.name}'s blocks" if gguf and not config.requantize else ""
             with step(f"int{config.bits} weights of {base.name}, block {config.block_size}{keeping}"):
-                kept = quantize_weights(src / base.model_file, model, config, None if config.requantize else gguf)
+                for graph in graphs:
+                    kept = quantize_weights(src / graph, stage / graph, config, None if config.requantize else gguf)
             if kept:
                 precision["gguf_blocks"] = kept_record(gguf, kept)
+        elif base.encoder_file:
+            raise ValueError(f"{base.name}: int8 activations are for single-graph models; a {base.task} artifact takes "
+                             "weight-only int8 (WeightOnlyConfig(bits=8)) or fp16")  # fmt: skip
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
             config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report)
-        copy_files(src, stage, skip=(base.model_file,))
+        copy_files(src, stage, skip=tuple(graphs))
         candidate = _candidate(reference, model)
         with step(f"quality gate on {len(held_out)} held-out texts"):
             figures = measure(base.task, reference, candidate, held_out)
@@ -101,8 +112,9 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
             shown = ", ".join(f"{k}={v:.5f}" for k, v in figures.items() if isinstance(v, float))
             raise GateError(f"{base.name} {out.name} missed its gate ({'; '.join(failures)}); figures: {shown}."
                             f"{_search_summary(report)} No artifact was written.")  # fmt: skip
-        feeds = decode_feeds(reference.session) if get_task(base.task).generative else text_feeds(reference, calib[:256])
-        report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, feeds)
+        if not base.encoder_file:  # text2text speed is the benchmark's (python -m bench --part translate)
+            feeds = decode_feeds(reference.session) if get_task(base.task).generative else text_feeds(reference, calib[:256])
+            report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, feeds)
         manifest = replace(
             base, variant=variant or out.name, precision={**config.describe(), **precision},
             quality={**gate.record(figures), "measured_on": this_cpu().record(), **report},

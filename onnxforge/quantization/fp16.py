@@ -22,6 +22,10 @@ FRAGILE_OPS = (
 )  # fmt: skip
 
 
+FUSED_NORMS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+               "SkipSimplifiedLayerNormalization")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Fp16Config:
     """fp16 conversion settings: the op types that stay fp32."""
@@ -63,6 +67,11 @@ def to_fp16(src: Path, dst: Path, block: tuple[str, ...] = FRAGILE_OPS) -> None:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(onnx.load(str(src)))
+    if _distinct_branch_outputs(model.model.graph):
+        # In a merged decoder the branches share the outer graph's weights, and the pass casts a weight to fp16
+        # unless every reader it sees (outer nodes only) is blocked: a blocked fused norm inside a branch would get
+        # fp16 gamma/beta. Those ops take fp16 as they are and accumulate in fp32 inside their kernels.
+        block = tuple(op for op in block if op not in FUSED_NORMS)
     for node in model.model.graph.node:  # the converter blocks nodes by name
         node.name = node.name or f"{node.op_type}:{node.output[0]}"
     with warnings.catch_warnings():  # "number truncated" notes for constants of blocked ops' neighbours
@@ -73,6 +82,30 @@ def to_fp16(src: Path, dst: Path, block: tuple[str, ...] = FRAGILE_OPS) -> None:
     _drop_repeated_casts(model.model.graph)
     model.topological_sort()  # the pass appends its Cast nodes at the end; strict evaluators need order
     onnx.save(model.model, str(dst))
+
+
+def _distinct_branch_outputs(graph: onnx.GraphProto) -> bool:
+    """Give the outputs of each ``If`` branch names of their own. Optimum's merged decoder names them as the ``If``'s
+    outputs, which are the graph's; the converter, casting the graph's outputs back to fp32 by name, would otherwise
+    leave each branch returning the outer Cast's value, which onnxruntime refuses. Returns whether it found any."""
+    found = False
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type != onnx.AttributeProto.GRAPH:
+                continue
+            branch = attribute.g
+            renamed = {out.name: f"{attribute.name}/{out.name}" for out in branch.output}
+            produced = {name for inner in branch.node for name in inner.output}
+            for inner in branch.node:
+                inner.output[:] = [renamed.get(name, name) for name in inner.output]
+                inner.input[:] = [renamed.get(name, name) for name in inner.input]
+            for old, new in renamed.items():  # an outer value returned as it is gets an Identity of its own
+                if old not in produced:
+                    branch.node.append(onnx.helper.make_node("Identity", [old], [new], name=f"Identity:{new}"))
+            for out in branch.output:
+                out.name = renamed[out.name]
+            found = True
+    return found
 
 
 def _drop_repeated_casts(graph: onnx.GraphProto) -> None:

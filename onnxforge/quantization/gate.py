@@ -120,6 +120,31 @@ def language_model(reference: list, candidate: list) -> dict[str, float]:
             "perplexity": ppl, "perplexity_retention": ppl_ref / ppl}  # fmt: skip
 
 
+TRANSLATED_TEXTS = 128  # held-out texts a text2text candidate translates (greedy) for its gate
+TRANSLATED_TOKENS = 64
+
+
+def _translations(loaded: Loaded, texts: list[str]) -> list[tuple[list[int], str]]:
+    """Greedy output (token ids, text) for each of the first ``TRANSLATED_TEXTS`` held-out texts."""
+    pipeline = PIPELINES[loaded.manifest.task](loaded)
+    sample = texts[:TRANSLATED_TEXTS]
+    decoding = pipeline.decoding(max_new_tokens=TRANSLATED_TOKENS, num_beams=1)
+    ids = pipeline.token_ids(sample, decoding)
+    return [(tokens, pipeline.text_of(tokens)) for tokens in ids]
+
+
+def text2text_fidelity(reference: list, candidate: list) -> dict[str, float]:
+    """chrF (sacrebleu) of the candidate's outputs against the reference's, the share of reference tokens the
+    candidate reproduces position for position, and the share of outputs identical token for token."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF().corpus_score([c[1] for c in candidate], [[r[1] for r in reference]]).score
+    matched = sum(sum(a == b for a, b in zip(r[0], c[0])) for r, c in zip(reference, candidate))
+    positions = sum(max(len(r[0]), len(c[0]), 1) for r, c in zip(reference, candidate))
+    return {"outputs": len(reference), "chrf": float(chrf), "token_agreement": matched / positions,
+            "exact_match": float(np.mean([r[0] == c[0] for r, c in zip(reference, candidate)]))}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Figures:
     """How a task's gate measures: its outputs on texts, and the figures comparing two such outputs."""
@@ -136,6 +161,8 @@ FIGURES: dict[str, Figures] = {
     "answer": Figures(_spans, lambda r, c: {"pairs": len(r), "span_agreement": float(np.mean([a == b for a, b in zip(r, c)]))},
                       ("span_agreement",)),
     "generate": Figures(_next_tokens, language_model, ("next_token_agreement", "perplexity_retention")),
+    "translate": Figures(_translations, text2text_fidelity, ("chrf", "token_agreement", "exact_match")),
+    "summarize": Figures(_translations, text2text_fidelity, ("chrf", "token_agreement", "exact_match")),
     "fill-mask": Figures(_top5, lambda r, c: {"texts": len(r), "top5_overlap": float(np.mean([len(a & b) / 5 for a, b in zip(r, c)]))},
                          ("top5_overlap",)),
 }  # fmt: skip
