@@ -222,6 +222,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
     _stream(generator.generate(args.prompt, stream=True, **_sampling(args)))
 
 
+def cmd_translate(args: argparse.Namespace) -> None:
+    """Translate (or summarize) each text: streamed when there is one and no beams, else a table."""
+    from .runtime import load
+    from .runtime.text2text import Text2Text
+
+    pipeline = load(args.artifact, providers=args.providers, threads=args.threads)
+    if not isinstance(pipeline, Text2Text):
+        raise ValueError(  # noqa: TRY004 - a wrong artifact, not a wrong argument type
+            f"{args.artifact}: task {pipeline.task!r} is not text-to-text; a 'translate' or 'summarize' artifact is needed")
+    settings = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "temperature": args.temperature,
+                "length_penalty": args.length_penalty, "no_repeat_ngram_size": args.no_repeat_ngram_size,
+                "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}  # fmt: skip
+    if len(args.texts) == 1 and (args.num_beams or pipeline.defaults.get("num_beams", 1)) == 1:
+        _stream(pipeline.translate(args.texts[0], stream=True, **settings))
+        return
+    outputs = pipeline.translate(list(args.texts), **settings)
+    print(render(["text", pipeline.manifest.task], [[t, o] for t, o in zip(args.texts, outputs)]))
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     generator = _generator(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -326,6 +345,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("prompt")
     _generation_options(s, max_new_tokens=128)
     s.set_defaults(run=cmd_generate)
+
+    s = sub.add_parser("translate", help="translate (or summarize) texts with a translate / summarize artifact")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("texts", nargs="+")
+    s.add_argument("--max-new-tokens", type=int, help="default: the model's generation config, else 128")
+    s.add_argument("--num-beams", type=int, help="default: the model's generation config (one text, 1 beam: streamed)")
+    s.add_argument("--length-penalty", type=float)
+    s.add_argument("--no-repeat-ngram-size", type=int)
+    s.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (num_beams 1); 0 is greedy")
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--providers", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(run=cmd_translate)
 
     s = sub.add_parser("chat", help="talk with a generate artifact through its chat template (Ctrl-D ends)")
     s.add_argument("artifact", type=Path)

@@ -32,6 +32,10 @@ def config_text(manifest: Manifest, name: str, max_batch: int, max_delay_us: int
     if manifest.task == "generate":
         raise ValueError(f"{which} is a KV-cache decoder: its cache lives between calls, which Triton's stateless "
                          "dynamic batching cannot carry; serve it with `onnxforge serve`")  # fmt: skip
+    if manifest.encoder_file:
+        raise ValueError(f"{which} is an encoder-decoder ({manifest.task}): its decoder's self- and cross-attention "
+                         "caches live between calls, and one Triton model holds one graph; serve it with "
+                         "`onnxforge serve`")  # fmt: skip
     batch_axes = {t.shape[0] if t.shape else None for t in [*manifest.inputs, *manifest.outputs]}
     if len(batch_axes) != 1 or not isinstance(next(iter(batch_axes)), str):
         raise ValueError(f"{which}: its inputs and outputs do not share one dynamic leading batch axis, which "

@@ -145,6 +145,66 @@ def make_decoder(directory: Path, family: str = "llama", seed: int = 0) -> Path:
     return directory
 
 
+SEQ2SEQ_LAYERS = {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+                  "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
+                  "max_position_embeddings": 256, "dropout": 0.0}  # fmt: skip
+# pad 0, bos 1, eos 2 (the byte-level tokenizer's specials); the target starts with eos (BART) or pad (T5, Marian)
+SEQ2SEQ: dict[str, tuple[str, dict, str]] = {
+    "t5": ("T5Config", {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4, "dropout_rate": 0.0,
+                        "decoder_start_token_id": 0}, "$A <|im_end|>"),
+    "bart": ("BartConfig", {**SEQ2SEQ_LAYERS, "bos_token_id": 1, "decoder_start_token_id": 2, "forced_bos_token_id": None},
+             "<|im_start|> $A <|im_end|>"),
+    "marian": ("MarianConfig", {**SEQ2SEQ_LAYERS, "decoder_start_token_id": 0}, "$A <|im_end|>"),
+}  # fmt: skip
+SEQ2SEQ_TRAINING = {"steps": 250, "batch": 16, "learning_rate": 3e-3}
+
+
+def seq2seq_tokenizer(template: str):
+    """The byte-level BPE tokenizer with a pad token and the family's special-token template."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = byte_bpe_tokenizer()
+    tokenizer.pad_token = SPECIALS[0]
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=template, special_tokens=[(token, i) for i, token in enumerate(SPECIALS)])
+    return tokenizer
+
+
+def make_seq2seq(directory: Path, family: str = "t5", seed: int = 0) -> Path:
+    """Save an encoder-decoder of ``family`` taught to copy the corpus's sentences (source → same text): random
+    weights would ignore the source, and a cross-attention cache that went wrong would still pass the tests."""
+    import torch
+    import transformers
+
+    from onnxforge import corpus
+
+    config_class, kwargs, template = SEQ2SEQ[family]
+    tokenizer = seq2seq_tokenizer(template)
+    config = getattr(transformers, config_class)(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=2,
+                                                 forced_eos_token_id=2, **kwargs)  # fmt: skip
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForSeq2SeqLM.from_config(config)
+    texts = corpus.split(corpus.load()).calibration
+    steps = SEQ2SEQ_TRAINING["steps"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SEQ2SEQ_TRAINING["learning_rate"], weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    draw = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        batch = [texts[i] for i in torch.randint(0, len(texts), (SEQ2SEQ_TRAINING["batch"],), generator=draw).tolist()]
+        source = tokenizer(batch, padding=True, truncation=True, max_length=48, return_tensors="pt",
+                           return_token_type_ids=False)
+        labels = source.input_ids.masked_fill(source.attention_mask == 0, -100)
+        model(**source, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+    model.eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def export_tiny_embed(out: Path) -> Path:
     """A tiny BERT embed artifact at ``out``."""
     from onnxforge.export import export

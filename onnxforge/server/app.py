@@ -25,6 +25,7 @@ from ..runtime.base import Pipeline
 from ..runtime.generate import Generator
 from ..runtime.generate import Request as Generation
 from ..runtime.session import SessionConfig
+from ..runtime.text2text import Text2Text
 from .batching import MicroBatcher, Overloaded
 from .metrics import Metrics
 
@@ -121,15 +122,16 @@ class Server:
         finally:
             self.slots.release()
 
-    def model(self, body: dict, task: str) -> Served:
+    def model(self, body: dict, *tasks: str) -> Served:
         name = body.get("model")
         if not isinstance(name, str):
             raise ApiError(400, "'model' is required: one of " + ", ".join(self.models), param="model")
         served = self.models.get(name)
         if served is None:
             raise ApiError(404, f"model {name!r} does not exist; served: {', '.join(self.models)}", param="model")
-        if served.pipeline.task != task:
-            raise ApiError(400, f"model {name!r} is a {served.pipeline.task!r} model, not {task!r}", param="model")
+        if served.pipeline.task not in tasks:
+            raise ApiError(400, f"model {name!r} is a {served.pipeline.task!r} model, not {' or '.join(map(repr, tasks))}",
+                           param="model")  # fmt: skip
         return served
 
 
@@ -228,11 +230,35 @@ async def embeddings(server: Server, request: Request) -> Response:
 
 async def completions(server: Server, request: Request) -> Response:
     body = await _body(request)
-    served = server.model(body, "generate")
+    served = server.model(body, "generate", "translate", "summarize")
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise ApiError(400, "'prompt' must be a string", param="prompt")
+    if isinstance(served.pipeline, Text2Text):
+        return await _text2text(server, served, body, _checked(server, prompt))
     return await _generate(server, served, body, served.pipeline.encode(_checked(server, prompt)), chat=False)
+
+
+async def _text2text(server: Server, served: Served, body: dict, prompt: str) -> Response:
+    """A translate / summarize model's completion: the prompt is the source text; left-out settings take the
+    model's generation defaults (beams included), not OpenAI's sampling ones."""
+    if body.get("stream"):
+        raise ApiError(400, f"model {served.name!r} ({served.pipeline.task}) answers whole completions; "
+                            "stream is for generate models", param="stream")  # fmt: skip
+    pipeline: Text2Text = served.pipeline
+    decoding = pipeline.decoding(body.get("max_completion_tokens", body.get("max_tokens")), body.get("num_beams"),
+                                 length_penalty=body.get("length_penalty"), temperature=body.get("temperature", 0.0),
+                                 top_p=body.get("top_p"), top_k=body.get("top_k"), seed=body.get("seed"),
+                                 no_repeat_ngram_size=body.get("no_repeat_ngram_size"))  # fmt: skip
+    async with server.slot():
+        (ids,) = await asyncio.get_running_loop().run_in_executor(server.executor, pipeline.token_ids, [prompt], decoding)
+    prompt_tokens = len(pipeline.encoder.encode([prompt])[0].ids)
+    finish = "length" if len(ids) >= decoding.request.max_new_tokens else "stop"
+    return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                         "model": served.name, "choices": [{"index": 0, "text": pipeline.text_of(ids),
+                                                            "finish_reason": finish, "logprobs": None}],
+                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(ids),
+                                   "total_tokens": prompt_tokens + len(ids)}})  # fmt: skip
 
 
 async def chat_completions(server: Server, request: Request) -> Response:

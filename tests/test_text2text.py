@@ -1,0 +1,204 @@
+"""Encoder-decoder models (T5, BART, Marian) from export to the torch-free ``translate`` / ``summarize`` pipeline.
+
+Each family is a tiny model taught to copy the corpus's sentences (``tests/tiny_models.make_seq2seq``), exported
+through the same path as a real one. Its tokens must equal transformers' ``generate`` for greedy decoding and
+beam search under several settings; quantized variants must pass a chrF / token-agreement gate against fp32.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from onnxforge import corpus
+from onnxforge.runtime import load
+from tests.tiny_models import SEQ2SEQ, make_seq2seq
+
+TEXTS = ["The cat sat on the mat.", "Edge apps ship the runtime and nothing else.",
+         "A build engineer runs make artifacts."] + corpus.split(corpus.load()).evaluation[:9]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """family → (source dir, fp32 artifact dir, manifest), made once per module."""
+    from onnxforge.export import export
+
+    made: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in made:
+            root = tmp_path_factory.mktemp(f"seq2seq-{family}")
+            source = make_seq2seq(root / "source", family)
+            task = "summarize" if family == "bart" else "translate"
+            made[family] = (source, root / "artifacts" / f"tiny-{family}" / "fp32")
+            made[family] += (export(source, made[family][1], task, name=f"tiny-{family}"),)
+        return made[family]
+
+    return get
+
+
+def _transformers(source, texts, max_new_tokens=24, **search):
+    """transformers' generated tokens per text, start token dropped and cut before the end token."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    batch = tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, **search)
+    eos = model.generation_config.eos_token_id
+    return [row[: row.index(eos)] if eos in row else row for row in out[:, 1:].tolist()]
+
+
+@pytest.mark.parametrize("family", SEQ2SEQ)
+def test_export_parity_figures(build, family):
+    _, out, manifest = build(family)
+    parity = manifest.parity
+    assert parity["max_abs_diff"] < 1e-4 and parity["encoder_max_abs_diff"] < 1e-4
+    assert parity["greedy_identical"] and parity["beam4_identical"] and parity["beam4_lp2_ngram3_identical"]
+    assert manifest.encoder_file == "encoder_model.onnx" and manifest.model_file == "decoder_model_merged.onnx"
+    assert {"encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json"} <= set(manifest.files)
+    for graph in (manifest.encoder_file, manifest.model_file):  # plain onnxruntime loads both graphs
+        ort.InferenceSession(str(out / graph), providers=["CPUExecutionProvider"])
+
+
+SEARCHES = [
+    {"num_beams": 1, "no_repeat_ngram_size": 2},
+    {"num_beams": 4, "length_penalty": 0.6, "early_stopping": True},
+    {"num_beams": 3, "length_penalty": 1.5, "early_stopping": "never"},
+    {"num_beams": 4, "length_penalty": 2.0, "no_repeat_ngram_size": 3},
+]
+
+
+@pytest.mark.parametrize("family", SEQ2SEQ)
+@pytest.mark.parametrize("search", SEARCHES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_tokens_equal_transformers_generate(build, family, search):
+    source, out, _ = build(family)
+    pipeline = load(out, providers="cpu")
+    ours = pipeline.token_ids(TEXTS, pipeline.decoding(24, **search), batch_size=5)
+    assert ours == _transformers(source, TEXTS, 24, **search)
+    assert any(len(ids) > 3 for ids in ours)  # real output, not an immediate end token
+
+
+def test_output_depends_on_the_source(build):
+    pipeline = load(build("t5")[1], providers="cpu")
+    outputs = pipeline.translate(TEXTS[:6], max_new_tokens=16)
+    assert len(set(outputs)) >= 4, outputs
+
+
+@pytest.mark.parametrize("family", ["t5", "marian"])
+def test_batches_streams_and_single_texts_agree(build, family):
+    pipeline = load(build(family)[1], providers="cpu")
+    for beams in (1, 4):
+        batched = pipeline.translate(TEXTS, max_new_tokens=20, num_beams=beams, batch_size=4)
+        assert batched == [pipeline.translate(t, max_new_tokens=20, num_beams=beams) for t in TEXTS]
+    streamed = "".join(pipeline.translate(TEXTS[1], max_new_tokens=20, stream=True))
+    assert streamed == pipeline.translate(TEXTS[1], max_new_tokens=20)
+
+
+def test_sampling_is_seeded(build):
+    pipeline = load(build("marian")[1], providers="cpu")
+    first = pipeline.translate(TEXTS[:4], max_new_tokens=16, temperature=1.5, seed=7)
+    assert first == pipeline.translate(TEXTS[:4], max_new_tokens=16, temperature=1.5, seed=7)
+    others = {tuple(pipeline.translate(TEXTS[:4], max_new_tokens=16, temperature=1.5, seed=s)) for s in range(4)}
+    assert len(others) > 1
+    assert pipeline.translate(TEXTS[0], max_new_tokens=0) == ""
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"num_beams": 0}, "num_beams"),
+    ({"num_beams": 2, "temperature": 0.5}, "do not combine"),
+    ({"num_beams": 2, "repetition_penalty": 1.2}, "repetition_penalty"),
+    ({"length_penalty": float("nan")}, "length_penalty"),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+    ({"early_stopping": "sometimes"}, "early_stopping"),
+    ({"max_new_tokens": -1}, "max_new_tokens"),
+    ({"top_p": 0}, "top_p"),
+    ({"stream": True, "num_beams": 2}, "num_beams=1"),
+])  # fmt: skip
+def test_bad_settings_name_the_problem(build, settings, message):
+    pipeline = load(build("t5")[1], providers="cpu")
+    with pytest.raises(ValueError, match=message):
+        pipeline.translate("A text.", **settings)
+    with pytest.raises(ValueError, match="one text"):
+        pipeline.translate(["a", "b"], stream=True, num_beams=1)
+    with pytest.raises(TypeError, match="texts"):
+        pipeline.translate(b"bytes")
+
+
+def test_summarize_is_the_same_pipeline(build):
+    pipeline = load(build("bart")[1], providers="cpu")
+    assert pipeline.task == "summarize"
+    assert pipeline.summarize(TEXTS[:3], max_new_tokens=12) == pipeline.translate(TEXTS[:3], max_new_tokens=12)
+
+
+def test_optimum_ortmodel_loads_the_artifact(build):
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from transformers import AutoTokenizer
+
+    _, out, _ = build("t5")
+    model = ORTModelForSeq2SeqLM.from_pretrained(out)
+    batch = AutoTokenizer.from_pretrained(out)(TEXTS[:3], padding=True, return_tensors="pt", return_token_type_ids=False)
+    theirs = model.generate(**batch, max_new_tokens=16, do_sample=False)[:, 1:].tolist()
+    ours = load(out, providers="cpu").token_ids(TEXTS[:3], load(out).decoding(16))
+    assert [row[: len(ids)] for row, ids in zip(theirs, ours)] == ours
+
+
+def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path):
+    from onnxforge.quantization import Fp16Config, Gate, GateError, Int8Config, config_for, quantize
+
+    _, out, _ = build("marian")
+    int8 = quantize(out, out.parent / "int8", config_for("int8", "translate", {}), Gate({"chrf": 60.0}))
+    assert int8.precision["weights"] == "int8" and int8.quality["passed"]
+    assert {"chrf", "token_agreement", "exact_match"} <= set(int8.quality)
+    assert int8.files["decoder_model_merged.onnx"].bytes < 0.75 * build("marian")[2].files["decoder_model_merged.onnx"].bytes
+    fp16 = quantize(out, out.parent / "fp16", Fp16Config(), Gate({"chrf": 90.0, "token_agreement": 0.8}))
+    assert fp16.quality["chrf"] > 90
+    assert load(out.parent / "fp16").translate(TEXTS[0], max_new_tokens=12)
+    with pytest.raises(GateError, match="chrf"):
+        quantize(out, out.parent / "int4", config_for("int4", "translate", {}), Gate({"chrf": 99.99}))
+    assert not (out.parent / "int4").exists()
+    with pytest.raises(ValueError, match="weight-only"):
+        quantize(out, tmp_path / "act", Int8Config(), Gate({"chrf": 50.0}))
+
+
+def test_cli_server_and_triton(build, tmp_path, capsys):
+    from starlette.testclient import TestClient
+
+    from onnxforge.cli import main
+    from onnxforge.server.app import create_app
+    from onnxforge.triton import write_repository
+
+    _, out, _ = build("marian")
+    expected = load(out).translate(TEXTS[:2], max_new_tokens=10)
+    main(["translate", str(out), TEXTS[0], "--max-new-tokens", "10"])
+    assert expected[0] in capsys.readouterr().out
+    with TestClient(create_app([out])) as client:
+        name = client.get("/v1/models").json()["data"][0]["id"]
+        reply = client.post("/v1/completions", json={"model": name, "prompt": TEXTS[1], "max_tokens": 10})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["text"] == expected[1]
+        assert client.post("/v1/completions", json={"model": name, "prompt": "x", "stream": True}).status_code == 400
+        assert client.post("/v1/embeddings", json={"model": name, "input": "x"}).status_code == 400
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        write_repository(out, tmp_path / "triton")
+    assert json.loads((out / "manifest.json").read_text())["encoder_file"] == "encoder_model.onnx"
+
+
+def test_cross_attention_cache_is_computed_once(build):
+    """Later steps read the first step's cross-attention caches: fed zeros instead, the logits change."""
+    pipeline = load(build("t5")[1], providers="cpu")
+    feeds = pipeline.encoder.tokenizer.encode(TEXTS[0])
+    ids, mask = np.array([feeds.ids]), np.ones((1, len(feeds.ids)), dtype=np.int64)
+    hidden = pipeline.model.encode(ids, mask)
+    start = np.array([[pipeline.start]])
+    logits, caches = pipeline.model.start(hidden, mask, start)
+    token = np.array([int(logits[0].argmax())])
+    kept = pipeline.model.step(caches, token)
+    _, fresh = pipeline.model.start(hidden, mask, start)
+    fresh.cross = {name: np.zeros_like(value) for name, value in fresh.cross.items()}
+    assert np.abs(pipeline.model.step(fresh, token) - kept).max() > 1e-3
