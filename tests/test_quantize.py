@@ -202,3 +202,31 @@ def test_vocabulary_tables_become_int8_rows_that_gather_what_they_held(tmp_path)
     step = np.abs(vocab[ids]).max(1, keepdims=True) / 127
     assert np.all(np.abs(a - vocab[ids]) <= step / 2 + 1e-6) and not np.array_equal(a, vocab[ids])
     assert np.array_equal(b, small[ids]) and np.array_equal(c, weight[ids])
+
+
+def test_a_table_gathered_inside_if_branches_becomes_int8_rows_once(tmp_path):
+    """A merged decoder reads its embedding table inside both branches of an If: the outer table is replaced once,
+    each branch gathers its rows from the int8 copy, and both give the rows within half a step."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxforge.quantization.tables import int8_rows
+
+    vocab = np.random.default_rng(1).standard_normal((2048, 8)).astype(np.float32)
+    branch = lambda name: helper.make_graph([helper.make_node("Gather", ["vocab", "ids"], [f"{name}_rows"])], name, [],
+                                            [helper.make_tensor_value_info(f"{name}_rows", TensorProto.FLOAT, None)])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["rows"], then_branch=branch("then"), else_branch=branch("else"))], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [1])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)], [numpy_helper.from_array(vocab, "vocab")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    assert int8_rows(model) == ["vocab"]
+    assert [t.name for t in model.graph.initializer] == ["vocab_int8", "vocab_scale"]
+    session = ort.InferenceSession(model.SerializeToString())
+    ids = np.array([3, 2047])
+    step = np.abs(vocab[ids]).max(1, keepdims=True) / 127
+    for flag in (True, False):
+        (rows,) = session.run(None, {"ids": ids, "flag": np.array([flag])})
+        assert np.all(np.abs(rows - vocab[ids]) <= step / 2 + 1e-6) and not np.array_equal(rows, vocab[ids])

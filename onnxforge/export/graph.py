@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -14,6 +15,15 @@ FUSED_OPS = (
     "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu",
     "Gelu", "RotaryEmbedding", "QAttention", "QEmbedLayerNormalization", "MatMulNBits", "MatMulIntegerToFloat",
 )  # fmt: skip
+
+
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph in it (an ``If``'s branches: a merged decoder's weights are read there), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from graphs(attribute.g)
 
 
 def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:

@@ -13,23 +13,26 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..export.graph import graphs
+
 MIN_ROWS = 1024  # a vocabulary, not a small table such as position or token-type embeddings
 # Which input of which op gathers rows from a table (op type → (table input, ids input)).
 GATHERED = {"Gather": (0, 1), "EmbedLayerNormalization": (2, 0)}
 
 
 def int8_rows(model: onnx.ModelProto) -> list[str]:
-    """Replace, in ``model``, every float vocabulary table that is only gathered from with int8 rows and a scale
-    per row, de-quantized after the gather; returns the tables' names."""
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in model.graph.node:
-        for index, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, index))
+    """Replace, in ``model``, every float vocabulary table that is only gathered from (in the graph or its
+    subgraphs) with int8 rows and a scale per row, de-quantized after the gather; returns the tables' names."""
+    readers: dict[str, list[tuple[onnx.GraphProto, onnx.NodeProto, int]]] = {}
+    for graph in graphs(model.graph):
+        for node in graph.node:
+            for index, name in enumerate(node.input):
+                readers.setdefault(name, []).append((graph, node, index))
     changed, before = [], {}
     for tensor in list(model.graph.initializer):
         uses = readers.get(tensor.name, [])
         if (tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2 or tensor.dims[0] < MIN_ROWS or not uses
-                or not all(GATHERED.get(node.op_type, (None,))[0] == index and _axis0(node) for node, index in uses)):  # fmt: skip
+                or not all(GATHERED.get(node.op_type, (None,))[0] == index and _axis0(node) for _, node, index in uses)):  # fmt: skip
             continue
         table = numpy_helper.to_array(tensor)
         scales = np.abs(table).max(axis=1, keepdims=True) / 127
@@ -38,13 +41,13 @@ def int8_rows(model: onnx.ModelProto) -> list[str]:
         model.graph.initializer.remove(tensor)
         model.graph.initializer.extend([numpy_helper.from_array(codes, f"{tensor.name}_int8"),
                                         numpy_helper.from_array(scales.astype(np.float32), f"{tensor.name}_scale")])  # fmt: skip
-        for node, _ in uses:
-            before[id(node)] = _rows_for(node, tensor.name, model)
+        for graph, node, _ in uses:
+            before.setdefault(id(graph), (graph, {}))[1][id(node)] = _rows_for(node, tensor.name, model)
         changed.append(tensor.name)
-    if before:
-        nodes = [new for node in model.graph.node for new in (*before.get(id(node), []), node)]
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
+    for graph, made in before.values():
+        nodes = [new for node in graph.node for new in (*made.get(id(node), []), node)]
+        del graph.node[:]
+        graph.node.extend(nodes)
     return changed
 
 

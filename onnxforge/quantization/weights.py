@@ -23,7 +23,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..export.graph import graphs
 from .gguf_blocks import keep_file_blocks, pack_codes
+from .tables import int8_rows
 
 BITS = (4, 8)
 
@@ -33,7 +35,7 @@ class WeightOnlyConfig:
     bits: int = 4
     block_size: int = 32
     symmetric: bool = False
-    embeddings: bool = True  # the token embedding table too (GatherBlockQuantized, at ``bits``)
+    embeddings: bool = True  # the token embedding table too (int4: GatherBlockQuantized; int8: int8 rows)
     head_bits: int | None = 8  # the output projection's bits; None: float, like every other weight at ``bits``
     accuracy_level: int = 4  # MatMulNBits' compute type: 4 = int8 activations, 0 = as the weights' float type
     requantize: bool = False  # from a GGUF source: re-quantize its de-quantized weights instead of keeping its blocks
@@ -53,8 +55,8 @@ class WeightOnlyConfig:
 
 def output_projections(model: onnx.ModelProto) -> list[str]:
     """Weight MatMuls that write a graph output directly: a language model's logits projection."""
-    outputs = {o.name for o in model.graph.output}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in outputs]
+    return [n.name for graph in graphs(model.graph) for n in graph.node
+            if n.op_type == "MatMul" and n.output[0] in {o.name for o in graph.output}]  # fmt: skip
 
 
 def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path | None = None) -> dict[str, str]:
@@ -66,8 +68,11 @@ def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path 
     kept, added = keep_file_blocks(model, gguf, config.accuracy_level) if gguf else ({}, [])
     weights = {name: w for name, w in matmul_weights(model).items() if name not in added}
     head = [n for n in output_projections(model) if n in weights] if config.head_bits != config.bits else []
-    body_ops = ("MatMul", "Gather") if config.embeddings else ("MatMul",)
+    # onnxruntime's quantizer gathers 4-bit blocks only: 8-bit tables become int8 rows with a scale each (tables.py)
+    body_ops = ("MatMul", "Gather") if config.embeddings and config.bits == 4 else ("MatMul",)
     model = _blockwise(config, config.bits, body_ops, exclude=head + added, model=model)
+    if config.embeddings and config.bits == 8:
+        int8_rows(model)
     if head and config.head_bits is not None:  # only the head is left as a float MatMul with a constant weight
         # symmetric: 8-bit blocks need no zero point, and a GGUF's Q8_0 head (scale · int8 per 32) maps exactly
         symmetric = config.symmetric or config.head_bits == 8
@@ -80,16 +85,20 @@ def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path 
 
 def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Node name → float weight (K, N) of every MatMul with a constant second input."""
-    initializers = {t.name: t for t in model.graph.initializer}
-    return {n.name: numpy_helper.to_array(initializers[n.input[1]]) for n in model.graph.node
-            if n.op_type == "MatMul" and n.input[1] in initializers}  # fmt: skip
+    initializers = _initializers(model)
+    return {n.name: numpy_helper.to_array(initializers[n.input[1]]) for graph in graphs(model.graph)
+            for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers}  # fmt: skip
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for graph in graphs(model.graph) for t in graph.initializer}
 
 
 def refit(model: onnx.ModelProto, weights: dict[str, np.ndarray], block_size: int) -> None:
     """Re-derive the blocks of each MatMulNBits made from ``weights`` (ORT's quantizer made the graph): asymmetric
     4-bit by :func:`fit_blocks`, symmetric 8-bit by :func:`fit_symmetric_int8`."""
-    initializers = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
+    initializers = _initializers(model)
+    for node in (node for graph in graphs(model.graph) for node in graph.node):
         bits = next((a.i for a in node.attribute if a.name == "bits"), None)
         source = node.name.removesuffix(f"_Q{bits}")
         if node.op_type != "MatMulNBits" or source not in weights:
