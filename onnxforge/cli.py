@@ -233,7 +233,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
             f"{args.artifact}: task {pipeline.task!r} is not text-to-text; a 'translate' or 'summarize' artifact is needed")
     settings = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "temperature": args.temperature,
                 "length_penalty": args.length_penalty, "no_repeat_ngram_size": args.no_repeat_ngram_size,
-                "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}  # fmt: skip
+                "top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+                "seed": args.seed}  # fmt: skip
     if len(args.texts) == 1 and (args.num_beams or pipeline.defaults.get("num_beams", 1)) == 1:
         _stream(pipeline.translate(args.texts[0], stream=True, **settings))
         return
@@ -353,12 +354,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--num-beams", type=int, help="default: the model's generation config (one text, 1 beam: streamed)")
     s.add_argument("--length-penalty", type=float)
     s.add_argument("--no-repeat-ngram-size", type=int)
-    s.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (num_beams 1); 0 is greedy")
-    s.add_argument("--top-k", type=int)
-    s.add_argument("--top-p", type=float)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--providers", default="auto", help="auto, cpu or cuda")
-    s.add_argument("--threads", type=int)
+    _sampling_options(s)  # sampling and its repetition penalty: num_beams 1 only
     s.set_defaults(run=cmd_translate)
 
     s = sub.add_parser("chat", help="talk with a generate artifact through its chat template (Ctrl-D ends)")
@@ -414,11 +410,15 @@ def _format_option(s: argparse.ArgumentParser) -> None:
 
 def _generation_options(s: argparse.ArgumentParser, max_new_tokens: int) -> None:
     s.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    s.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    _sampling_options(s)
+
+
+def _sampling_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0 samples")
     s.add_argument("--top-k", type=int)
     s.add_argument("--top-p", type=float)
     s.add_argument("--repetition-penalty", type=float)
-    s.add_argument("--stop", action="append", help="stop string (repeatable)")
     s.add_argument("--seed", type=int)
     s.add_argument("--providers", default="auto", help="auto, cpu or cuda")
     s.add_argument("--threads", type=int)

@@ -19,8 +19,8 @@ from .optimize import optimize
 ENCODER = "encoder_model.onnx"
 DECODER = "decoder_model_merged.onnx"
 DEFAULT_SOURCE_LENGTH = 512
-# generation_config fields the runtime reads as its defaults, with transformers' own defaults
-GENERATION_DEFAULTS = {"num_beams": 1, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "early_stopping": False}
+# generation_config fields the runtime takes as its defaults (with max_new_tokens, where the model sets a length)
+GENERATION_FIELDS = ("num_beams", "length_penalty", "no_repeat_ngram_size", "early_stopping")
 
 
 def build(model_dir: Path, traced: Path, stage: Path, model_type: str, target: str, config: dict) -> dict[str, int]:
@@ -57,7 +57,7 @@ def text2text_settings(model_dir: Path) -> Preprocess:
     if start is None or not eos or tokenizer.pad_token_id is None:
         raise ValueError(f"{model_dir}: the config lacks a decoder_start_token_id, eos_token_id or pad token")
     suppressed = sorted({ids[0] for ids in generation.bad_words_ids or () if len(ids) == 1} | set(generation.suppress_tokens or ()))
-    defaults = {name: getattr(generation, name) for name in GENERATION_DEFAULTS}
+    defaults = {name: getattr(generation, name) for name in GENERATION_FIELDS}
     if generation.max_new_tokens is not None:
         defaults["max_new_tokens"] = int(generation.max_new_tokens)
     elif generation.max_length != GenerationConfig().max_length:  # set by the model, counting the start token
