@@ -170,16 +170,47 @@ def seq2seq_tokenizer(template: str):
     return tokenizer
 
 
-def make_seq2seq(directory: Path, family: str = "t5", seed: int = 0) -> Path:
+# Marian's special tokens where the tiny configurations expect them: pad 0 (the decoder's start), end 2.
+MARIAN_SPECIALS = {"<pad>": 0, "<unk>": 1, "</s>": 2}
+TARGET_ONLY = ["€", "Ω", "▁zqxv"]  # vocab.json pieces the source model lacks, as OPUS-MT's shared vocabularies have
+
+
+def marian_spm_tokenizer(directory: Path, vocab_size: int = 400):
+    """An OPUS-MT-style slow tokenizer in ``directory``: a Unigram ``source.spm`` (= ``target.spm``) trained on the
+    corpus and a ``vocab.json`` numbering the specials, its pieces and a few target-only pieces; no tokenizer.json."""
+    import io
+    import shutil
+
+    import sentencepiece as spm
+    from transformers import MarianTokenizer
+
+    from onnxforge import corpus
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus.load()), model_writer=model, vocab_size=vocab_size,
+                                   model_type="unigram", character_coverage=1.0, minloglevel=2)  # fmt: skip
+    (directory / "source.spm").write_bytes(model.getvalue())
+    shutil.copy(directory / "source.spm", directory / "target.spm")
+    pieces = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    words = [pieces.id_to_piece(i) for i in range(pieces.get_piece_size()) if not pieces.is_control(i)
+             and not pieces.is_unknown(i)]  # fmt: skip
+    vocab = {**MARIAN_SPECIALS, **{w: len(MARIAN_SPECIALS) + i for i, w in enumerate(words + TARGET_ONLY)}}
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    return MarianTokenizer(str(directory / "source.spm"), str(directory / "target.spm"), str(directory / "vocab.json"))
+
+
+def make_seq2seq(directory: Path, family: str = "t5", seed: int = 0, tokenizer=None) -> Path:
     """Save an encoder-decoder of ``family`` taught to copy the corpus's sentences (source → same text): random
-    weights would ignore the source, and a cross-attention cache that went wrong would still pass the tests."""
+    weights would ignore the source, and a cross-attention cache that went wrong would still pass the tests.
+    ``tokenizer``: one whose pad id is 0 and end id 2 (default: the byte-level BPE with the family's template)."""
     import torch
     import transformers
 
     from onnxforge import corpus
 
     config_class, kwargs, template = SEQ2SEQ[family]
-    tokenizer = seq2seq_tokenizer(template)
+    tokenizer = tokenizer or seq2seq_tokenizer(template)
     config = getattr(transformers, config_class)(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=2,
                                                  forced_eos_token_id=2, **kwargs)  # fmt: skip
     torch.manual_seed(seed)

@@ -108,7 +108,8 @@ class Text2Text(Pipeline):
                               **settings)  # fmt: skip
 
     def text_of(self, ids: list[int]) -> str:
-        return decode_text(self.encoder.tokenizer, ids, self.clean_up)
+        """The text of generated ``ids``, without surrounding whitespace (as Marian's own tokenizer gives it)."""
+        return decode_text(self.encoder.tokenizer, ids, self.clean_up).strip()
 
     def token_ids(self, texts: list[str], decoding: Decoding, batch_size: int = 16) -> list[list[int]]:
         """The generated token ids per text (end token excluded), in input order."""
@@ -174,12 +175,16 @@ class Text2Text(Pipeline):
         encoding = self.encoder.encode([text])
         feeds = pad_batch(encoding, self.encoder.pad_id, ["input_ids", "attention_mask"])
         hidden = self.model.encode(feeds["input_ids"], feeds["attention_mask"])
-        stream = TextStream(self.encoder.tokenizer)
+        stream, held, started = TextStream(self.encoder.tokenizer), "", False
         for _, token in self._sampled(hidden, feeds["attention_mask"], decoding, self._budget(decoding)):
-            if piece := stream.push(token):
-                yield piece
-        if rest := stream.flush():
-            yield rest
+            text = held + stream.push(token)
+            text = text if started else text.lstrip()  # as text_of: no whitespace before the first character
+            body = text.rstrip()  # whitespace waits for the text after it, and is dropped at the end
+            held, started = text[len(body) :], started or bool(body)
+            if body:
+                yield body
+        if body := (held + stream.flush()).rstrip() if started else stream.flush().strip():
+            yield body
 
 
 class Summarizer(Text2Text):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import hash_into, sha256_file
+from .spm import SLOW_CONVERTERS
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ def tokenizer_of(model_dir: Path) -> Any:
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"{model_dir}: no usable tokenizer ({first_line(exc)}); a model directory needs tokenizer.json or the "
                          "files its tokenizer class reads (vocab.txt, tokenizer.model, vocab.json + merges.txt)") from None  # fmt: skip
+    if not tokenizer.is_fast and type(tokenizer).__name__ in SLOW_CONVERTERS:
+        tokenizer = SLOW_CONVERTERS[type(tokenizer).__name__](tokenizer)
     if not tokenizer.is_fast:
         raise ValueError(f"{model_dir}: {type(tokenizer).__name__} has no fast (tokenizers) version, and the runtime "
                          "reads tokenizer.json; convert the tokenizer first")  # fmt: skip
