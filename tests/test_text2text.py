@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from onnxforge import corpus
+from onnxforge.export.graph import graphs
 from onnxforge.runtime import load
 from tests.tiny_models import SEQ2SEQ, make_seq2seq
 
@@ -151,19 +153,24 @@ def test_optimum_ortmodel_loads_the_artifact(build):
 def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path):
     from onnxforge.quantization import Fp16Config, Gate, GateError, Int8Config, config_for, quantize
 
-    _, out, _ = build("marian")
-    int8 = quantize(out, out.parent / "int8", config_for("int8", "translate", {}), Gate({"chrf": 60.0}))
-    assert int8.precision["weights"] == "int8" and int8.quality["passed"]
+    _, out, fp32 = build("marian")
+    settings = {"activations": "per-token", "weight_rounding": "gptq"}
+    int8 = quantize(out, out.parent / "int8", config_for("int8", "translate", settings), Gate({"chrf": 60.0}))
+    assert int8.precision["activations"] == "uint8-per-token" and int8.precision["weight_rounding"] == "gptq"
+    assert int8.precision["decoder"]["method"] == "weight-only blockwise" and int8.quality["passed"]
     assert {"chrf", "token_agreement", "exact_match"} <= set(int8.quality)
-    assert int8.files["decoder_model_merged.onnx"].bytes < 0.75 * build("marian")[2].files["decoder_model_merged.onnx"].bytes
+    for graph, integer_op in (("encoder_model.onnx", "MatMulIntegerToFloat"), ("decoder_model_merged.onnx", "MatMulNBits")):
+        assert int8.files[graph].bytes < 0.75 * fp32.files[graph].bytes
+        assert integer_op in {n.op_type for g in graphs(onnx.load(out.parent / "int8" / graph).graph) for n in g.node}
     fp16 = quantize(out, out.parent / "fp16", Fp16Config(), Gate({"chrf": 90.0, "token_agreement": 0.8}))
     assert fp16.quality["chrf"] > 90
     assert load(out.parent / "fp16").translate(TEXTS[0], max_new_tokens=12)
     with pytest.raises(GateError, match="chrf"):
         quantize(out, out.parent / "int4", config_for("int4", "translate", {}), Gate({"chrf": 99.99}))
     assert not (out.parent / "int4").exists()
-    with pytest.raises(ValueError, match="weight-only"):
-        quantize(out, tmp_path / "act", Int8Config(), Gate({"chrf": 50.0}))
+    with pytest.raises(ValueError, match="max_keep=0"):
+        quantize(out, tmp_path / "search", Int8Config(max_keep=4), Gate({"chrf": 50.0}))
+    assert not (tmp_path / "search").exists()
 
 
 def test_cli_server_and_triton(build, tmp_path, capsys):

@@ -34,14 +34,14 @@ from .weights import WeightOnlyConfig, quantize_weights
 __all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "WeightOnlyConfig", "config_for", "quantize", "weight_only"]
 Config = Int8Config | Fp16Config | WeightOnlyConfig
 SENSITIVITY_TEXTS = 64
+DECODER_INT8 = WeightOnlyConfig(bits=8)  # a text2text decoder's int8: decoding reads every weight per token
 
 
 def weight_only(method: str, task: str, settings: dict[str, object] | None = None) -> bool:
-    """Whether ``method`` quantizes weights only for ``task``: int4 always; int8 for decoders (text2text ones too),
-    whose decoding is bound by the bytes of weights read per token, not by arithmetic, unless ``settings`` name int8
-    ``activations`` (decoder-only models)."""
-    spec = get_task(task)
-    return method == "int4" or (method == "int8" and (spec.seq2seq or spec.generative and "activations" not in (settings or {})))
+    """Whether ``method`` quantizes weights only for ``task``: int4 always; int8 for decoders, whose decoding is
+    bound by the bytes of weights read per token, not by arithmetic, unless ``settings`` name int8 ``activations``.
+    (A text2text artifact's int8 is an :class:`Int8Config` for its encoder; its decoder is weight-only regardless.)"""
+    return method == "int4" or (method == "int8" and get_task(task).generative and "activations" not in (settings or {}))
 
 
 def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
@@ -98,9 +98,14 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
                     kept = quantize_weights(src / graph, stage / graph, config, None if config.requantize else gguf)
             if kept:
                 precision["gguf_blocks"] = kept_record(gguf, kept)
-        elif base.encoder_file:
-            raise ValueError(f"{base.name}: int8 activations are for single-graph models; a {base.task} artifact takes "
-                             "weight-only int8 (WeightOnlyConfig(bits=8)) or fp16")  # fmt: skip
+        elif base.encoder_file:  # text2text: the encoder int8 as encoders have it, the decoder weight-only int8
+            if config.max_keep:
+                raise ValueError(f"{base.name}: the int8 search keeps nodes of single-graph models apart; a {base.task} "
+                                 "artifact's encoder takes a fixed Int8Config (max_keep=0)")  # fmt: skip
+            _int8(reference, src / base.encoder_file, stage / base.encoder_file, config, gate, calib, [], Path(tmp), report)
+            with step(f"int8 weights of {base.name}'s decoder, block {DECODER_INT8.block_size}"):
+                quantize_weights(src / base.model_file, model, DECODER_INT8)
+            precision["decoder"] = DECODER_INT8.describe()
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
             config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report)

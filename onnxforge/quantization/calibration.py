@@ -16,8 +16,9 @@ from ..runtime.text import MAX_PADDING, length_sorted_batches, pad_batch
 
 
 def text_feeds(loaded: Loaded, texts: list[str], batch_size: int = 32, same_width: bool = False) -> list[dict[str, np.ndarray]]:
-    """Padded, length-sorted input batches for ``texts`` as the artifact's runtime would build them; for a
-    ``generate`` artifact, teacher-forced passages of neighbouring texts (as its gate reads them), batch 1.
+    """Padded, length-sorted input batches for ``texts`` as the artifact's runtime would build them (for a text2text
+    artifact, its encoder's); for a ``generate`` artifact, teacher-forced passages of neighbouring texts (as its
+    gate reads them), batch 1.
 
     ``same_width``: pad every batch to the longest text, for calibrators that stack batches (histograms).
     """
@@ -30,8 +31,9 @@ def text_feeds(loaded: Loaded, texts: list[str], batch_size: int = 32, same_widt
     encoder = loaded.text_encoder()
     encodings = encoder.encode(texts)
     width = max(len(e.ids) for e in encodings) if same_width else None
+    names = [i.name for i in loaded.encoder.get_inputs()] if loaded.encoder else loaded.input_names
     return [
-        pad_batch([encodings[i] for i in index], encoder.pad_id, loaded.input_names, width)
+        pad_batch([encodings[i] for i in index], encoder.pad_id, names, width)
         # one width for all: the padding budget has nothing to save, and batches of one size stack
         for index in length_sorted_batches([len(e.ids) for e in encodings], batch_size, math.inf if same_width else MAX_PADDING)
     ]
