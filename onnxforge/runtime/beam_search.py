@@ -28,20 +28,29 @@ class BeamSettings:
     early_stopping: bool | str = False
 
 
+CHUNK = 128  # values per chunk whose maximum bounds the top k of a wide row (see _top)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest values per row, largest first (ties: lowest index first). Rows as wide as
-    beams × vocabulary are partitioned first: sorting them whole took most of a beam-search step."""
-    if values.shape[1] <= 8 * k:
+    """Indices of the ``k`` largest values per row, largest first (ties: lowest index first).
+
+    Rows as wide as beams × vocabulary are not sorted whole (that took most of a beam-search step): ``k`` chunks
+    each hold a value at least the ``k``-th largest of the chunks' maxima, so every value of the top ``k`` (and any
+    tie with the ``k``-th) is at least that bound, and only the few values above it are sorted.
+    """
+    width = values.shape[1]
+    if width < CHUNK * k:
         return np.argsort(-values, axis=1, kind="stable")[:, :k]
-    kth = np.take_along_axis(values, np.argpartition(-values, k - 1, axis=1)[:, k - 1 : k], axis=1)
+    peaks = np.maximum.reduceat(values, np.arange(0, width, CHUNK), axis=1)
+    bounds = np.partition(peaks, peaks.shape[1] - k, axis=1)[:, -k]
     out = np.empty((len(values), k), dtype=np.int64)
-    for row, (value, low) in enumerate(zip(values, kth[:, 0])):
-        near = np.flatnonzero(value >= low)  # the k largest and any value tied with the k-th, in index order
+    for row, (value, bound) in enumerate(zip(values, bounds)):
+        near = np.flatnonzero(value >= bound)  # in index order, so the stable sort keeps ties lowest-index first
         out[row] = near[np.argsort(-value[near], kind="stable")[:k]]
     return out
 
