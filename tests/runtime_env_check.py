@@ -1,8 +1,9 @@
 """Run by `make test-runtime-env` with a venv that has only `pip install .` (onnxruntime, tokenizers, numpy).
 
-Usage: python runtime_env_check.py EMBED_DIR GENERATE_DIR — exits non-zero if a build-time library is importable,
-the embed artifact does not embed or the generate artifact does not generate, stream and chat what transformers
-generated from the same model (GENERATE_DIR/../expected.json, written by the build venv).
+Usage: python runtime_env_check.py EMBED_DIR GENERATE_DIR TRANSLATE_DIR — exits non-zero if a build-time library
+is importable, the embed artifact does not embed, the generate artifact does not generate, stream and chat what
+transformers generated from the same model (GENERATE_DIR/../expected.json, written by the build venv), or the
+translate artifact does not translate (4 beams) and stream as transformers did (../translate_expected.json).
 """
 
 import importlib.util
@@ -34,6 +35,12 @@ assert text == expected["generate"], (text, expected["generate"])
 assert "".join(generator.generate("An edge app", max_new_tokens=12, stream=True)) == text
 chat = generator.chat([{"role": "user", "content": "An edge app"}], max_new_tokens=12)
 assert chat == expected["chat"], (chat, expected["chat"])
-print(f"generate gave {len(text)} characters; ", end="")
+translator = load(sys.argv[3])
+wanted = json.loads((Path(sys.argv[3]).parent / "translate_expected.json").read_text())
+translations = translator.translate(wanted["texts"], max_new_tokens=16, num_beams=4)
+assert translations == wanted["outputs"], (translations, wanted["outputs"])
+streamed = "".join(translator.translate(wanted["texts"][0], max_new_tokens=16, stream=True))
+assert streamed == translator.translate(wanted["texts"][0], max_new_tokens=16), streamed
+print(f"generate gave {len(text)} characters, translate {sum(map(len, translations))}; ", end="")
 print(f"runtime-only environment OK: {vectors.shape[0]} × {embedder.dim} on {embedder.provider}, "
       f"numpy {np.__version__}, no {', '.join(BUILD_ONLY)}")

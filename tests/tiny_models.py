@@ -259,8 +259,30 @@ def export_tiny_generate(out: Path) -> Path:
     return out
 
 
+def export_tiny_translate(out: Path) -> Path:
+    """A tiny Marian translate artifact at ``out`` (from an OPUS-MT-style directory: source.spm + vocab.json), and
+    beside it ``translate_expected.json``: transformers' beam-4 outputs with the slow tokenizer, for the
+    runtime-only environment to match."""
+    import torch
+    from transformers import MarianMTModel
+
+    from onnxforge.export import export
+
+    tokenizer = marian_spm_tokenizer(out.parent / f"{out.name}-spm")
+    source = make_seq2seq(out.parent / f"{out.name}-source", "marian", tokenizer=tokenizer)
+    export(source, out, "translate", name="tiny-marian")
+    model = MarianMTModel.from_pretrained(source).eval()
+    with torch.no_grad():
+        ids = model.generate(**tokenizer(TRANSLATE_TEXTS, return_tensors="pt", padding=True), max_new_tokens=16,
+                             num_beams=4)  # fmt: skip
+    outputs = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    (out.parent / "translate_expected.json").write_text(json.dumps({"texts": TRANSLATE_TEXTS, "outputs": outputs}))
+    return out
+
+
 GENERATE_PROMPT = "An edge app"
-EXPORTS = {"embed": export_tiny_embed, "generate": export_tiny_generate}
+TRANSLATE_TEXTS = ["An edge app ships only the runtime.", "No torch here."]
+EXPORTS = {"embed": export_tiny_embed, "generate": export_tiny_generate, "translate": export_tiny_translate}
 
 if __name__ == "__main__":
     kind, target = sys.argv[1], Path(sys.argv[2])
