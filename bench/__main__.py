@@ -20,7 +20,7 @@ import numpy as np
 from onnxforge import corpus
 from onnxforge.quantization.fidelity import embedding_fidelity
 
-from . import cold_start, report, serve_load
+from . import cold_start, report, serve_load, translate
 from .decoder import markdown as decoder_markdown
 from .decoder import plot as decoder_plot
 from .decoder import run_decoders
@@ -28,7 +28,7 @@ from .systems import MINILM, ROOT, encoder_systems
 
 RESULTS = ROOT / "bench" / "results"
 QUICK_SENTENCES = 128
-PARTS = ("encoder", "cold", "decoder", "serve")
+PARTS = ("encoder", "cold", "decoder", "serve", "translate")
 
 
 def _worker(args: list[str]) -> float:
@@ -133,6 +133,12 @@ def main() -> None:
         )
         results["decoder"] = rows
         plots.append(decoder_plot(rows, out))
+    if args.part in ("all", "translate"):
+        rows = translate.run(args.threads)
+        results.setdefault("tables", {})["translate"] = translate.markdown(
+            rows, f"Marian (opus-mt-en-de size, random weights) translation, {translate.SENTENCES} sentences x "
+                  f"{translate.NEW_TOKENS} new tokens, cpu, {args.threads} threads, {machine['class']} CPU")  # fmt: skip
+        results["translate"] = rows
     if args.part in ("all", "cold") and not args.quick:
         rows = cold_start.run()
         results.setdefault("tables", {})["cold"] = cold_start.markdown(rows)

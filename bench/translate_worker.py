@@ -1,0 +1,57 @@
+"""One translate benchmark measurement in a process of its own (onnxforge in the project's venv, CTranslate2 in
+its peer venv): ``python -m bench.translate_worker SYSTEM MODEL SOURCE TEXTS BATCH BEAMS THREADS NEW_TOKENS OUT``.
+
+Writes {"seconds": wall time of translating every text once after one warm-up batch, "ids": tokens per text}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _onnxforge(model: str, threads: int, beams: int, new_tokens: int):
+    from onnxforge.runtime import load
+
+    pipeline = load(model, providers="cpu", threads=threads)
+    decoding = pipeline.decoding(new_tokens, beams, early_stopping=False)
+    return lambda batch: pipeline.token_ids(batch, decoding, batch_size=len(batch))
+
+
+def _ctranslate2(model: str, source: str, threads: int, beams: int, new_tokens: int):
+    import ctranslate2
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(source) / "tokenizer.json"))
+    translator = ctranslate2.Translator(model, device="cpu", intra_threads=threads, inter_threads=1)
+    end = tokenizer.id_to_token(2)
+
+    def run(batch: list[str]) -> list[list[int]]:
+        tokens = [encoding.tokens for encoding in tokenizer.encode_batch(batch)]
+        results = translator.translate_batch(tokens, beam_size=beams, max_decoding_length=new_tokens,
+                                             max_batch_size=len(batch), length_penalty=1.0)  # fmt: skip
+        return [[tokenizer.token_to_id(t) for t in r.hypotheses[0] if t != end] for r in results]
+
+    return run
+
+
+def main() -> None:
+    system, model, source, texts_file, batch, beams, threads, new_tokens, out = sys.argv[1:]
+    texts = json.loads(Path(texts_file).read_text())
+    batch, beams, threads, new_tokens = int(batch), int(beams), int(threads), int(new_tokens)
+    if system == "onnxforge":
+        run = _onnxforge(model, threads, beams, new_tokens)
+    else:
+        run = _ctranslate2(model, source, threads, beams, new_tokens)
+    run(texts[:batch])  # warm-up
+    ids: list[list[int]] = []
+    start = time.perf_counter()
+    for first in range(0, len(texts), batch):
+        ids += run(texts[first : first + batch])
+    Path(out).write_text(json.dumps({"seconds": time.perf_counter() - start, "ids": ids}))
+
+
+if __name__ == "__main__":
+    main()
