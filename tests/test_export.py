@@ -58,8 +58,8 @@ def test_missed_tolerance_fails_and_leaves_no_artifact(tmp_path, tiny_source):
 
 
 def test_unknown_task_and_missing_model_are_named(tmp_path, tiny_source):
-    with pytest.raises(ValueError, match="unknown task 'summarize'; supported tasks: answer, classify, embed, fill-mask"):
-        export(tiny_source, tmp_path / "x", "summarize")
+    with pytest.raises(ValueError, match="unknown task 'transcribe'; supported tasks: answer, classify, embed, fill-mask"):
+        export(tiny_source, tmp_path / "x", "transcribe")
     with pytest.raises(FileNotFoundError, match="never downloads from a model hub"):
         export(tmp_path / "no-such-model", tmp_path / "x", "embed")
 
@@ -112,8 +112,12 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path, tiny_source
     shutil.copytree(tiny_source, source)
     config = json.loads((source / "config.json").read_text())
     (source / "config.json").write_text(json.dumps(dict(config, model_type="t5")))
-    with pytest.raises(ValueError, match=r"model type 't5' is not supported.*supported: bert, distilbert"):
+    with pytest.raises(ValueError, match=r"model type 't5' is not supported.*task 'embed'; supported: bert, distilbert"):
         export(source, tmp_path / "out" / "fp32", "embed")
+    with pytest.raises(ValueError, match=r"model type 'bert' is not supported.*task 'translate'; supported: t5, mt5"):
+        export(tiny_source, tmp_path / "out" / "fp32", "translate")
+    with pytest.raises(ValueError, match=r"model type 'bert' is not supported.*task 'generate'; supported: llama"):
+        export(tiny_source, tmp_path / "out" / "fp32", "generate")
     assert not (tmp_path / "out" / "fp32").exists()
 
 

@@ -70,5 +70,5 @@ def test_passages_group_neighbouring_texts_and_respect_the_context():
 
 
 def test_a_task_without_figures_is_an_error():
-    with pytest.raises(ValueError, match="no quality figures for task 'translate'"):
-        expected("translate", None, ["x"])
+    with pytest.raises(ValueError, match="no quality figures for task 'module'"):
+        expected("module", None, ["x"])

@@ -24,7 +24,7 @@ from . import generate_parity, llama_graph, parity, seq2seq, seq2seq_parity
 from .generation import generation_settings
 from .graph import byte_groups, fused_ops, op_counts, signature
 from .module import export_module
-from .optimize import fusion_type, optimize
+from .optimize import check_family, optimize
 from .parity import ParityError, Tolerance
 from .pooling import append_pooling, pooling_of
 
@@ -139,7 +139,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
         raise ValueError(f"task {task!r} is exported with onnxforge.export.export_module, not from a model directory")
     src = sources.resolve(source)
     model_type = src.config.get("model_type", "?")
-    fusion_type(model_type)  # before any slow step: an unsupported family fails at once, listing ours
+    check_family(model_type, spec)  # before any slow step: an unsupported family fails at once, listing ours
     if spec.generative:
         settings = generation_settings(src.path)
     else:

@@ -15,22 +15,33 @@ from pathlib import Path
 from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
+from ..tasks import Task
 from .graph import fused_ops, op_counts
 
-# Hugging Face model_type → onnxruntime.transformers optimizer model type. One row per family.
-ORT_MODEL_TYPES: dict[str, str] = {
+# Hugging Face model_type → onnxruntime.transformers optimizer model type. One row per family, by kind.
+ENCODER_TYPES: dict[str, str] = {
     "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "albert": "bert",
     "electra": "bert", "deberta-v2": "bert", "mpnet": "bert",
-    # Decoders: the "qwen3" rules fuse RMS norms (Skip)SimplifiedLayerNormalization and RotaryEmbedding in Llama
-    # and Qwen2 graphs as well; "gpt2" fuses GPT-2's layer norms, GELU and attention with past.
-    "llama": "qwen3", "qwen2": "qwen3", "qwen3": "qwen3", "gpt2": "gpt2",
-    # Encoder-decoders (translate / summarize): T5's RMS norms and encoder attention; BART's layer norms and attention.
-    "t5": "t5", "mt5": "t5", "bart": "bart", "mbart": "bart", "marian": "bart",
 }  # fmt: skip
+# Decoders: the "qwen3" rules fuse RMS norms (Skip)SimplifiedLayerNormalization and RotaryEmbedding in Llama and Qwen2
+# graphs as well; "gpt2" fuses GPT-2's layer norms, GELU and attention with past.
+DECODER_TYPES: dict[str, str] = {"llama": "qwen3", "qwen2": "qwen3", "qwen3": "qwen3", "gpt2": "gpt2"}
+# Encoder-decoders (translate / summarize): T5's RMS norms and encoder attention; BART's layer norms and attention.
+SEQ2SEQ_TYPES: dict[str, str] = {"t5": "t5", "mt5": "t5", "bart": "bart", "mbart": "bart", "marian": "bart"}
+ORT_MODEL_TYPES: dict[str, str] = {**ENCODER_TYPES, **DECODER_TYPES, **SEQ2SEQ_TYPES}
 TARGETS = ("cpu", "cuda")
 # Optimizer types whose fusions include a CUDA-only operator (T5's RelativePositionBias, applied unconditionally):
 # on CPU their graphs are left as traced, and onnxruntime's session-level fusions (RMS norms) apply at load.
 CUDA_ONLY = {"t5"}
+
+
+def check_family(model_type: str, task: Task) -> None:
+    """An error listing the families ``task`` takes (encoder-decoders for translate/summarize, decoders for
+    generate, encoders otherwise) unless ``model_type`` is one of them."""
+    families = SEQ2SEQ_TYPES if task.seq2seq else DECODER_TYPES if task.generative else ENCODER_TYPES
+    if model_type not in families:
+        raise ValueError(f"model type {model_type!r} is not supported by onnxforge export for task {task.name!r}; "
+                         f"supported: {', '.join(families)}")  # fmt: skip
 
 
 def fusion_type(model_type: str) -> str:
