@@ -16,8 +16,8 @@ from pathlib import Path
 from .. import corpus, sources
 from ..artifact import Manifest, Preprocess, publish, staging
 from ..progress import step
-from ..runtime.base import Loaded
-from ..runtime.session import SessionConfig, create_session
+from ..runtime import open_graphs
+from ..runtime.session import SessionConfig
 from ..tasks import get_task
 from ..versions import tool_versions
 from . import generate_parity, llama_graph, parity, seq2seq, seq2seq_parity
@@ -120,14 +120,6 @@ def _copy_text_files(model_dir: Path, stage: Path) -> None:
             shutil.copy2(model_dir / name, stage / name)
 
 
-def _open_staged(stage: Path, manifest: Manifest) -> Loaded:
-    """The staged artifact opened as the runtime opens a published one (CPU), for parity through its pipeline."""
-    def session(name: str | None):
-        return create_session(stage / name, SessionConfig(providers="cpu")) if name else None
-
-    return Loaded(stage, manifest, session(manifest.model_file), session(manifest.encoder_file))
-
-
 def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name: str | None = None,
            config: ExportConfig = ExportConfig(), recipe: str | None = None) -> Manifest:  # fmt: skip
     """Export ``source`` (packaged model name or local HF dir) for ``task`` into the artifact ``out_dir``.
@@ -183,7 +175,8 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
                 figures = generate_parity.check(stage / model_file, src.path, parity_texts, settings,
                                                 config.tolerance.max_logit_abs, in_place=builder == "onnxforge")  # fmt: skip
             elif spec.seq2seq:
-                figures = seq2seq_parity.check(_open_staged(stage, manifest), src.path, texts, config.tolerance.max_logit_abs)
+                staged = open_graphs(stage, manifest, SessionConfig(providers="cpu"))  # as the runtime will open it
+                figures = seq2seq_parity.check(staged, src.path, texts, config.tolerance.max_logit_abs)
             elif pooling:
                 figures = parity.check(stage / model_file, src.path, texts, pooling, settings.max_length,
                                        config.tolerance)  # fmt: skip

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 from ..runtime.base import Loaded
+from ..runtime.beam_search import until_end
 from ..runtime.text import pad_batch
 from ..runtime.text2text import Text2Text
 from .parity import ParityError
@@ -83,7 +84,5 @@ def reference_tokens(model, pipeline: Text2Text, texts: list[str], search: dict,
         with torch.no_grad():
             sequences = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=new_tokens,
                                        do_sample=False, early_stopping=False, **search)  # fmt: skip
-        for row in sequences[:, 1:].tolist():
-            cut = next((i for i, token in enumerate(row) if token in pipeline.eos), len(row))
-            out.append(row[:cut])
+        out += [until_end(row, pipeline.eos) for row in sequences[:, 1:].numpy()]
     return out

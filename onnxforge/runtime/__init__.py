@@ -17,7 +17,7 @@ from .base import InferenceError, Loaded, Pipeline
 from .pipelines import PIPELINES, Embedder
 from .session import ProviderError, Providers, SessionConfig, available_cpus, create_session
 
-__all__ = ["ArtifactError", "Embedder", "InferenceError", "Pipeline", "ProviderError", "SessionConfig", "available_cpus", "load", "open_artifact"]
+__all__ = ["ArtifactError", "Embedder", "InferenceError", "Pipeline", "ProviderError", "SessionConfig", "available_cpus", "load", "open_artifact", "open_graphs"]
 
 
 def open_artifact(
@@ -32,9 +32,14 @@ def open_artifact(
     config = config or SessionConfig(providers, threads)
     if needs_exact_integers(manifest):
         config = replace(config, exact_integers=True)
-    session = create_session(directory / manifest.model_file, config)
+    return open_graphs(directory, manifest, config)
+
+
+def open_graphs(directory: Path, manifest: Manifest, config: SessionConfig) -> Loaded:
+    """Sessions for the graphs ``manifest`` lists in ``directory`` (its model file, and its encoder file if any),
+    files taken as they are."""
     encoder = create_session(directory / manifest.encoder_file, config) if manifest.encoder_file else None
-    return Loaded(directory=directory, manifest=manifest, session=session, encoder=encoder)
+    return Loaded(directory, manifest, create_session(directory / manifest.model_file, config), encoder)
 
 
 def needs_exact_integers(manifest: Manifest) -> bool:

@@ -111,7 +111,7 @@ def beam_search(first_logits: np.ndarray, step: Step, start: int, eos: frozenset
         if not improvable.any() or (finished.all() and settings.early_stopping is True) or ended.all():
             break
         logits = step(rows, running[:, :, length - 1].reshape(-1))
-    return [_until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos) for i in range(inputs)]
+    return [until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos) for i in range(inputs)]
 
 
 def _could_improve(running_scores: np.ndarray, scores: np.ndarray, finished: np.ndarray, length: int,
@@ -126,7 +126,8 @@ def _could_improve(running_scores: np.ndarray, scores: np.ndarray, finished: np.
     return (best_running > worst_kept).any(axis=-1, keepdims=True)
 
 
-def _until_end(tokens: np.ndarray, eos: frozenset[int]) -> list[int]:
+def until_end(tokens: np.ndarray, eos: frozenset[int]) -> list[int]:
+    """``tokens`` up to, not including, the first end token."""
     out = []
     for token in tokens.tolist():
         if token in eos:

@@ -55,6 +55,9 @@ class Seq2Seq:
         self.cross = [name for name in past if ".encoder." in name]
         if len(self.own) != len(self.cross):
             raise ValueError(f"the graph has {len(self.own)} self-attention caches but {len(self.cross)} cross-attention ones")
+        # what each step fetches: the logits, then the caches it hands on (the first step makes the cross ones too)
+        self.first_outputs = ["logits"] + [PRESENT + n[len(PAST) :] for n in self.own + self.cross]
+        self.step_outputs = self.first_outputs[: 1 + len(self.own)]
         first = inputs[past[0]]
         self.heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.kv_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
@@ -74,8 +77,7 @@ class Seq2Seq:
         feeds = {"input_ids": tokens, "encoder_hidden_states": hidden.astype(self.hidden_dtype, copy=False),
                  "encoder_attention_mask": mask, BRANCH: np.array([False])}  # fmt: skip
         feeds |= {name: empty for name in self.own + self.cross}
-        names = ["logits"] + [PRESENT + n[len(PAST) :] for n in self.own + self.cross]
-        logits, *present = self.decoder.run(names, feeds)
+        logits, *present = self.decoder.run(self.first_outputs, feeds)
         own = dict(zip(self.own, present[: len(self.own)]))
         return logits[:, -1], Caches(own, dict(zip(self.cross, present[len(self.own) :])), mask)
 
@@ -86,7 +88,6 @@ class Seq2Seq:
                  "encoder_hidden_states": np.zeros((rows, 1, self.width), dtype=self.hidden_dtype),
                  "encoder_attention_mask": caches.source_mask, BRANCH: np.array([True])}  # fmt: skip
         feeds |= caches.own | caches.cross
-        names = ["logits"] + [PRESENT + n[len(PAST) :] for n in self.own]
-        logits, *present = self.decoder.run(names, feeds)
+        logits, *present = self.decoder.run(self.step_outputs, feeds)
         caches.own = dict(zip(self.own, present))
         return logits[:, -1]

@@ -19,7 +19,7 @@ from .constraints import Constraints
 from .generate import Request
 from .seq2seq import Seq2Seq
 from .streaming import TextStream
-from .text import check_batch_size, check_texts, decode_text, length_sorted_batches, pad_batch
+from .text import check_batch_size, check_positive, check_texts, decode_text, length_sorted_batches, pad_batch
 
 DEFAULT_NEW_TOKENS = 128
 EARLY_STOPPING = (True, False, "never")
@@ -34,15 +34,14 @@ class Decoding:
     no_repeat_ngram_size: int
 
     @classmethod
-    def check(cls, defaults: dict, max_new_tokens: object, num_beams: object, length_penalty: object,
-              no_repeat_ngram_size: object, early_stopping: object, **sampling: object) -> Decoding:  # fmt: skip
+    def check(cls, defaults: dict, max_new_tokens: object = None, num_beams: object = None, length_penalty: object = None,
+              no_repeat_ngram_size: object = None, early_stopping: object = None, **sampling: object) -> Decoding:  # fmt: skip
         """Arguments left as None take the model's defaults; every value is checked before any compute."""
         pick = lambda value, name, fallback: defaults.get(name, fallback) if value is None else value
         request = Request.check(pick(max_new_tokens, "max_new_tokens", DEFAULT_NEW_TOKENS), None, **sampling)
-        beams, penalty = pick(num_beams, "num_beams", 1), pick(length_penalty, "length_penalty", 1.0)
+        beams = check_positive("num_beams", pick(num_beams, "num_beams", 1))
+        penalty = pick(length_penalty, "length_penalty", 1.0)
         ngrams, early = pick(no_repeat_ngram_size, "no_repeat_ngram_size", 0), pick(early_stopping, "early_stopping", False)
-        if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
-            raise ValueError(f"num_beams must be a positive integer, got {beams!r}")
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not np.isfinite(penalty):
             raise ValueError(f"length_penalty must be a finite number, got {penalty!r}")
         if isinstance(ngrams, bool) or not isinstance(ngrams, int) or ngrams < 0:
@@ -103,9 +102,7 @@ class Text2Text(Pipeline):
 
     def decoding(self, max_new_tokens: int | None = None, num_beams: int | None = None, **settings: object) -> Decoding:
         """Checked settings for :meth:`token_ids`, the model's defaults filling what is not given."""
-        return Decoding.check(self.defaults, max_new_tokens, num_beams, settings.pop("length_penalty", None),
-                              settings.pop("no_repeat_ngram_size", None), settings.pop("early_stopping", None),
-                              **settings)  # fmt: skip
+        return Decoding.check(self.defaults, max_new_tokens, num_beams, **settings)
 
     def text_of(self, ids: list[int]) -> str:
         """The text of generated ``ids``, without surrounding whitespace (as Marian's own tokenizer gives it)."""
