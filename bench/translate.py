@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from onnxforge import corpus
+from onnxforge.quantization.gate import token_agreement
 
 from .systems import ROOT
 
@@ -83,11 +84,6 @@ def reference(source: Path, texts: list[str], beams: int) -> list[list[int]]:
     return out
 
 
-def agreement(reference_ids: list[list[int]], ids: list[list[int]]) -> float:
-    matched = sum(sum(a == b for a, b in zip(r, c)) for r, c in zip(reference_ids, ids))
-    return matched / sum(max(len(r), len(c), 1) for r, c in zip(reference_ids, ids))
-
-
 def run(threads: int) -> list[dict]:
     paths = prepare()
     texts = corpus.split(corpus.load()).evaluation[:SENTENCES]
@@ -114,7 +110,7 @@ def run(threads: int) -> list[dict]:
                     rows.append({"system": system, "size_mb": _weights_mb(paths[key]), "batch": batch, "beams": beams,
                                  "sentences_per_s": len(texts) / found["seconds"],
                                  "tokens": sum(len(ids) for ids in found["ids"]),
-                                 "agreement": agreement(wanted, found["ids"]),
+                                 "agreement": token_agreement(wanted, found["ids"]),
                                  "exact": sum(a == b for a, b in zip(wanted, found["ids"])) / len(texts)})  # fmt: skip
     return rows
 

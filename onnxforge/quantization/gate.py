@@ -133,15 +133,21 @@ def _translations(loaded: Loaded, texts: list[str]) -> list[tuple[list[int], str
     return [(tokens, pipeline.text_of(tokens)) for tokens in ids]
 
 
+def token_agreement(reference: list[list[int]], candidate: list[list[int]]) -> float:
+    """The share of positions where two systems' generated tokens agree, each output counted over the longer of the
+    two (so a shorter or longer output costs its missing positions)."""
+    matched = sum(sum(a == b for a, b in zip(r, c)) for r, c in zip(reference, candidate))
+    return matched / sum(max(len(r), len(c), 1) for r, c in zip(reference, candidate))
+
+
 def text2text_fidelity(reference: list, candidate: list) -> dict[str, float]:
     """chrF (sacrebleu) of the candidate's outputs against the reference's, the share of reference tokens the
     candidate reproduces position for position, and the share of outputs identical token for token."""
     from sacrebleu.metrics import CHRF
 
     chrf = CHRF().corpus_score([c[1] for c in candidate], [[r[1] for r in reference]]).score
-    matched = sum(sum(a == b for a, b in zip(r[0], c[0])) for r, c in zip(reference, candidate))
-    positions = sum(max(len(r[0]), len(c[0]), 1) for r, c in zip(reference, candidate))
-    return {"outputs": len(reference), "chrf": float(chrf), "token_agreement": matched / positions,
+    agreement = token_agreement([r[0] for r in reference], [c[0] for c in candidate])
+    return {"outputs": len(reference), "chrf": float(chrf), "token_agreement": agreement,
             "exact_match": float(np.mean([r[0] == c[0] for r, c in zip(reference, candidate)]))}  # fmt: skip
 
 
@@ -154,6 +160,7 @@ class Figures:
     names: tuple[str, ...]  # the figures a gate may set minimums for (``compare`` reports them)
 
 
+TEXT2TEXT_FIGURES = Figures(_translations, text2text_fidelity, ("chrf", "token_agreement", "exact_match"))
 FIGURES: dict[str, Figures] = {
     "embed": Figures(_embeddings, embedding_fidelity, ("mean_cosine", "min_cosine", "recall_at_10")),
     "classify": Figures(_per_text, _agreement("top1_agreement", np.stack), ("top1_agreement",)),
@@ -161,8 +168,8 @@ FIGURES: dict[str, Figures] = {
     "answer": Figures(_spans, lambda r, c: {"pairs": len(r), "span_agreement": float(np.mean([a == b for a, b in zip(r, c)]))},
                       ("span_agreement",)),
     "generate": Figures(_next_tokens, language_model, ("next_token_agreement", "perplexity_retention")),
-    "translate": Figures(_translations, text2text_fidelity, ("chrf", "token_agreement", "exact_match")),
-    "summarize": Figures(_translations, text2text_fidelity, ("chrf", "token_agreement", "exact_match")),
+    "translate": TEXT2TEXT_FIGURES,
+    "summarize": TEXT2TEXT_FIGURES,
     "fill-mask": Figures(_top5, lambda r, c: {"texts": len(r), "top5_overlap": float(np.mean([len(a & b) / 5 for a, b in zip(r, c)]))},
                          ("top5_overlap",)),
 }  # fmt: skip
