@@ -370,7 +370,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=32, help="embedding texts merged into one batch")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     s.add_argument("--max-queue", type=int, default=1024, help="texts waiting; beyond it requests get 503")
-    s.add_argument("--max-generations", type=int, default=2, help="generations running at once")
+    s.add_argument("--max-generations", type=int, default=8,
+                   help="generations decoding together per model (slots of its KV cache pool)")
+    s.add_argument("--max-waiting-generations", type=int, default=16, help="generations waiting; beyond: 503")
+    s.add_argument("--prefill-tokens", type=int, default=256, help="prompt tokens fed per decode step")
+    s.add_argument("--slot-tokens", type=int, help="tokens per generation slot (prompt + completion); default: context")
     s.add_argument("--threads", type=int, help="onnxruntime threads per artifact")
     s.set_defaults(run=cmd_serve)
 
@@ -397,10 +401,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .server import Limits, create_app
 
     limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                    max_generations=args.max_generations, threads=args.threads)  # fmt: skip
+                    max_generations=args.max_generations, max_waiting_generations=args.max_waiting_generations,
+                    prefill_tokens=args.prefill_tokens, slot_tokens=args.slot_tokens, threads=args.threads)  # fmt: skip
+    app = create_app(args.artifacts, limits)
+    for name, served in app.state.server.models.items():
+        if served.pipeline.task == "generate":
+            context = min(args.slot_tokens or served.pipeline.context, served.pipeline.context)
+            per_token = served.pipeline.decoder.kv_bytes_per_token
+            print(f"{name}: {args.max_generations} generation slots × {context} tokens; KV cache at most "
+                  f"{args.max_generations * context * per_token / 2**20:.0f} MiB ({per_token} bytes a token)")
     # SIGTERM / Ctrl-C: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then shuts down.
-    uvicorn.run(create_app(args.artifacts, limits), host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=30)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
 
 
 def _format_option(s: argparse.ArgumentParser) -> None:

@@ -45,6 +45,24 @@ def decoder_source(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def decoder(decoder_source, tmp_path_factory):
+    """(family, graph) → (transformers reference, artifact dir), exported once per session."""
+    from onnxforge.export import ExportConfig, export
+    from tests.decoding import TorchReference
+
+    made: dict[tuple[str, str], tuple] = {}
+
+    def get(family: str, graph: str = "auto"):
+        if (family, graph) not in made:
+            out = tmp_path_factory.mktemp(f"decoder-{family}-{graph}") / f"tiny-{family}" / "fp32"
+            export(decoder_source(family), out, "generate", config=ExportConfig(graph=graph))
+            made[family, graph] = (TorchReference(decoder_source(family)), out)
+        return made[family, graph]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def minilm_root(tmp_path_factory) -> Path:
     """The default recipe's MiniLM variants (artifacts.toml) built from scratch into a temporary root."""
     return _built(tmp_path_factory, "minilm-l6")

@@ -27,23 +27,6 @@ from tests.decoding import (
 PROMPTS = ["The weather today", "Once upon a time there was", "Numbers: 1, 2, 3,"]
 
 
-@pytest.fixture(scope="module")
-def decoder(decoder_source, tmp_path_factory):
-    """(family, graph) → (transformers reference, artifact dir), exported once per module."""
-    from onnxforge.export import ExportConfig, export
-
-    made: dict[tuple[str, str], tuple] = {}
-
-    def get(family: str, graph: str = "auto"):
-        if (family, graph) not in made:
-            out = tmp_path_factory.mktemp(f"decoder-{family}-{graph}") / f"tiny-{family}" / "fp32"
-            export(decoder_source(family), out, "generate", config=ExportConfig(graph=graph))
-            made[family, graph] = (TorchReference(decoder_source(family)), out)
-        return made[family, graph]
-
-    return get
-
-
 GRAPHS = [("llama", "auto"), ("qwen2", "auto"), ("gpt2", "auto"), ("llama", "optimum"), ("qwen2", "optimum")]
 
 

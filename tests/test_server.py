@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -55,17 +56,17 @@ def _until(condition: Callable[[], bool], seconds: float = 30) -> None:
 
 
 @pytest.fixture(scope="module")
-def chat_artifact(tmp_path_factory, decoder_source):
-    from onnxforge.export import export
-
-    chat = tmp_path_factory.mktemp("served") / "tiny-llama" / "fp32"
-    export(decoder_source("llama"), chat, "generate")
-    return chat
+def chat_artifact(decoder):
+    return decoder("llama")[1]
 
 
 @pytest.fixture(scope="module")
-def served(tiny_artifact, chat_artifact, decoder_source):
-    app = create_app([tiny_artifact, chat_artifact], Limits(max_wait_ms=20, max_inputs=64, max_chars=5000))
+def app(tiny_artifact, chat_artifact):
+    return create_app([tiny_artifact, chat_artifact], Limits(max_wait_ms=20, max_inputs=64, max_chars=5000))
+
+
+@pytest.fixture(scope="module")
+def served(app, tiny_artifact, decoder_source):
     with _running(app) as base:
         yield base, load(tiny_artifact, providers="cpu"), TorchReference(decoder_source("llama"))
 
@@ -120,6 +121,68 @@ def test_completions_and_streamed_chat_match_transformers(served):
     assert whole.choices[0].message.content == "".join(pieces)
 
 
+def test_32_concurrent_requests_each_get_what_they_get_alone(served, app):
+    """Different prompts, lengths, settings and seeds, streamed and not, chat and plain, all at once through the
+    continuous-batching engine: each answer equals the same request sent alone afterwards, and the decode steps
+    were shared (the engine's widest step held several rows)."""
+    base, _, _ = served
+    texts = ["The weather today", "Once upon a time there was", "Numbers: 1, 2, 3,", "In the beginning",
+             "Python is a programming language that", "The module provides"]  # fmt: skip
+    settings = [{"temperature": 0}, {"temperature": 0.8, "seed": 7}, {"temperature": 1.0, "top_k": 20, "seed": 3},
+                {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.3, "seed": 11}]  # fmt: skip
+    bodies = []
+    for i in range(32):
+        body = {"model": CHAT, "max_tokens": 4 + (i * 5) % 24, "stream": i % 3 == 0, **settings[i % 4]}
+        text = texts[i % len(texts)] + " " * (i // 6)
+        body |= {"messages": [{"role": "user", "content": text}]} if i % 2 else {"prompt": text}
+        bodies.append(body)
+
+    def answer(body: dict) -> str:
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        response = httpx.post(f"{base}{path}", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        if not body["stream"]:
+            choice = response.json()["choices"][0]
+            return choice["message"]["content"] if "messages" in body else choice["text"]
+        chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+        return "".join(c["choices"][0].get("delta", {}).get("content") or c["choices"][0].get("text") or ""
+                       for c in chunks)  # fmt: skip
+
+    engine = app.state.server.models[CHAT].engine
+    before = engine.generated
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(answer, bodies))
+    widest = max(n for _, n in engine.recent)
+    metrics = httpx.get(f"{base}/metrics").text
+    alone = [answer(body) for body in bodies]
+    assert together == alone
+    assert sum(len(t) for t in alone) > 200
+    assert widest >= 4
+    assert f'onnxforge_generation_slots{{model="{CHAT}"}} 8' in metrics
+    figures = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if not line.startswith("#")}
+    assert figures[f'onnxforge_generated_tokens_total{{model="{CHAT}"}}'] - before > 100
+    assert figures["onnxforge_generation_queue_wait_seconds_count"] >= 32
+    assert figures[f'onnxforge_kv_cache_bytes_limit{{model="{CHAT}"}}'] == engine.kv_bytes > 0
+
+
+def test_a_client_that_hangs_up_frees_its_slot(served, app, monkeypatch):
+    """A streamed and an unstreamed generation of 240 tokens, each client gone after a moment: both slots are free
+    again long before 240 steps (each step slowed to 10 ms here, so 240 would take 2.4 s)."""
+    base, _, _ = served
+    engine = app.state.server.models[CHAT].engine
+    step = engine.decoder.step
+    monkeypatch.setattr(engine.decoder, "step", lambda *a: (time.sleep(0.01), step(*a))[1])
+    body = {"model": CHAT, "prompt": "The weather today", "max_tokens": 240, "ignore_eos": True, "temperature": 0}
+    before, start = engine.generated, time.time()
+    with httpx.stream("POST", f"{base}/v1/completions", json=body | {"stream": True}, timeout=30) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ") and next(lines) == ""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base}/v1/completions", json=body, timeout=0.3)
+    _until(lambda: not engine.rows and not engine.waiting)
+    assert time.time() - start < 2 and engine.generated - before < 200
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "words"),
     [
@@ -131,6 +194,7 @@ def test_completions_and_streamed_chat_match_transformers(served):
         ("/v1/embeddings", {"model": EMBED, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
         ("/v1/completions", {"model": CHAT, "prompt": "hi", "max_tokens": 10_000}, 400, "context"),
         ("/v1/completions", {"model": CHAT, "prompt": "hi", "top_p": 2}, 400, "top_p"),
+        ("/v1/completions", {"model": CHAT, "prompt": "hi", "ignore_eos": "yes"}, 400, "ignore_eos"),
         ("/v1/chat/completions", {"model": CHAT, "messages": [{"role": "robot", "content": "x"}]}, 400, "robot"),
     ],
 )
@@ -176,10 +240,11 @@ def test_the_real_server_answers_503_with_retry_after_when_overloaded(tiny_artif
         generator.decoder.forward = lambda *a, **k: release.wait(60) and forward(*a, **k)
         batcher.fn = lambda texts: release.wait(60) and embed(texts)
         post = lambda path, payload, seconds=60: httpx.post(f"{base}{path}", json=payload, timeout=seconds)
+        engine = server.models[CHAT].engine
         running = pool.submit(post, "/v1/completions", body)
-        _until(server.slots.locked)
+        _until(lambda: len(engine.rows) == 1)
         waiting = pool.submit(post, "/v1/completions", body)
-        _until(lambda: server.waiting == 1)
+        _until(lambda: len(engine.waiting) == 1)
         stream = {"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
         refused = [post("/v1/completions", body, 10), post("/v1/chat/completions", stream, 10)]
         batch = pool.submit(post, "/v1/embeddings", {"model": EMBED, "input": ["a", "b"]})

@@ -5,6 +5,10 @@ graph (GroupQueryAttention) the cache is preallocated once per generation at its
 past and present: each step writes its new keys and values in place, nothing is copied or concatenated. With a
 traced graph (which concatenates inside) the present tensors stay onnxruntime values (on the GPU under CUDA)
 bound straight back as the next step's past. Only the last position's logits come back to the host.
+
+``step`` runs one decode step for many sequences at once over rows of such preallocated caches, each row with its
+own length (GroupQueryAttention reads per-row lengths): the continuous-batching engine (``continuous.py``) builds on
+it, and :class:`Continuation` is the token-choosing side that both it and :meth:`Decoder.continuation` share.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ class Decoder:
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.mask = np.ones((1, context), dtype=np.int64)
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Keys and values of one token, all layers."""
+        return len(self.past) * self.kv_shape[1] * self.kv_shape[3] * np.dtype(self.kv_dtype).itemsize
+
     def empty(self, capacity: int) -> Cache:
         """A cache for up to ``capacity`` tokens (preallocated where the graph updates it in place)."""
         size = min(capacity, self.context) if self.in_place else 0
@@ -90,6 +99,30 @@ class Decoder:
         logits = outputs[0].numpy()[0]
         return logits if all_logits else logits[-1]
 
+    def step(self, rows: dict[str, np.ndarray], lengths: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """One decode step for a batch of in-place cache rows: row b holds ``lengths[b]`` tokens and is fed
+        ``tokens[b]``, written at position ``lengths[b]``. ``rows``: past name → (batch, heads, capacity, head dim)
+        array, updated in place. Returns each row's next-token logits, (batch, vocab)."""
+        if not self.in_place:
+            raise ValueError("a batched step needs a graph that updates its cache in place (onnxforge's fused graph)")
+        counts = np.asarray(lengths, dtype=np.int64) + 1
+        capacity = next(iter(rows.values())).shape[2]
+        if counts.max() > capacity:
+            raise ValueError(f"{int(counts.max())} tokens exceed the cache's {capacity}")
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray(tokens, dtype=np.int64)[:, None])
+        # per-row lengths reach GroupQueryAttention as the row sums of a right-padded mask
+        binding.bind_cpu_input("attention_mask", (np.arange(counts.max())[None] < counts[:, None]).astype(np.int64))
+        binding.bind_output("logits", "cpu")
+        for name in self.past:
+            if not rows[name].flags.c_contiguous:  # a copy would take the step's keys and values away with it
+                raise ValueError(f"cache rows of {name} must be one contiguous block")
+            value = ort.OrtValue.ortvalue_from_numpy(rows[name])  # shares the array's memory
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(self.present[name], value)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()[:, -1]
+
     def feeds(self, ids: list[int]) -> dict[str, np.ndarray]:
         """Inputs of a teacher-forced pass over ``ids`` from an empty cache, as numpy arrays for a plain
         ``session.run`` (calibration runs the graph, and graphs derived from it, this way)."""
@@ -112,21 +145,42 @@ class Decoder:
 
         ``pick`` sees the generated tokens, or the prompt and them when ``prompt_counts`` (repetition penalty).
         """
-        budget = min(budget, self.context - len(ids))
-        if budget <= 0:
+        state = Continuation(ids, min(budget, self.context - len(ids)), pick, eos, prompt_counts)
+        if state.done:
             return
-        cache = self.empty(len(ids) + budget)
+        cache = self.empty(len(ids) + state.budget)
         logits = self.forward(cache, ids)
-        generated: list[int] = []
-        while True:
-            token = pick(logits, ids + generated if prompt_counts else generated)
-            if token in eos:
-                return
-            generated.append(token)
+        while (token := state.take(logits)) is not None:
             yield token
-            if len(generated) == budget:
+            if state.done:
                 return
             logits = self.forward(cache, [token])
+
+
+@dataclass
+class Continuation:
+    """The choosing side of one generation: picks each next token from its logits and says when it ends."""
+
+    ids: list[int]  # the prompt
+    budget: int  # new tokens allowed (already capped by the context)
+    pick: Picker
+    eos: frozenset[int]
+    prompt_counts: bool = False  # the picker sees the prompt too (repetition penalty)
+    generated: list[int] = field(default_factory=list)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.done = self.budget <= 0
+
+    def take(self, logits: np.ndarray) -> int | None:
+        """The next token, or None at an end-of-sequence token; ``done`` turns True once nothing more may follow."""
+        token = self.pick(logits, self.ids + self.generated if self.prompt_counts else self.generated)
+        if token in self.eos:
+            self.done = True
+            return None
+        self.generated.append(token)
+        self.done = len(self.generated) >= self.budget
+        return token
 
 
 def greedy(logits: np.ndarray, previous: Sequence[int]) -> int:

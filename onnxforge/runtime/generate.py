@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from . import chat as chat_format
 from .base import Loaded, Pipeline
+from .continuous import Engine
 from .decoder import Decoder
 from .sampling import Sampling
 from .streaming import TextStream, check_stop
@@ -95,16 +96,26 @@ class Generator(Pipeline):
         ``tokens``: the new token ids to render, if the caller wraps :meth:`tokens` itself (e.g. to count them).
         """
         text = TextStream(self.tokenizer, request.stop)
-        for token in self.tokens(ids, request) if tokens is None else tokens:
-            if piece := text.push(token):
-                yield piece
-            if text.stopped:
-                return
-        if rest := text.flush():
-            yield rest
+        tokens = self.tokens(ids, request) if tokens is None else tokens
+        try:
+            for token in tokens:
+                if piece := text.push(token):
+                    yield piece
+                if text.stopped:
+                    return
+            if rest := text.flush():
+                yield rest
+        finally:
+            if hasattr(tokens, "close"):  # a stop string ended the text: stop decoding too
+                tokens.close()
 
     def tokens(self, ids: list[int], request: Request) -> Iterator[int]:
         """New token ids after ``ids``, up to an end-of-sequence token (not yielded) or a limit."""
         sampling = request.sampling
         return self.decoder.continuation(ids, request.max_new_tokens, sampling.picker(), self.eos,
                                          prompt_counts=sampling.repetition_penalty is not None)  # fmt: skip
+
+    def engine(self, slots: int = 8, prefill_tokens: int = 256, capacity: int | None = None, **options) -> Engine:
+        """A continuous-batching engine over this model's session: ``slots`` generations share each decode step
+        (``engine.stream(ids, max_new_tokens, sampling)`` → new token ids; ``pieces(ids, request, tokens)`` → text)."""
+        return Engine(self.decoder, self.eos, slots, prefill_tokens, capacity, **options)

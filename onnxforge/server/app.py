@@ -1,4 +1,5 @@
-"""The ASGI app: OpenAI-shaped routes over loaded artifacts, micro-batched embeddings, bounded generation."""
+"""The ASGI app: OpenAI-shaped routes over loaded artifacts, micro-batched embeddings, continuously batched
+generation (every running generation of a model shares each decode step: ``runtime.continuous``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,11 @@ from starlette.routing import Route
 
 from ..runtime import load
 from ..runtime.base import Pipeline
+from ..runtime.continuous import Engine, Ticket
 from ..runtime.generate import Generator
 from ..runtime.generate import Request as Generation
 from ..runtime.session import SessionConfig
+from ..runtime.streaming import TextStream
 from ..runtime.text2text import Text2Text
 from .batching import MicroBatcher, Overloaded
 from .metrics import Metrics
@@ -39,8 +42,10 @@ class Limits:
     max_queue: int = 1024  # texts waiting for a batch; beyond: 503
     max_inputs: int = 256  # texts in one embeddings request; beyond: 413
     max_chars: int = 100_000  # characters in one request's texts or prompt; beyond: 413
-    max_generations: int = 2  # generations running at once
+    max_generations: int = 8  # generations decoding together per model (the KV pool's slots)
     max_waiting_generations: int = 16  # generations waiting for a slot; beyond: 503
+    prefill_tokens: int = 256  # prompt tokens fed per decode step: a long prompt delays the others by one chunk
+    slot_tokens: int | None = None  # tokens per slot (prompt + completion); None: the model's context
     threads: int | None = None  # onnxruntime intra-op threads per artifact
 
 
@@ -57,11 +62,12 @@ class ApiError(Exception):
 
 @dataclass
 class Served:
-    """One artifact behind the server: its pipeline and, for embeddings, its batcher."""
+    """One artifact behind the server: its pipeline and, for embeddings, its batcher; for generation, its engine."""
 
     name: str
     pipeline: Pipeline
     batcher: MicroBatcher | None = None
+    engine: Engine | None = None
 
 
 class Server:
@@ -76,8 +82,9 @@ class Server:
                 raise ValueError(f"two artifacts are both named {name!r}")
             self.models[name] = Served(name, pipeline)
         self.executor = ThreadPoolExecutor(max_workers=max(2, limits.max_generations + 1), thread_name_prefix="onnxforge")
-        self.metrics = Metrics(lambda: {n: s.batcher.queued for n, s in self.models.items() if s.batcher})
-        self.slots: asyncio.Semaphore | None = None
+        self.metrics = Metrics(lambda: {n: s.batcher.queued for n, s in self.models.items() if s.batcher},
+                               lambda: {n: s.engine for n, s in self.models.items() if s.engine})  # fmt: skip
+        self.slots: asyncio.Semaphore | None = None  # translate / summarize generations running at once
         self.waiting = 0
 
     @contextlib.asynccontextmanager
@@ -97,16 +104,23 @@ class Server:
                 served.batcher = MicroBatcher(embed, self.executor, self.limits.max_batch,
                                               self.limits.max_wait_ms, self.limits.max_queue, self.metrics.batch)  # fmt: skip
                 served.batcher.start()
+            elif served.pipeline.task == "generate":
+                served.engine = served.pipeline.engine(self.limits.max_generations, self.limits.prefill_tokens,
+                                                       self.limits.slot_tokens, on_admit=self.metrics.queue_wait)  # fmt: skip
 
     async def shutdown(self) -> None:
         for served in self.models.values():
             if served.batcher:
                 await served.batcher.stop()
+            if served.engine:
+                served.engine.close()
         self.executor.shutdown(wait=True)
 
-    def check_room(self) -> None:
-        if self.waiting >= self.limits.max_waiting_generations:
-            raise Overloaded(f"{self.waiting} generations are waiting (limit {self.limits.max_waiting_generations})")
+    def check_room(self, waiting: int | None = None) -> None:
+        """503 when ``max_waiting_generations`` already wait (for a slot of ``waiting``'s engine, or the semaphore)."""
+        waiting = self.waiting if waiting is None else waiting
+        if waiting >= self.limits.max_waiting_generations:
+            raise Overloaded(f"{waiting} generations are waiting (limit {self.limits.max_waiting_generations})")
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -168,12 +182,15 @@ def _vector_encoding(body: dict) -> Callable[[np.ndarray], list[float] | str]:
     raise ApiError(400, f"encoding_format must be 'float' or 'base64', got {kind!r}", param="encoding_format")
 
 
-def _generation(body: dict, generator: Generator, prompt_tokens: int) -> Generation:
+def _generation(body: dict, engine: Engine, prompt_tokens: int) -> Generation:
     """OpenAI request fields → checked generation settings (OpenAI's defaults: temperature 1, max_tokens 16)."""
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16))
-    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and prompt_tokens + max_tokens > generator.context:
-        raise ApiError(400, f"the prompt's {prompt_tokens} tokens + max_tokens {max_tokens} exceed the model's context "
-                            f"of {generator.context}", param="max_tokens")  # fmt: skip
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and prompt_tokens + max_tokens > engine.capacity:
+        raise ApiError(400, f"the prompt's {prompt_tokens} tokens + max_tokens {max_tokens} exceed the "
+                            f"{engine.capacity} tokens a generation slot holds (the model's context is "
+                            f"{engine.decoder.context})", param="max_tokens")  # fmt: skip
+    if not isinstance(body.get("ignore_eos", False), bool):
+        raise ApiError(400, f"ignore_eos must be true or false, got {body['ignore_eos']!r}", param="ignore_eos")
     return Generation.check(max_tokens, body.get("stop"), temperature=body.get("temperature", 1.0),
                             top_p=body.get("top_p"), seed=body.get("seed"), top_k=body.get("top_k"),
                             repetition_penalty=body.get("repetition_penalty"))  # fmt: skip
@@ -236,7 +253,7 @@ async def completions(server: Server, request: Request) -> Response:
         raise ApiError(400, "'prompt' must be a string", param="prompt")
     if isinstance(served.pipeline, Text2Text):
         return await _text2text(server, served, body, _checked(server, prompt))
-    return await _generate(server, served, body, served.pipeline.encode(_checked(server, prompt)), chat=False)
+    return await _generate(server, served, body, served.pipeline.encode(_checked(server, prompt)), False, request)
 
 
 async def _text2text(server: Server, served: Served, body: dict, prompt: str) -> Response:
@@ -265,7 +282,8 @@ async def chat_completions(server: Server, request: Request) -> Response:
     body = await _body(request)
     served = server.model(body, "generate")
     prompt = _checked(server, served.pipeline.chat_prompt(body.get("messages")))
-    return await _generate(server, served, body, served.pipeline.encode(prompt, add_special_tokens=False), chat=True)
+    return await _generate(server, served, body, served.pipeline.encode(prompt, add_special_tokens=False), True,
+                           request)  # fmt: skip
 
 
 def _checked(server: Server, prompt: str) -> str:
@@ -274,28 +292,70 @@ def _checked(server: Server, prompt: str) -> str:
     return prompt
 
 
-async def _generate(server: Server, served: Served, body: dict, ids: list[int], chat: bool) -> Response:
-    generator: Generator = served.pipeline
-    request = _generation(body, generator, len(ids))
+async def _generate(server: Server, served: Served, body: dict, ids: list[int], chat: bool,
+                    request: Request) -> Response:  # fmt: skip
+    generation = _generation(body, served.engine, len(ids))
     created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    server.check_room(len(served.engine.waiting))  # now, while a 503 can still be sent (a stream's comes later)
+    run = _Run(served, ids, generation, bool(body.get("ignore_eos", False)))
     if body.get("stream"):
-        server.check_room()  # now, while a 503 can still be sent: the stream takes its slot after the headers
-        return StreamingResponse(_events(server, served, ids, request, chat, rid, created),
-                                 media_type="text/event-stream")  # fmt: skip
-    async with server.slot():
-        tokens, text = await asyncio.get_running_loop().run_in_executor(server.executor, _complete, generator, ids, request)
-    choice = {"index": 0, "finish_reason": _finish(tokens, request), "logprobs": None}
+        return StreamingResponse(_events(run, chat, rid, created), media_type="text/event-stream")
+    watch = asyncio.ensure_future(_cancel_on_disconnect(request, run))
+    try:
+        text = "".join([piece async for piece in run.pieces()])
+    finally:
+        watch.cancel()
+    choice = {"index": 0, "finish_reason": run.finish, "logprobs": None}
     choice |= {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
     return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
                          "model": served.name, "choices": [choice],
-                         "usage": {"prompt_tokens": len(ids), "completion_tokens": tokens,
-                                   "total_tokens": len(ids) + tokens}})  # fmt: skip
+                         "usage": {"prompt_tokens": len(ids), "completion_tokens": run.tokens,
+                                   "total_tokens": len(ids) + run.tokens}})  # fmt: skip
 
 
-async def _events(server: Server, served: Served, ids: list[int], request: Generation, chat: bool, rid: str,
-                  created: int) -> AsyncIterator[str]:  # fmt: skip
+class _Run:
+    """One generation on a model's engine, read from the event loop: text pieces as its tokens arrive."""
+
+    def __init__(self, served: Served, ids: list[int], generation: Generation, ignore_eos: bool) -> None:
+        self.generator: Generator = served.pipeline
+        self.model = served.name
+        self.engine, self.ids, self.generation, self.ignore_eos = served.engine, ids, generation, ignore_eos
+        self.ticket: Ticket | None = None
+        self.tokens = 0
+        self.finish = "stop"
+
+    async def pieces(self) -> AsyncIterator[str]:
+        loop, arrived = asyncio.get_running_loop(), asyncio.Queue()
+        deliver = functools.partial(loop.call_soon_threadsafe, arrived.put_nowait)
+        self.ticket = self.engine.submit(self.ids, self.generation.max_new_tokens, self.generation.sampling, deliver,
+                                         self.ignore_eos)  # fmt: skip
+        text = TextStream(self.generator.tokenizer, self.generation.stop)
+        try:
+            while (item := await arrived.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                self.tokens += 1
+                if piece := text.push(item):
+                    yield piece
+                if text.stopped:
+                    return
+            if rest := text.flush():
+                yield rest
+            self.finish = "length" if self.ticket.finish == "length" else "stop"
+        finally:
+            self.ticket.cancel()  # a stop string, a client gone: the slot is free at the next step
+
+
+async def _cancel_on_disconnect(request: Request, run: _Run) -> None:
+    """Cancel ``run`` when the client hangs up before its (unstreamed) answer is ready."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    if run.ticket is not None:
+        run.ticket.cancel()
+
+
+async def _events(run: _Run, chat: bool, rid: str, created: int) -> AsyncIterator[str]:
     """Server-sent events of one streamed generation, in OpenAI's chunk shapes."""
-    generator: Generator = served.pipeline
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(delta: dict, finish: str | None) -> str:
@@ -303,18 +363,14 @@ async def _events(server: Server, served: Served, ids: list[int], request: Gener
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta.get("content", ""), "finish_reason": finish, "logprobs": None}
-        return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": served.name,
+        return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": run.model,
                                       "choices": [choice]}) + "\n\n"  # fmt: skip
 
-    loop = asyncio.get_running_loop()
-    async with server.slot():
-        counter = _Counter(generator.tokens(ids, request))
-        pieces = generator.pieces(ids, request, counter)
-        if chat:
-            yield chunk({"role": "assistant"}, None)
-        while (piece := await loop.run_in_executor(server.executor, next, pieces, None)) is not None:
-            yield chunk({"content": piece}, None)
-    yield chunk({}, _finish(counter.n, request))
+    if chat:
+        yield chunk({"role": "assistant"}, None)
+    async for piece in run.pieces():
+        yield chunk({"content": piece}, None)
+    yield chunk({}, run.finish)
     yield "data: [DONE]\n\n"
 
 
@@ -331,26 +387,3 @@ def create_app(artifacts: list[str | Path], limits: Limits = Limits()) -> Starle
     app = Starlette(routes=[_route(*row) for row in ROUTES], lifespan=lambda app: server.lifespan())
     app.state.server = server
     return app
-
-
-class _Counter:
-    """Counts the tokens an iterator yields."""
-
-    def __init__(self, tokens: Iterator[int]) -> None:
-        self.tokens, self.n = tokens, 0
-
-    def __iter__(self) -> Iterator[int]:
-        for token in self.tokens:
-            self.n += 1
-            yield token
-
-
-def _complete(generator: Generator, ids: list[int], request: Generation) -> tuple[int, str]:
-    """(new tokens, text) of one whole generation."""
-    counter = _Counter(generator.tokens(ids, request))
-    text = "".join(generator.pieces(ids, request, counter))
-    return counter.n, text
-
-
-def _finish(tokens: int, request: Generation) -> str:
-    return "length" if tokens >= request.max_new_tokens else "stop"
