@@ -55,9 +55,9 @@ test-runtime-env: $(VENV)/.ok
 		$(CURDIR)/.cache/runtime-env/tiny-embed $(CURDIR)/.cache/runtime-env/tiny-generate \
 		$(CURDIR)/.cache/runtime-env/tiny-translate
 
-## Break the runtime decoder's KV cache (forgotten, zeroed, shifted by one) inside each decoder test: every test that
-## decodes must fail (tests/cache_faults.py). A check on the tests, not part of `make test`.
-CACHE_FAULT_TESTS := tests/test_generate.py tests/test_server.py
+## Break the runtime decoder's KV cache (forgotten, zeroed, shifted by one; single-stream and batched steps) inside each
+## decoder test: every test that decodes must fail (tests/cache_faults.py). A check on the tests, not part of `make test`.
+CACHE_FAULT_TESTS := tests/test_generate.py tests/test_continuous.py tests/test_server.py
 cache-faults: $(VENV)/.ok
 	for fault in forget drop shift; do \
 		$(BIN)/python -m pytest -q --tb=no -p tests.cache_faults --cache-fault $$fault $(CACHE_FAULT_TESTS) || exit 1; \

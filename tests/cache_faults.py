@@ -1,6 +1,6 @@
 """Pytest plugin that breaks the runtime decoder's KV cache inside each test's body, to prove the tests notice.
 
-``make cache-faults`` runs the decoder tests once per fault::
+``make cache-faults`` runs the decoder tests once per fault (the continuous-batching tests among them)::
 
     python -m pytest -p tests.cache_faults --cache-fault forget tests/test_generate.py tests/test_server.py
 
@@ -11,6 +11,9 @@ export checks cannot hide what a test misses):
 - ``forget``: each step starts from an empty cache, so the model sees the new token alone;
 - ``drop``: the cached keys and values are zeros, lengths and positions stay right;
 - ``shift``: one empty slot sits between the prompt and the first new token, so every later position is one off.
+
+The batched step (``Decoder.step``, rows of a KV pool) gets the same three: every row's length read as 0, every row's
+keys and values zeroed, every row written and read one position further on.
 
 A test in which the fault fired and that still passed is listed at the end, and the run fails.
 """
@@ -75,8 +78,8 @@ class CacheFaults:
         self.survivors: list[str] = []  # the fault fired and the test passed: it cannot see the cache
         self.failed_alone: list[str] = []  # failed although the fault never fired: a failure of its own
 
-    def patched(self) -> tuple[Callable, Callable]:
-        forward, empty = Decoder.forward, Decoder.empty
+    def patched(self) -> tuple[Callable, Callable, Callable]:
+        forward, empty, step = Decoder.forward, Decoder.empty, Decoder.step
 
         def faulty_forward(decoder: Decoder, cache: Cache, ids: list[int], all_logits: bool = False) -> np.ndarray:
             if cache.length and not _in_export():
@@ -87,17 +90,29 @@ class CacheFaults:
         def roomier_empty(decoder: Decoder, capacity: int) -> Cache:  # room for the shifted slot
             return empty(decoder, capacity + 1)
 
-        return faulty_forward, roomier_empty if self.fault == "shift" else empty
+        def faulty_step(decoder: Decoder, rows: dict, lengths, tokens) -> np.ndarray:
+            self.fired += 1
+            lengths = np.asarray(lengths)
+            if self.fault == "forget":
+                lengths = np.zeros_like(lengths)
+            elif self.fault == "drop":
+                for array in rows.values():
+                    array[...] = 0
+            else:
+                lengths = lengths + 1
+            return step(decoder, rows, lengths, tokens)
+
+        return faulty_forward, roomier_empty if self.fault == "shift" else empty, faulty_step
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item: pytest.Item):
-        original = Decoder.forward, Decoder.empty
-        Decoder.forward, Decoder.empty = self.patched()
+        original = Decoder.forward, Decoder.empty, Decoder.step
+        Decoder.forward, Decoder.empty, Decoder.step = self.patched()
         self.fired = 0
         try:
             yield
         finally:
-            Decoder.forward, Decoder.empty = original
+            Decoder.forward, Decoder.empty, Decoder.step = original
             if self.fired:
                 self.hit.add(item.nodeid)
 

@@ -82,6 +82,12 @@ def language_figures(reference: TorchReference, generator: Generator, count: int
     return {"next_token_agreement": float(np.concatenate(agree).mean()), "perplexity_retention": float(retention)}
 
 
+def one_pass_greedy(generator: Generator, ids: list[int], tokens: list[int]) -> list[int]:
+    """The greedy choice at each of ``tokens``' positions when the graph reads ``ids + tokens`` in one plain pass:
+    equal to ``tokens`` when they were decoded greedily through a sound cache."""
+    return _one_pass_logits(generator, ids, tokens, len(tokens)).argmax(-1).tolist()
+
+
 def _one_pass_logits(generator: Generator, ids: list[int], tokens: list[int], steps: int) -> np.ndarray:
     """The logits that predicted each of the first ``steps`` decoded positions, from the same graph reading
     ``ids + tokens`` in one plain ``session.run`` from an empty cache (no decode loop involved)."""
@@ -94,7 +100,7 @@ def decode_and_reread(generator: Generator, prompt: str, new_tokens: int = 24) -
     reads prompt + tokens in one pass: equal when decoding is right."""
     ids = generator.encode(prompt)
     tokens = list(generator.tokens(ids, Request.check(new_tokens, None)))
-    return tokens, _one_pass_logits(generator, ids, tokens, len(tokens)).argmax(-1).tolist()
+    return tokens, one_pass_greedy(generator, ids, tokens)
 
 
 def assert_cache_exact(generator: Generator, ids: list[int], new_tokens: int, pick: Picker = greedy,

@@ -3,7 +3,8 @@
 The promise: a request decoded among others, joining and leaving at different steps, with its prompt fed in chunks
 or resumed from a slot's retained prefix, gets exactly the tokens it gets alone (greedy and seeded sampling). Every
 comparison here is with the single-stream decoder (``Generator.tokens``), whose own tests compare it with
-transformers; the batched decode step's logits are compared with one plain pass of the same graph.
+transformers, and greedy tokens also with the same graph re-reading prompt + tokens in one plain pass (no cache, so
+``make cache-faults`` cannot break both sides alike); the batched step's logits are compared with such a pass too.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import pytest
 
 from onnxforge import corpus
 from onnxforge.runtime import load
+from onnxforge.runtime.continuous import Engine
 from onnxforge.runtime.generate import Generator, Request
 from onnxforge.runtime.kv_pool import KVPool
+from tests.decoding import one_pass_greedy
 
 SETTINGS = [
     {"temperature": 0.0},
@@ -78,6 +81,8 @@ def test_a_request_among_others_gets_the_tokens_it_gets_alone(decoder, family):
         engine.close()
     assert sum(map(len, alone)) > 300
     assert batched == alone
+    greedy = [(ids, tokens) for (ids, request), tokens in zip(requests, batched) if request.sampling.temperature == 0]
+    assert all(tokens == one_pass_greedy(generator, ids, tokens) for ids, tokens in greedy)
     widest = max(n for _, n in engine.recent)
     if family == "gpt2":
         assert engine.pool is None
@@ -92,10 +97,11 @@ def test_quantized_graphs_batch_alike(decoder, quantized_llama, bits):
     alone = [list(generator.tokens(ids, request)) for ids, request in requests]
     engine = generator.engine(slots=8, prefill_tokens=16)
     try:
-        assert _concurrently(engine, requests) == alone
+        batched = _concurrently(engine, requests)
     finally:
         engine.close()
-    assert engine.pool is not None
+    assert batched == alone and engine.pool is not None
+    assert batched[0] == one_pass_greedy(generator, requests[0][0], batched[0])
 
 
 def test_the_batched_step_gives_each_row_its_one_pass_logits(decoder):
@@ -134,6 +140,7 @@ def test_a_prompt_resumed_from_a_retained_prefix_gives_a_fresh_prefills_logits(d
     finally:
         engine.close()
     assert resumed == list(generator.tokens(follow_up, Request.check(12, None)))
+    assert answer == one_pass_greedy(generator, first, answer) and resumed == one_pass_greedy(generator, follow_up, resumed)
     # the mechanism itself: a row holding a prefix, resumed, against a fresh pass over the whole prompt
     d = generator.decoder
     pool = KVPool(d, 2, 256)
@@ -157,29 +164,35 @@ def test_a_cancelled_generation_frees_its_slot(decoder):
         behind = engine.stream(other, 8, greedy)
         _until(lambda: len(engine.waiting) == 1)
         long.close()
-        assert list(behind) == list(generator.tokens(other, Request.check(8, None)))
+        after = list(behind)
         _until(lambda: not engine.rows)
     finally:
         engine.close()
-    assert first_two == list(generator.tokens(ids, Request.check(2, None)))
+    assert after == list(generator.tokens(other, Request.check(8, None))) == one_pass_greedy(generator, other, after)
+    assert first_two == one_pass_greedy(generator, ids, first_two)
     assert engine.generated < 200
 
 
 def test_ignore_eos_decodes_the_whole_budget_and_slots_bound_memory(decoder):
     generator = load(decoder("llama")[1], providers="cpu")
-    ids = generator.encode("Numbers: 1, 2, 3,")
-    engine = generator.engine(slots=3, capacity=64)
+    ids = _requests(generator, 1)[0][0]
     greedy = Request.check(1, None).sampling
+    plain = list(generator.tokens(ids, Request.check(40, None)))
+    # the tiny model never ends a text on its own: a token it produces, first at k, stands in for end-of-sequence
+    k = next(k for k in range(3, 40) if plain[k] not in plain[:k])
+    engine = Engine(generator.decoder, frozenset(plain[k : k + 1]), slots=3, capacity=128)
     try:
-        assert len(list(engine.stream(ids, 40, greedy, ignore_eos=True))) == 40
-        assert len(list(engine.stream(ids, 500, greedy, ignore_eos=True))) == 64 - len(ids)  # the slot's capacity
-        with pytest.raises(ValueError, match="a generation slot holds 64"):
-            engine.stream(list(range(3, 67)), 1, greedy)
+        assert list(engine.stream(ids, 40, greedy)) == plain[:k]
+        through = list(engine.stream(ids, 40, greedy, ignore_eos=True))
+        assert through == plain == one_pass_greedy(generator, ids, through)
+        assert len(list(engine.stream(ids, 500, greedy, ignore_eos=True))) == 128 - len(ids)  # the slot's capacity
+        with pytest.raises(ValueError, match="a generation slot holds 128"):
+            engine.stream(list(range(3, 131)), 1, greedy)
     finally:
         engine.close()
     d = generator.decoder
     assert d.kv_bytes_per_token == len(d.past) * d.kv_shape[1] * d.kv_shape[3] * 4
-    assert engine.kv_bytes == 3 * 64 * d.kv_bytes_per_token
+    assert engine.kv_bytes == 3 * 128 * d.kv_bytes_per_token
     with pytest.raises(ValueError, match="slots must be a positive integer"):
         generator.engine(slots=0)
 
