@@ -84,7 +84,22 @@ LLAMA_CMAKE := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mn
 	-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
 LLAMA_VENV = $(PEERS)/llama-$(CPU_CLASS)
 GENAI_MODEL := bench/.cache/genai/smollm2-int4
-bench-peers: $(VENV)/.ok
+# llama.cpp's own HTTP server (continuous batching), built natively from the llama.cpp tree that llama-cpp-python's
+# source distribution vendors (the same llama.cpp as the in-process peer), static, for `--part serve-generate`.
+LLAMA_SRC := bench/.cache/llama-cpp-python-0.3.36
+LLAMA_SERVER = $(PEERS)/llama-server-$(CPU_CLASS)/llama-server
+$(PEERS)/llama-server-%/llama-server:
+	rm -rf $(LLAMA_SRC) && mkdir -p $(LLAMA_SRC) $(dir $@)
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d $(LLAMA_SRC)
+	tar xzf $(LLAMA_SRC)/llama_cpp_python-0.3.36.tar.gz -C $(LLAMA_SRC) --strip-components=1
+	cmake -S $(LLAMA_SRC)/vendor/llama.cpp -B $(LLAMA_SRC)/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+		-DLLAMA_BUILD_SERVER=ON $(LLAMA_CMAKE) >/dev/null
+	cmake --build $(LLAMA_SRC)/build --target llama-server -j$$(nproc) >/dev/null
+	cp $(LLAMA_SRC)/build/bin/llama-server $@
+	rm -rf $(LLAMA_SRC)
+
+bench-peers: $(VENV)/.ok $(LLAMA_SERVER)
 	test -x $(LLAMA_VENV)/bin/python || ($(PYTHON) -m venv $(LLAMA_VENV) && \
 		CMAKE_ARGS="$(LLAMA_CMAKE)" $(LLAMA_VENV)/bin/pip install --quiet --no-cache-dir llama-cpp-python==0.3.36)
 	test -x $(PEERS)/genai/bin/python || ($(PYTHON) -m venv $(PEERS)/genai && \

@@ -1,5 +1,6 @@
 """Scale-out on a local Ray instance (2 CPUs): Ray Data over 10,000+ sentences and a Ray Serve app, both giving the
-single-process runtime's embeddings."""
+single-process runtime's embeddings; a Ray Serve generation app whose concurrent requests share one replica's
+continuous-batching engine and each get the single-process runtime's text."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ ray = pytest.importorskip("ray")
 
 from onnxforge import corpus
 from onnxforge.runtime import load
-from onnxforge.server.distributed import RayEmbedder, embedding_app
+from onnxforge.server.distributed import RayEmbedder, embedding_app, generation_app
 
 SENTENCES = 10_240
 
@@ -58,3 +59,26 @@ def test_ray_serve_app_batches_and_matches_the_runtime(local_ray, tiny_artifact)
         np.testing.assert_allclose(got, load(tiny_artifact, providers="cpu").embed(texts), atol=1e-5)
     finally:
         serve.shutdown()
+
+
+def test_ray_serve_generation_shares_a_replicas_engine_and_matches_the_runtime(local_ray, decoder):
+    from ray import serve
+
+    _, artifact = decoder("llama")
+    serve.start(proxy_location="Disabled")
+    app = generation_app(str(artifact), num_replicas=1, slots=4, ray_actor_options={"num_cpus": 0.5})
+    handle = serve.run(app, name="generation", route_prefix=None)
+    prompts = [f"{text} " for text in corpus.split(corpus.load()).evaluation[:12]]
+    settings = [{"temperature": 0.0}, {"temperature": 0.8, "seed": 5}, {"temperature": 1.0, "top_k": 10, "seed": 2}]
+    try:
+        responses = [handle.generate.remote(p, max_new_tokens=10 + i, **settings[i % 3]) for i, p in enumerate(prompts)]
+        got = [r.result() for r in responses]
+        streamed = "".join(handle.options(stream=True).stream.remote(prompts[0], max_new_tokens=10))
+        stats = handle.stats.remote().result()
+    finally:
+        serve.shutdown()
+    generator = load(artifact, providers="cpu")
+    expected = [generator.generate(p, max_new_tokens=10 + i, **settings[i % 3]) for i, p in enumerate(prompts)]
+    assert got == expected and streamed == expected[0]
+    assert sum(map(len, expected)) > 100
+    assert stats["slots"] == 4 and stats["widest_step"] >= 2  # requests shared decode steps

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from . import chat as chat_format
 from .base import Loaded, Pipeline
-from .continuous import Engine
+from .continuous import Engine, Ticket
 from .decoder import Decoder
 from .sampling import Sampling
 from .streaming import TextStream, check_stop
@@ -119,3 +121,41 @@ class Generator(Pipeline):
         """A continuous-batching engine over this model's session: ``slots`` generations share each decode step
         (``engine.stream(ids, max_new_tokens, sampling)`` → new token ids; ``pieces(ids, request, tokens)`` → text)."""
         return Engine(self.decoder, self.eos, slots, prefill_tokens, capacity, **options)
+
+
+class Completion:
+    """One generation on an engine, read from an event loop: ``async for piece in completion`` gives its text
+    pieces as the engine hands out tokens; afterwards ``tokens`` (new tokens) and ``finish`` ("stop" or "length").
+    Leaving the loop early (a stop string, a client gone, a cancelled task) frees its slot at the next step."""
+
+    def __init__(self, generator: Generator, engine: Engine, ids: list[int], request: Request,
+                 ignore_eos: bool = False) -> None:  # fmt: skip
+        self.generator, self.engine, self.ids, self.request, self.ignore_eos = generator, engine, ids, request, ignore_eos
+        self.ticket: Ticket | None = None
+        self.tokens = 0
+        self.finish = "stop"
+
+    def cancel(self) -> None:
+        if self.ticket is not None:
+            self.ticket.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        loop, arrived = asyncio.get_running_loop(), asyncio.Queue()
+        deliver = functools.partial(loop.call_soon_threadsafe, arrived.put_nowait)
+        self.ticket = self.engine.submit(self.ids, self.request.max_new_tokens, self.request.sampling, deliver,
+                                         self.ignore_eos)  # fmt: skip
+        text = TextStream(self.generator.tokenizer, self.request.stop)
+        try:
+            while (item := await arrived.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                self.tokens += 1
+                if piece := text.push(item):
+                    yield piece
+                if text.stopped:
+                    return
+            if rest := text.flush():
+                yield rest
+            self.finish = "length" if self.ticket.finish == "length" else "stop"
+        finally:
+            self.ticket.cancel()

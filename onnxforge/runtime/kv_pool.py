@@ -6,11 +6,15 @@ joins or leaves, copying the tokens they hold, never the whole row. A row keeps 
 it holds after its sequence ends, so that a later prompt starting with the same tokens (a system prompt, a chat's
 earlier turns) resumes from them instead of recomputing them.
 
-Memory: ``nbytes`` is the bound, ``slots × capacity`` tokens. The arrays come from ``np.zeros`` (pages the OS maps
-on first touch), so resident memory grows with the tokens actually held, not with the bound.
+Memory: ``nbytes`` is the bound, ``slots × capacity`` tokens. The arrays are anonymous memory maps, which the OS
+backs page by page as tokens are written, in small pages (``MADV_NOHUGEPAGE``: with transparent huge pages the first
+token of each row and head would map 2 MB), so resident memory grows with the tokens actually held, not with the
+bound.
 """
 
 from __future__ import annotations
+
+import mmap
 
 import numpy as np
 import onnxruntime as ort
@@ -26,7 +30,7 @@ class KVPool:
             raise ValueError(f"a KV pool needs at least 1 slot of 2 tokens, got {slots} slots of {capacity}")
         _, heads, _, head_dim = decoder.kv_shape
         self.slots, self.capacity = slots, capacity
-        self.arrays = {name: np.zeros((slots, heads, capacity, head_dim), decoder.kv_dtype) for name in decoder.past}
+        self.arrays = {name: _mapped_zeros((slots, heads, capacity, head_dim), decoder.kv_dtype) for name in decoder.past}
         self.held: list[list[int]] = [[] for _ in range(slots)]  # token ids whose keys/values each row holds
         self.used = [0.0] * slots  # when each row last served (for choosing which retained prefix to give up)
 
@@ -69,3 +73,11 @@ class KVPool:
                 best, best_key = row, key
         return best, max(best_key[0], 0)
 
+
+def _mapped_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Zeros in anonymous memory that takes RAM only where written, in small pages."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype).reshape(shape)

@@ -23,11 +23,10 @@ from starlette.routing import Route
 
 from ..runtime import load
 from ..runtime.base import Pipeline
-from ..runtime.continuous import Engine, Ticket
-from ..runtime.generate import Generator
+from ..runtime.continuous import Engine
+from ..runtime.generate import Completion
 from ..runtime.generate import Request as Generation
 from ..runtime.session import SessionConfig
-from ..runtime.streaming import TextStream
 from ..runtime.text2text import Text2Text
 from .batching import MicroBatcher, Overloaded
 from .metrics import Metrics
@@ -297,12 +296,12 @@ async def _generate(server: Server, served: Served, body: dict, ids: list[int], 
     generation = _generation(body, served.engine, len(ids))
     created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     server.check_room(len(served.engine.waiting))  # now, while a 503 can still be sent (a stream's comes later)
-    run = _Run(served, ids, generation, bool(body.get("ignore_eos", False)))
+    run = Completion(served.pipeline, served.engine, ids, generation, bool(body.get("ignore_eos", False)))
     if body.get("stream"):
-        return StreamingResponse(_events(run, chat, rid, created), media_type="text/event-stream")
+        return StreamingResponse(_events(run, served.name, chat, rid, created), media_type="text/event-stream")
     watch = asyncio.ensure_future(_cancel_on_disconnect(request, run))
     try:
-        text = "".join([piece async for piece in run.pieces()])
+        text = "".join([piece async for piece in run])
     finally:
         watch.cancel()
     choice = {"index": 0, "finish_reason": run.finish, "logprobs": None}
@@ -313,48 +312,14 @@ async def _generate(server: Server, served: Served, body: dict, ids: list[int], 
                                    "total_tokens": len(ids) + run.tokens}})  # fmt: skip
 
 
-class _Run:
-    """One generation on a model's engine, read from the event loop: text pieces as its tokens arrive."""
-
-    def __init__(self, served: Served, ids: list[int], generation: Generation, ignore_eos: bool) -> None:
-        self.generator: Generator = served.pipeline
-        self.model = served.name
-        self.engine, self.ids, self.generation, self.ignore_eos = served.engine, ids, generation, ignore_eos
-        self.ticket: Ticket | None = None
-        self.tokens = 0
-        self.finish = "stop"
-
-    async def pieces(self) -> AsyncIterator[str]:
-        loop, arrived = asyncio.get_running_loop(), asyncio.Queue()
-        deliver = functools.partial(loop.call_soon_threadsafe, arrived.put_nowait)
-        self.ticket = self.engine.submit(self.ids, self.generation.max_new_tokens, self.generation.sampling, deliver,
-                                         self.ignore_eos)  # fmt: skip
-        text = TextStream(self.generator.tokenizer, self.generation.stop)
-        try:
-            while (item := await arrived.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                self.tokens += 1
-                if piece := text.push(item):
-                    yield piece
-                if text.stopped:
-                    return
-            if rest := text.flush():
-                yield rest
-            self.finish = "length" if self.ticket.finish == "length" else "stop"
-        finally:
-            self.ticket.cancel()  # a stop string, a client gone: the slot is free at the next step
-
-
-async def _cancel_on_disconnect(request: Request, run: _Run) -> None:
+async def _cancel_on_disconnect(request: Request, run: Completion) -> None:
     """Cancel ``run`` when the client hangs up before its (unstreamed) answer is ready."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    if run.ticket is not None:
-        run.ticket.cancel()
+    run.cancel()
 
 
-async def _events(run: _Run, chat: bool, rid: str, created: int) -> AsyncIterator[str]:
+async def _events(run: Completion, model: str, chat: bool, rid: str, created: int) -> AsyncIterator[str]:
     """Server-sent events of one streamed generation, in OpenAI's chunk shapes."""
     kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -363,12 +328,12 @@ async def _events(run: _Run, chat: bool, rid: str, created: int) -> AsyncIterato
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta.get("content", ""), "finish_reason": finish, "logprobs": None}
-        return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": run.model,
+        return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": model,
                                       "choices": [choice]}) + "\n\n"  # fmt: skip
 
     if chat:
         yield chunk({"role": "assistant"}, None)
-    async for piece in run.pieces():
+    async for piece in run:
         yield chunk({"content": piece}, None)
     yield chunk({}, run.finish)
     yield "data: [DONE]\n\n"
