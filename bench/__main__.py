@@ -20,7 +20,7 @@ import numpy as np
 from onnxforge import corpus
 from onnxforge.quantization.fidelity import embedding_fidelity
 
-from . import cold_start, report, serve_load, translate
+from . import cold_start, report, serve_generate, serve_load, translate
 from .decoder import markdown as decoder_markdown
 from .decoder import plot as decoder_plot
 from .decoder import run_decoders
@@ -28,7 +28,7 @@ from .systems import MINILM, ROOT, encoder_systems
 
 RESULTS = ROOT / "bench" / "results"
 QUICK_SENTENCES = 128
-PARTS = ("encoder", "cold", "decoder", "serve", "translate")
+PARTS = ("encoder", "cold", "decoder", "serve", "serve-generate", "translate")
 
 
 def _worker(args: list[str]) -> float:
@@ -148,6 +148,15 @@ def main() -> None:
                               threads=args.threads)  # fmt: skip
         results.setdefault("tables", {})["serve"] = serve_load.markdown(rows)
         results["serve"] = rows
+    if args.part in ("all", "serve-generate"):
+        result = serve_generate.run(corpus.split(corpus.load()).evaluation, args.threads, requests=1 if args.quick else 3,
+                                    clients=(1, 8) if args.quick else serve_generate.CLIENTS)  # fmt: skip
+        results.setdefault("tables", {})["serve-generate"] = serve_generate.markdown(
+            result, f"Chat serving under load: onnxforge serve vs llama-server, SmolLM2-135M Q4_1, {serve_generate.SLOTS} "
+                    f"slots, {args.threads} threads, {machine['class']} CPU ({machine['cpu']}), "
+                    f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
+        results["serve-generate"] = result
+        plots.append(serve_generate.plot(result, out))
     table = "\n".join(results["tables"][k] for k in PARTS if k in results["tables"])
     report.save(results, table, out)
     print(table)
