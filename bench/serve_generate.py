@@ -1,7 +1,9 @@
 """Chat serving under concurrent load: `onnxforge serve` (continuous batching) vs llama.cpp's `llama-server`.
 
-Both serve the packaged SmolLM2-135M Q4_1 GGUF (onnxforge: its int4 artifact, which keeps the file's blocks), with
-the same threads and 16 slots, both alive through the run and measured in turns, client count by client count.
+Both serve the packaged SmolLM2-135M Q4_1 GGUF (onnxforge: its int4 artifact, which keeps the file's blocks; and its
+weight-only int8, faster per token at a lower next-token agreement), with the same threads and 16 slots, all alive
+through the run and measured in turns, client count by client count. Each onnxforge row carries its artifact's gate
+figures (next-token agreement and perplexity retention vs fp32 on held-out text).
 ``clients`` closed-loop clients each send ``requests`` streamed ``/v1/completions`` back to back: a prompt of real
 held-out text, 64 new tokens (``ignore_eos``, so every answer has exactly 64), temperature 0. Figures: aggregate
 completion tokens/s, p50/p99 request latency, p50 time to first token, errors, the server's peak RSS.
@@ -35,7 +37,7 @@ from onnxforge.cpu import this_cpu
 from .decoder import _gguf
 from .systems import ROOT
 
-ARTIFACT = ROOT / "artifacts" / "smollm2-135m" / "int4"
+ARTIFACTS = ROOT / "artifacts" / "smollm2-135m"
 NEW_TOKENS = 64
 SLOTS = 16
 CLIENTS = (1, 2, 4, 8, 16)
@@ -83,12 +85,21 @@ class Server:
 
 
 def servers(threads: int) -> list[Server]:
-    return [
-        Server("onnxforge serve (int4)", [sys.executable, "-m", "onnxforge.cli", "serve", str(ARTIFACT), "--threads",
-               str(threads), "--max-generations", str(SLOTS), "--max-waiting-generations", "256"], "smollm2-135m/int4"),
-        Server("llama-server (Q4_1)", [str(llama_server()), "-m", str(_gguf()), "-t", str(threads), "-tb", str(threads),
-               "-np", str(SLOTS), "-c", str(SLOTS * 1024), "--no-webui", "--host", "127.0.0.1"], "smollm2"),
-    ]  # fmt: skip
+    """The peer first (every ratio is against it), then onnxforge's variants."""
+    ours = [Server(f"onnxforge serve ({variant})", [sys.executable, "-m", "onnxforge.cli", "serve", str(ARTIFACTS / variant),
+                   "--threads", str(threads), "--max-generations", str(SLOTS), "--max-waiting-generations", "256"],
+                   f"smollm2-135m/{variant}") for variant in ("int4", "int8")]  # fmt: skip
+    peer = Server("llama-server (Q4_1)", [str(llama_server()), "-m", str(_gguf()), "-t", str(threads), "-tb", str(threads),
+                  "-np", str(SLOTS), "-c", str(SLOTS * 1024), "--no-webui", "--host", "127.0.0.1"], "smollm2")  # fmt: skip
+    return [peer, *ours]
+
+
+def gate_figures(server: Server) -> str:
+    """An onnxforge variant's gate figures from its manifest ("same file" for llama-server)."""
+    if not server.model.startswith("smollm2-135m/"):
+        return "the GGUF itself"
+    quality = json.loads((ARTIFACTS / server.model.split("/")[1] / "manifest.json").read_text())["quality"]
+    return f"{quality['next_token_agreement']:.3f} / {quality['perplexity_retention']:.3f}"
 
 
 def _free_port() -> int:
@@ -119,7 +130,8 @@ async def _load(server: Server, prompts: list[str], clients: int, requests: int)
         for r in range(requests):
             results.append(await _completion(http, server, prompts[(c * requests + r) % len(prompts)]))
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
+    # a connection per request: llama-server closes a streamed response's connection, which aiohttp would reuse
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients, force_close=True),
                                      timeout=aiohttp.ClientTimeout(total=600)) as http:  # fmt: skip
         start = time.perf_counter()
         await asyncio.gather(*(client(http, c) for c in range(clients)))
@@ -189,20 +201,22 @@ def run(texts: list[str], threads: int = 2, requests: int = 3, clients: tuple[in
     finally:
         for server in systems:
             server.stop()
-    peer = {r["clients"]: r["tokens_per_s"] for r in rows if r["system"] == systems[1].name}
+    peer = {r["clients"]: r["tokens_per_s"] for r in rows if r["system"] == systems[0].name}
+    figures = {server.name: gate_figures(server) for server in systems}
     for row in rows:
         row["vs_llama_server"] = row["tokens_per_s"] / peer[row["clients"]]
+        row["agreement_retention"] = figures[row["system"]]
     return {"rows": rows, "second_turn": turns, "slots": SLOTS, "new_tokens": NEW_TOKENS, "requests": requests}
 
 
 def markdown(result: dict, title: str) -> str:
     lines = [f"### {title}", "",
-             "| system | clients | requests | errors | tok/s | × llama-server | p50 s | p99 s | p50 TTFT ms | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             ("| system | clients | requests | errors | tok/s | × llama-server | p50 s | p99 s | p50 TTFT ms | peak RSS MB "
+              "| agreement / ppl retention vs fp32 |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in result["rows"]:
         lines.append(f"| {r['system']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['tokens_per_s']:.1f} | "
                      f"{r['vs_llama_server']:.2f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['p50_ttft_ms']:.0f} | "
-                     f"{r['peak_rss_mb']:.0f} |")  # fmt: skip
+                     f"{r['peak_rss_mb']:.0f} | {r['agreement_retention']} |")  # fmt: skip
     lines += ["", "Second chat turn (the first turn's ~300 tokens resumed where the server keeps them), median of 3:", "",
               "| system | first turn TTFT ms | second turn TTFT ms | second / first |", "|---|---:|---:|---:|"]  # fmt: skip
     for t in result["second_turn"]:

@@ -62,7 +62,8 @@ def chat_artifact(decoder):
 
 @pytest.fixture(scope="module")
 def app(tiny_artifact, chat_artifact):
-    return create_app([tiny_artifact, chat_artifact], Limits(max_wait_ms=20, max_inputs=64, max_chars=5000))
+    return create_app([tiny_artifact, chat_artifact],
+                      Limits(max_wait_ms=20, max_inputs=64, max_chars=5000, max_waiting_generations=64))
 
 
 @pytest.fixture(scope="module")
