@@ -28,18 +28,24 @@ $(VENV)/.ok: pyproject.toml constraints.txt
 artifacts: $(VENV)/.ok
 	$(BIN)/onnxforge build artifacts.toml
 
-# Debian's qemu-user-static, unpacked here: tests run onnxruntime's integer kernels on an emulated AVX2 CPU
-# (tests/test_saturation.py). Best effort: without it that one test skips and says why.
-QEMU := .cache/qemu/usr/bin/qemu-x86_64-static
+# qemu's static user-mode emulator for x86-64, unpacked here (nothing installed): tests run onnxruntime's integer
+# kernels on an emulated AVX2 CPU (tests/test_saturation.py). Debian 12 ships it in qemu-user-static as
+# qemu-x86_64-static; Debian 13 made qemu-user-static a transitional package and ships the static binary in qemu-user
+# as qemu-x86_64. The test checks the version (>= 7.2) and that the emulated CPU has AVX2 without AVX-512.
+QEMU := .cache/qemu/qemu-x86_64
 $(QEMU):
-	mkdir -p .cache/qemu
-	-cd .cache/qemu && { apt-get download qemu-user-static 2>/dev/null || \
+	rm -rf .cache/qemu && mkdir -p .cache/qemu/unpacked
+	cd .cache/qemu && { apt-get download qemu-user-static 2>/dev/null || \
 		{ apt-get update -qq >/dev/null 2>&1 && apt-get download qemu-user-static; }; } && \
-		dpkg -x qemu-user-static_*.deb . && rm -f qemu-user-static_*.deb
+		dpkg -x qemu-user-static_*.deb unpacked
+	cd .cache/qemu && test -x unpacked/usr/bin/qemu-x86_64-static || \
+		{ apt-get download qemu-user && dpkg -x qemu-user_*.deb unpacked; }
+	cp "$$(ls .cache/qemu/unpacked/usr/bin/qemu-x86_64-static .cache/qemu/unpacked/usr/bin/qemu-x86_64 2>/dev/null | head -1)" $@
+	rm -rf .cache/qemu/unpacked .cache/qemu/*.deb
 
 ## The whole suite, then the runtime in an environment that has no torch, transformers, optimum or onnx.
 test: $(VENV)/.ok $(QEMU)
-	$(BIN)/python -m pytest -q
+	ONNXFORGE_REQUIRE_QEMU=1 $(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-runtime-env
 
 # `pip install .` with no extras into a fresh venv, then embed, generate and translate with artifacts built by the

@@ -53,6 +53,19 @@ def _concurrently(engine, requests) -> list[list[int]]:
     return results
 
 
+def _alone_and_batched(generator: Generator, count: int):
+    """``count`` requests: each decoded alone, then all at once through an 8-slot engine with 16-token prefill
+    chunks; (requests, alone, batched, the closed engine)."""
+    requests = _requests(generator, count)
+    alone = [list(generator.tokens(ids, request)) for ids, request in requests]
+    engine = generator.engine(slots=8, prefill_tokens=16)
+    try:
+        batched = _concurrently(engine, requests)
+    finally:
+        engine.close()
+    return requests, alone, batched, engine
+
+
 @pytest.fixture(scope="module")
 def quantized_llama(decoder, tmp_path_factory):
     """The tiny Llama's weight-only int4 and int8 variants (MatMulNBits), gated loosely: batching is under test."""
@@ -72,13 +85,7 @@ def test_a_request_among_others_gets_the_tokens_it_gets_alone(decoder, family):
     gets its single-stream tokens. Llama and Qwen2 (fused graph) share each decode step; GPT-2 (traced graph)
     decodes one row at a time in the same loop."""
     generator = load(decoder(family)[1], providers="cpu")
-    requests = _requests(generator, 32)
-    alone = [list(generator.tokens(ids, request)) for ids, request in requests]
-    engine = generator.engine(slots=8, prefill_tokens=16)
-    try:
-        batched = _concurrently(engine, requests)
-    finally:
-        engine.close()
+    requests, alone, batched, engine = _alone_and_batched(generator, 32)
     assert sum(map(len, alone)) > 300
     assert batched == alone
     greedy = [(ids, tokens) for (ids, request), tokens in zip(requests, batched) if request.sampling.temperature == 0]
@@ -93,13 +100,7 @@ def test_a_request_among_others_gets_the_tokens_it_gets_alone(decoder, family):
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_graphs_batch_alike(decoder, quantized_llama, bits):
     generator = load(quantized_llama[bits], providers="cpu")
-    requests = _requests(generator, 16)
-    alone = [list(generator.tokens(ids, request)) for ids, request in requests]
-    engine = generator.engine(slots=8, prefill_tokens=16)
-    try:
-        batched = _concurrently(engine, requests)
-    finally:
-        engine.close()
+    requests, alone, batched, engine = _alone_and_batched(generator, 16)
     assert batched == alone and engine.pool is not None
     assert batched[0] == one_pass_greedy(generator, requests[0][0], batched[0])
 
