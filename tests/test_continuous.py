@@ -189,6 +189,8 @@ def test_ignore_eos_decodes_the_whole_budget_and_slots_bound_memory(decoder):
         assert len(list(engine.stream(ids, 500, greedy, ignore_eos=True))) == 128 - len(ids)  # the slot's capacity
         with pytest.raises(ValueError, match="a generation slot holds 128"):
             engine.stream(list(range(3, 131)), 1, greedy)
+        with pytest.raises(ValueError, match="prompt is empty"):
+            engine.stream([], 1, greedy)
     finally:
         engine.close()
     d = generator.decoder

@@ -95,6 +95,8 @@ class Engine:
                ignore_eos: bool = False) -> Ticket:  # fmt: skip
         """Queue a generation of up to ``max_new_tokens`` after ``ids``; ``deliver`` is called from the engine's
         thread. ``ignore_eos``: decode through end-of-sequence tokens (load tests decode a fixed count)."""
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token")
         if len(ids) >= self.capacity:
             raise ValueError(f"the prompt has {len(ids)} tokens; a generation slot holds {self.capacity}")
         eos = frozenset() if ignore_eos else self.eos
@@ -210,6 +212,7 @@ class Engine:
         if ticket.fed == len(ids):
             self.decoding += 1
             self._take(ticket, logits)
+            self.recent.append((time.perf_counter(), 1))
         return len(chunk)
 
     def _decode(self) -> None:
