@@ -405,11 +405,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
                     prefill_tokens=args.prefill_tokens, slot_tokens=args.slot_tokens, threads=args.threads)  # fmt: skip
     app = create_app(args.artifacts, limits)
     for name, served in app.state.server.models.items():
-        if served.pipeline.task == "generate":
-            context = min(args.slot_tokens or served.pipeline.context, served.pipeline.context)
-            per_token = served.pipeline.decoder.kv_bytes_per_token
-            print(f"{name}: {args.max_generations} generation slots × {context} tokens; KV cache at most "
-                  f"{args.max_generations * context * per_token / 2**20:.0f} MiB ({per_token} bytes a token)")
+        if (engine := served.engine) and engine.pool:  # traced graphs: each generation allocates its own cache
+            print(f"{name}: {engine.slots} generation slots × {engine.capacity} tokens; KV cache at most "
+                  f"{engine.kv_bytes / 2**20:.0f} MiB ({engine.decoder.kv_bytes_per_token} bytes a token)")
     # SIGTERM / Ctrl-C: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then shuts down.
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
 

@@ -42,9 +42,6 @@ class Ticket:
     state: Continuation
     deliver: Deliver
     submitted: float
-    admitted: float | None = None
-    first_token: float | None = None
-    reused: int = 0  # prompt tokens resumed from a row's retained prefix
     finish: str | None = None  # "stop" (end of sequence), "length", "cancelled" or "error"
     cancelled: bool = False
     fed: int = 0  # prompt tokens in the cache
@@ -53,10 +50,6 @@ class Ticket:
 
     def cancel(self) -> None:
         self.cancelled = True
-
-    @property
-    def tokens(self) -> list[int]:
-        return self.state.generated
 
 
 class Engine:
@@ -191,13 +184,12 @@ class Engine:
             best, common = self.pool.best_prefix(range(row, self.slots), ticket.state.ids)
             self.pool.swap(best, row)
             self.pool.held[row] = ticket.state.ids[:common]
-            ticket.fed = ticket.reused = common
+            ticket.fed = common
             self.reused += common
         else:
             ticket.cache = self.decoder.empty(len(ticket.state.ids) + ticket.state.budget)
-        ticket.admitted = time.perf_counter()
         self.rows.append(ticket)
-        self.on_admit(ticket.admitted - ticket.submitted)
+        self.on_admit(time.perf_counter() - ticket.submitted)
         return ticket
 
     def _prefill(self, ticket: Ticket, budget: int) -> int:
@@ -235,7 +227,6 @@ class Engine:
         token = ticket.state.take(logits)
         if token is not None:
             ticket.pending = token
-            ticket.first_token = ticket.first_token or time.perf_counter()
             self.generated += 1
             ticket.deliver(token)
         if ticket.state.done:

@@ -85,6 +85,10 @@ class Server:
                                lambda: {n: s.engine for n, s in self.models.items() if s.engine})  # fmt: skip
         self.slots: asyncio.Semaphore | None = None  # translate / summarize generations running at once
         self.waiting = 0
+        for served in self.models.values():  # an engine's thread starts with its first request
+            if served.pipeline.task == "generate":
+                served.engine = served.pipeline.engine(limits.max_generations, limits.prefill_tokens,
+                                                       limits.slot_tokens, on_admit=self.metrics.queue_wait)  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -103,9 +107,6 @@ class Server:
                 served.batcher = MicroBatcher(embed, self.executor, self.limits.max_batch,
                                               self.limits.max_wait_ms, self.limits.max_queue, self.metrics.batch)  # fmt: skip
                 served.batcher.start()
-            elif served.pipeline.task == "generate":
-                served.engine = served.pipeline.engine(self.limits.max_generations, self.limits.prefill_tokens,
-                                                       self.limits.slot_tokens, on_admit=self.metrics.queue_wait)  # fmt: skip
 
     async def shutdown(self) -> None:
         for served in self.models.values():
