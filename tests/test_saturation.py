@@ -1,5 +1,7 @@
 """int8 artifacts give the same integers on every x86 CPU: each int8 form onnxforge emits, on inputs that reach its
-grid's limits, against an exact int64 reference, here and on an emulated AVX2 CPU (saturating 16-bit pair sums)."""
+grid's limits, against an exact int64 reference, here and on an emulated AVX2 CPU (saturating 16-bit pair sums); the
+rule's boundary (128 exact, 129 saturating, rows paired as (2i, 2i + 1)) for each integer-product operator; and each
+form built with the pair limit switched off, which the emulated CPU must show losing its sums."""
 
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxforge import corpus
 from onnxforge.cpu import parse_cpuinfo
+from onnxforge.quantization import gptq, int8, per_token
 from onnxforge.quantization.int8 import Int8Config, finish, prepare
 from onnxforge.quantization.saturation import (
     PAIR_WEIGHT_LIMIT,
+    QMAX,
     exact_everywhere,
     integer_products,
     limit_pairs,
@@ -29,6 +33,7 @@ from onnxforge.quantization.saturation import (
     saturating_products,
 )
 
+from . import pair_boundary
 from .integer_reference import expose, worst_errors
 
 K, N = 768, 8  # a long reduction: 384 pair sums per output, each one able to saturate
@@ -41,7 +46,10 @@ FORMS = {
     "per-token, GPTQ": Int8Config(activations="per-token", weight_rounding="gptq"),
     "dynamic": Int8Config(activations="dynamic"),
     "dynamic, GPTQ": Int8Config(activations="dynamic", weight_rounding="gptq"),
+    "static": Int8Config(activations="static"),
 }
+# per-token with the second MatMul kept apart as int8-block: MatMulNBits, 8-bit, int8 activations
+BLOCK = Int8Config(activations="per-token", keep=("second",))
 
 
 def _float_model(path: Path) -> None:
@@ -70,11 +78,36 @@ def _inputs() -> dict[str, np.ndarray]:
 
 
 def _quantized(tmp_path: Path, config: Int8Config) -> onnx.ModelProto:
+    """The adversarial model in ``config``'s int8 form, as onnxruntime runs it (static QDQ fused into QLinearMatMul)."""
+    import onnxruntime as ort
+
     _float_model(tmp_path / "float.onnx")
     feeds = [_inputs()]
     prepared = prepare(tmp_path / "float.onnx", tmp_path / "prepared.onnx", config, feeds)
     finish(prepared, tmp_path / "int8.onnx", config, feeds)
-    return onnx.load(str(tmp_path / "int8.onnx"))
+    if config.activations != "static":
+        return onnx.load(str(tmp_path / "int8.onnx"))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(tmp_path / "int8.onnx"), options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(tmp_path / "fused.onnx"))
+
+
+def _full_range(quantizer):
+    return lambda *args, **options: quantizer(*args, **{**options, "reduce_range": False})
+
+
+def _without_pair_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 as it was before the rule: every column on 127 steps with no pair limit (nearest and GPTQ rounding),
+    onnxruntime's quantizers at full range, no audit."""
+    monkeypatch.setattr(int8, "column_levels", lambda weight: np.full(weight.shape[1], QMAX))
+    monkeypatch.setattr(per_token, "limit_pairs", lambda q: q)
+    monkeypatch.setattr(gptq, "PAIR_WEIGHT_LIMIT", 2 * QMAX)
+    monkeypatch.setattr(int8, "REDUCED_LEVELS", QMAX)
+    for name in ("quantize_dynamic", "quantize_static"):
+        monkeypatch.setattr(int8, name, _full_range(getattr(int8, name)))
+    monkeypatch.setattr(int8, "saturating_products", lambda model: [])
 
 
 def _saturating_model(directory: Path) -> Path:
@@ -97,10 +130,36 @@ def exposed(tmp_path_factory) -> dict[str, Path]:
     found = {}
     for index, (form, config) in enumerate(FORMS.items()):
         work = tmp_path_factory.mktemp(f"form{index}")
-        model = _quantized(work, config)
-        expose(model, _inputs(), work / "exposed")
+        expose(_quantized(work, config), _inputs(), work / "exposed")
         found[form] = work / "exposed"
     return found
+
+
+@pytest.fixture(scope="module")
+def unlimited(tmp_path_factory) -> dict[str, tuple[onnx.ModelProto, Path]]:
+    """Each form built with the pair limit switched off: its graph, and its integer MatMuls exposed."""
+    found = {}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _without_pair_limit(monkeypatch)
+        for index, (form, config) in enumerate(FORMS.items()):
+            work = tmp_path_factory.mktemp(f"unlimited{index}")
+            model = _quantized(work, config)
+            expose(model, _inputs(), work / "exposed")
+            found[form] = (model, work / "exposed")
+    return found
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory) -> tuple[onnx.ModelProto, Path]:
+    """The int8-block form, with its graph outputs on this CPU as the expected outputs elsewhere."""
+    import onnxruntime as ort
+
+    work = tmp_path_factory.mktemp("block")
+    model = _quantized(work, BLOCK)
+    expose(model, _inputs(), work / "exposed")
+    session = ort.InferenceSession(str(work / "exposed" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.savez(work / "exposed" / "expected.npz", y=session.run(["y"], _inputs())[0].astype(np.float64))
+    return model, work / "exposed"
 
 
 def test_the_rule_matches_what_a_16_bit_pair_sum_holds():
@@ -135,6 +194,23 @@ def test_the_audit_names_a_saturating_product(tmp_path):
     assert saturating_products(model) == ["full_range (activations ≤ 255, weight pairs ≤ 254)"]
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_the_audit_names_every_product_of_a_form_built_without_the_pair_limit(unlimited, form):
+    model, _ = unlimited[form]
+    named = saturating_products(model)
+    assert len(named) == 2 and all("activations ≤ 255" in n for n in named), named
+
+
+def test_the_audit_covers_int8_block_products(block):
+    model, _ = block
+    products = {name: (a, w) for name, a, w in integer_products(model)}
+    nbits = [n.name for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 1 and len(products) == 2, products
+    activation, pairs = products[nbits[0]]
+    # symmetric int8 activations; 8-bit weights less their zero point reach the grid's ends: ±127 pairs add to 254
+    assert activation == 127 and 250 <= pairs <= 256 and saturating_products(model) == []
+
+
 def _qemu() -> str | None:
     local = ROOT / ".cache" / "qemu" / "qemu-x86_64"  # what make test fetches
     return os.environ.get("ONNXFORGE_QEMU") or (str(local) if local.exists() else None) or \
@@ -162,21 +238,32 @@ def _emulator_problem() -> str | None:
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86 CPU with this machine's x86 Python")
-def test_integer_products_are_exact_on_an_emulated_avx2_cpu(exposed, tmp_path):
-    """On onnxruntime's real AVX2 kernel, under qemu: the control saturates, every int8 form is exact. ``make test``
-    sets ONNXFORGE_REQUIRE_QEMU=1, so there an emulator that cannot prove it fails the run instead of skipping."""
+def test_integer_products_are_exact_on_an_emulated_avx2_cpu(exposed, unlimited, block, tmp_path):
+    """On onnxruntime's real AVX2 kernel, under qemu: the control saturates; at the rule's boundary every operator is
+    exact at 128 and loses at 129, rows pairing as (2i, 2i + 1); every int8 form is exact, and loses its sums when
+    built without the pair limit; int8-block gives this CPU's outputs. One emulated process runs them all. ``make
+    test`` sets ONNXFORGE_REQUIRE_QEMU=1, so there an emulator that cannot prove it fails the run instead of skipping."""
     if problem := _emulator_problem():
         (pytest.fail if os.environ.get("ONNXFORGE_REQUIRE_QEMU") == "1" else pytest.skip)(problem)
     control = _saturating_model(tmp_path / "control")
-    dirs = [str(control), *(str(exposed[form]) for form in FORMS)]
+    boundary = pair_boundary.build(tmp_path / "boundary")
+    dirs = {"control": control, **{f"limited {f}": d for f, d in exposed.items()},
+            **{f"unlimited {f}": d for f, (_, d) in unlimited.items()}, "int8-block": block[1],
+            **{f"{form}: {case}": d for (form, case), d in boundary.items()}}  # fmt: skip
     run = subprocess.run([_qemu(), "-cpu", EMULATED_CPU, sys.executable, str(ROOT / "tests" / "integer_reference.py"),
-                          *dirs], check=False, capture_output=True, text=True, timeout=600)  # fmt: skip
+                          *map(str, dirs.values())], check=False, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    errors = {label: found[str(directory)] for label, directory in dirs.items()}
     # the control proves the emulated kernel saturates: the 255 × 127 product loses about half its sum
-    assert errors.pop(str(control))["full_range"] > 0.4
-    for form, directory in zip(FORMS, dirs[1:]):
-        assert max(errors[directory].values()) < 1e-6, (form, errors[directory])
+    assert errors["control"]["full_range"] > 0.4
+    for form, case in boundary:
+        worst = errors[f"{form}: {case}"]["y"]
+        assert (worst > 1e-3) if case == "pair 129" else (worst < 1e-6), (form, case, worst)
+    for form in FORMS:
+        assert max(errors[f"limited {form}"].values()) < 1e-6, (form, errors[f"limited {form}"])
+        assert max(errors[f"unlimited {form}"].values()) > 0.05, (form, errors[f"unlimited {form}"])
+    assert max(errors["int8-block"].values()) < 1e-5, errors["int8-block"]
 
 
 CPUINFO = "processor\t: 0\nmodel name\t: {model}\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\n"

@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 PAIR_LIMIT = 32767  # a signed 16-bit lane holds the sum of two u8·s8 products
 UINT8_MAX = 255
+SYMMETRIC_INT8_MAX = 127  # MatMulNBits' activations at accuracy level 4
 QMAX = 127  # symmetric int8 weights
 PAIR_WEIGHT_LIMIT = PAIR_LIMIT // UINT8_MAX  # 128: |w₂ᵢ| + |w₂ᵢ₊₁| for activations up to 255
 REDUCED_LEVELS = PAIR_WEIGHT_LIMIT // 2  # 64: any pair fits (onnxruntime's reduce_range for int8 weights)
@@ -65,21 +66,58 @@ def limit_pairs(q: np.ndarray, limit: int = PAIR_WEIGHT_LIMIT) -> np.ndarray:
 
 
 def integer_products(model: onnx.ModelProto) -> list[tuple[str, int, int]]:
-    """(node, largest stored activation, :func:`pair_peak` of its weight) of every u8·s8 integer MatMul with a
-    constant weight. The activation bound is what its quantizer can write: ``zero point + 1/step`` for onnxforge's
-    per-token quantizers (inputs divided by their row's peak), 255 for any other uint8 activation."""
+    """(node, largest stored activation, :func:`pair_peak` of its weight) of every integer product with a constant
+    int8 weight, in each form onnxruntime runs on u8·s8 kernels or onnxforge emits:
+
+    - MatMulInteger, MatMulIntegerToFloat, DynamicQuantizeMatMul (dynamic and per-token int8);
+    - static QDQ: a MatMul reading DequantizeLinear of a uint8 activation and of an int8 weight (onnxruntime fuses it
+      into QLinearMatMul), and QLinearMatMul itself;
+    - 8-bit MatMulNBits at accuracy level 4 (int8-block): activations quantized per block to symmetric int8 (≤ 127),
+      weights the stored bytes less their zero point.
+
+    The activation bound is what its quantizer can write: ``zero point + 1/step`` for onnxforge's per-token
+    quantizers (inputs divided by their row's peak), 127 for MatMulNBits' own, 255 for any other uint8 activation."""
     constants = {t.name: t for t in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
     found = []
     for node in model.graph.node:
-        if node.op_type not in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"):
+        if node.op_type == "MatMulNBits":
+            if (weight := _nbits_weight(node, constants)) is not None:
+                found.append((node.name, SYMMETRIC_INT8_MAX, pair_peak(weight)))
             continue
-        if node.input[1] not in constants:
+        activation, weight_name = _integer_operands(node, producers)
+        if weight_name not in constants:
             continue
-        weight = numpy_helper.to_array(constants[node.input[1]])
+        weight = numpy_helper.to_array(constants[weight_name])
         if weight.dtype == np.int8:  # u8·u8 runs on exact 16-bit widening kernels
-            found.append((node.name, _activation_max(node.input[0], producers, constants), pair_peak(weight)))
+            found.append((node.name, _activation_max(activation, producers, constants), pair_peak(weight)))
     return found
+
+
+def _integer_operands(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> tuple[str, str]:
+    """The stored activation and weight an integer product reads ('' when the node is none)."""
+    if node.op_type in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"):
+        return node.input[0], node.input[1]
+    if node.op_type == "QLinearMatMul":
+        return node.input[0], node.input[3]
+    if node.op_type == "MatMul":
+        dq = [producers.get(name) for name in node.input[:2]]
+        if all(d is not None and d.op_type == "DequantizeLinear" for d in dq):
+            return dq[0].input[0], dq[1].input[0]
+    return "", ""
+
+
+def _nbits_weight(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """An 8-bit MatMulNBits' integer weight (K × N, zero point removed); None for other widths or levels."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("bits", 4) != 8 or attrs.get("accuracy_level", 0) != 4 or node.input[1] not in constants:
+        return None
+    k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+    stored = numpy_helper.to_array(constants[node.input[1]]).astype(np.int64).reshape(n, -1, block)
+    zero = 128  # MatMulNBits' default zero point at 8 bits
+    if len(node.input) > 3 and node.input[3] in constants:
+        zero = numpy_helper.to_array(constants[node.input[3]]).astype(np.int64).reshape(n, -1, 1)
+    return (stored - zero).reshape(n, -1)[:, :k].T
 
 
 def saturating_products(model: onnx.ModelProto) -> list[str]:
