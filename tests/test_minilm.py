@@ -9,6 +9,7 @@ from onnxforge import corpus
 from onnxforge.artifact import verify
 from onnxforge.build import build, parse
 from onnxforge.quantization import Gate, GateError, Int8Config, quantize
+from onnxforge.quantization.fidelity import recall_at_k
 from onnxforge.runtime import load
 from onnxforge.sources import resolve
 from tests.conftest import ROOT
@@ -32,19 +33,26 @@ def test_fp32_matches_sentence_transformers(minilm_root):
 
 @pytest.mark.parametrize("variant", ["int8", "int8-fast", "fp16"])
 def test_quantized_variants_meet_their_recipe_gate(minilm_root, variant):
-    """The gate's cosine figures, recomputed here on the same held-out texts, meet the recipe's minimums."""
+    """The gate's figures (cosines, recall@10 of fp32's neighbours), recomputed here on the same held-out texts, meet
+    the recipe's minimums and match the manifest's."""
     gate = _recipe_gate(variant)
     manifest = verify(minilm_root / "minilm-l6" / variant)
     assert manifest.quality["gate"] == gate
     held_out = corpus.split(corpus.load()).evaluation
-    found = cosines(*(load(minilm_root / "minilm-l6" / v).embed(held_out) for v in ("fp32", variant)))
+    reference, candidate = (load(minilm_root / "minilm-l6" / v).embed(held_out) for v in ("fp32", variant))
+    found, recall = cosines(reference, candidate), recall_at_k(reference, candidate, k=10)
     assert found.mean() >= gate["mean_cosine"] and found.min() >= gate["min_cosine"]
-    # the gate embedded in other batches: per-tensor activation scales (int8-fast) follow the batch, so ±1e-3
+    assert recall >= gate.get("recall_at_10", 0.0)
+    # the gate embedded in other batches: per-tensor activation scales (int8-fast) follow the batch, so ±1e-3 (and
+    # a neighbour or two in recall@10)
     assert found.mean() == pytest.approx(manifest.quality["mean_cosine"], abs=1e-3)
+    assert recall == pytest.approx(manifest.quality["recall_at_10"], abs=0.01)
     fp32 = verify(minilm_root / "minilm-l6" / "fp32")
     size = manifest.files["model.onnx"].bytes
     if manifest.precision["weights"] == "int8":  # int8 MatMuls and the 30,522-row word-embedding table as int8 rows
-        assert size <= 25e6 and size <= 0.3 * fp32.files["model.onnx"].bytes
+        # the recipe's int8 is ~0.28 of fp32 (25.0 of 90.3 MB); 0.3 leaves ~2 MB, a few more MatMuls kept apart as
+        # int8-block (about 0.6 MB each for the feed-forward ones) as the search's choice moves between CPU classes
+        assert size <= 0.3 * fp32.files["model.onnx"].bytes
         assert manifest.graph["bytes"]["embeddings"] < 0.3 * fp32.graph["bytes"]["embeddings"]
     else:  # fp16
         assert size < 0.8 * fp32.files["model.onnx"].bytes
