@@ -61,9 +61,10 @@ test-runtime-env: $(VENV)/.ok
 		$(CURDIR)/.cache/runtime-env/tiny-embed $(CURDIR)/.cache/runtime-env/tiny-generate \
 		$(CURDIR)/.cache/runtime-env/tiny-translate
 
-## Break the runtime decoder's KV cache (forgotten, zeroed, shifted by one; single-stream and batched steps) inside each
-## decoder test: every test that decodes must fail (tests/cache_faults.py). A check on the tests, not part of `make test`.
-CACHE_FAULT_TESTS := tests/test_generate.py tests/test_continuous.py tests/test_server.py
+## Break the runtime decoders' KV caches (forgotten, zeroed, shifted by one; single-stream, batched and text2text
+## steps) inside each decoder test: every test that decodes must fail (tests/cache_faults.py). A check on the tests,
+## not part of `make test`.
+CACHE_FAULT_TESTS := tests/test_generate.py tests/test_continuous.py tests/test_server.py tests/test_text2text.py
 cache-faults: $(VENV)/.ok
 	for fault in forget drop shift; do \
 		$(BIN)/python -m pytest -q --tb=no -p tests.cache_faults --cache-fault $$fault $(CACHE_FAULT_TESTS) || exit 1; \

@@ -15,6 +15,17 @@ export checks cannot hide what a test misses):
 The batched step (``Decoder.step``, rows of a KV pool) gets the same three: every row's length read as 0, every row's
 keys and values zeroed, every row written and read one position further on.
 
+A text2text decoder step (``Seq2Seq.step``) gets them on its self-attention caches (emptied, zeroed, one zero position
+inserted before the new token, once), and two more on its cross-attention caches, which the first step computes from
+the encoder and every later step reads back:
+
+- ``cross-drop``: the cross-attention keys and values are zeros;
+- ``cross-shift``: the keys (not the values) are rolled by one source position, so each value is found by its
+  neighbour's key (rolling both would only permute the pairs, which attention cannot see).
+
+The cross faults run on the text2text tests by hand for now (``--cache-fault cross-drop tests/test_text2text.py``):
+the tiny BART's output does not depend on its source, so its tests cannot see them.
+
 A test in which the fault fired and that still passed is listed at the end, and the run fails.
 """
 
@@ -28,8 +39,9 @@ import onnxruntime as ort
 import pytest
 
 from onnxforge.runtime.decoder import Cache, Decoder
+from onnxforge.runtime.seq2seq import Caches, Seq2Seq
 
-FAULTS = ("forget", "drop", "shift")
+FAULTS = ("forget", "drop", "shift", "cross-drop", "cross-shift")
 EXEMPT = "onnxforge.export"  # the package whose parity check decodes at build time
 
 
@@ -70,6 +82,23 @@ def _break(fault: str, decoder: Decoder, cache: Cache) -> None:
         cache.shifted = True  # once: one off, not one more each step
 
 
+def _break_seq2seq(fault: str, caches: Caches) -> None:
+    """One fault on a text2text decoder's caches, before a step reads them."""
+    if fault == "forget":
+        caches.own = {name: value[:, :, :0] for name, value in caches.own.items()}
+    elif fault == "drop":
+        caches.own = {name: np.zeros_like(value) for name, value in caches.own.items()}
+    elif fault == "shift" and not getattr(caches, "shifted", False):
+        caches.own = {name: np.insert(value, value.shape[2], 0, axis=2) for name, value in caches.own.items()}
+        caches.shifted = True
+    elif fault == "cross-drop":
+        caches.cross = {name: np.zeros_like(value) for name, value in caches.cross.items()}
+    elif fault == "cross-shift" and not getattr(caches, "shifted", False):
+        caches.cross = {name: np.roll(value, 1, axis=2) if ".key" in name else value
+                        for name, value in caches.cross.items()}  # fmt: skip
+        caches.shifted = True
+
+
 class CacheFaults:
     def __init__(self, fault: str) -> None:
         self.fault = fault
@@ -78,11 +107,12 @@ class CacheFaults:
         self.survivors: list[str] = []  # the fault fired and the test passed: it cannot see the cache
         self.failed_alone: list[str] = []  # failed although the fault never fired: a failure of its own
 
-    def patched(self) -> tuple[Callable, Callable, Callable]:
-        forward, empty, step = Decoder.forward, Decoder.empty, Decoder.step
+    def patched(self) -> tuple[Callable, Callable, Callable, Callable]:
+        forward, empty, step, seq2seq_step = Decoder.forward, Decoder.empty, Decoder.step, Seq2Seq.step
+        cross = self.fault.startswith("cross-")
 
         def faulty_forward(decoder: Decoder, cache: Cache, ids: list[int], all_logits: bool = False) -> np.ndarray:
-            if cache.length and not _in_export():
+            if cache.length and not _in_export() and not cross:
                 _break(self.fault, decoder, cache)
                 self.fired += 1
             return forward(decoder, cache, ids, all_logits)
@@ -91,6 +121,8 @@ class CacheFaults:
             return empty(decoder, capacity + 1)
 
         def faulty_step(decoder: Decoder, rows: dict, lengths, tokens) -> np.ndarray:
+            if cross:
+                return step(decoder, rows, lengths, tokens)
             self.fired += 1
             lengths = np.asarray(lengths)
             if self.fault == "forget":
@@ -102,17 +134,24 @@ class CacheFaults:
                 lengths = lengths + 1
             return step(decoder, rows, lengths, tokens)
 
-        return faulty_forward, roomier_empty if self.fault == "shift" else empty, faulty_step
+        def faulty_seq2seq_step(model: Seq2Seq, caches: Caches, tokens: np.ndarray) -> np.ndarray:
+            if not _in_export():
+                _break_seq2seq(self.fault, caches)
+                self.fired += 1
+            return seq2seq_step(model, caches, tokens)
+
+        return (faulty_forward, roomier_empty if self.fault == "shift" else empty, faulty_step,
+                faulty_seq2seq_step)  # fmt: skip
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item: pytest.Item):
-        original = Decoder.forward, Decoder.empty, Decoder.step
-        Decoder.forward, Decoder.empty, Decoder.step = self.patched()
+        original = Decoder.forward, Decoder.empty, Decoder.step, Seq2Seq.step
+        Decoder.forward, Decoder.empty, Decoder.step, Seq2Seq.step = self.patched()
         self.fired = 0
         try:
             yield
         finally:
-            Decoder.forward, Decoder.empty, Decoder.step = original
+            Decoder.forward, Decoder.empty, Decoder.step, Seq2Seq.step = original
             if self.fired:
                 self.hit.add(item.nodeid)
 

@@ -86,28 +86,45 @@ def test_tokens_equal_transformers_generate(build, family, search):
     assert any(len(ids) > 3 for ids in ours)  # real output, not an immediate end token
 
 
+def _texts(pipeline, source, texts, max_new_tokens, **search) -> list[str]:
+    """transformers' outputs as the pipeline's text: the reference a test's decoded strings must equal."""
+    return [pipeline.text_of(ids) for ids in _transformers(source, texts, max_new_tokens, **search)]
+
+
 def test_output_depends_on_the_source(build):
-    pipeline = load(build("t5")[1], providers="cpu")
+    source, out, _ = build("t5")
+    pipeline = load(out, providers="cpu")
     outputs = pipeline.translate(TEXTS[:6], max_new_tokens=16)
     assert len(set(outputs)) >= 4, outputs
+    assert outputs == _texts(pipeline, source, TEXTS[:6], 16)
 
 
 @pytest.mark.parametrize("family", ["t5", "marian"])
 def test_batches_streams_and_single_texts_agree(build, family):
-    pipeline = load(build(family)[1], providers="cpu")
+    source, out, _ = build(family)
+    pipeline = load(out, providers="cpu")
     for beams in (1, 4):
         batched = pipeline.translate(TEXTS, max_new_tokens=20, num_beams=beams, batch_size=4)
         assert batched == [pipeline.translate(t, max_new_tokens=20, num_beams=beams) for t in TEXTS]
+        assert batched == _texts(pipeline, source, TEXTS, 20, num_beams=beams)
     streamed = "".join(pipeline.translate(TEXTS[1], max_new_tokens=20, stream=True))
     assert streamed == pipeline.translate(TEXTS[1], max_new_tokens=20)
 
 
 def test_sampling_is_seeded(build):
-    pipeline = load(build("marian")[1], providers="cpu")
+    source, out, _ = build("marian")
+    pipeline = load(out, providers="cpu")
+    # sampling from the top token alone is greedy decoding: transformers' tokens, whatever the seed
+    assert pipeline.translate(TEXTS[:4], max_new_tokens=16, temperature=1.5, top_k=1, seed=3) == \
+        _texts(pipeline, source, TEXTS[:4], 16)
     first = pipeline.translate(TEXTS[:4], max_new_tokens=16, temperature=1.5, seed=7)
     assert first == pipeline.translate(TEXTS[:4], max_new_tokens=16, temperature=1.5, seed=7)
     others = {tuple(pipeline.translate(TEXTS[:4], max_new_tokens=16, temperature=1.5, seed=s)) for s in range(4)}
     assert len(others) > 1
+    # one random stream per text, as if alone: the same text gets the same sample alone, in a batch, in any batch size
+    alone = [pipeline.translate(t, max_new_tokens=16, temperature=1.5, seed=7) for t in TEXTS[:4]]
+    assert first == alone
+    assert pipeline.translate(TEXTS[:4], max_new_tokens=16, temperature=1.5, seed=7, batch_size=3) == alone
     assert pipeline.translate(TEXTS[0], max_new_tokens=0) == ""
 
 
@@ -132,10 +149,16 @@ def test_bad_settings_name_the_problem(build, settings, message):
         pipeline.translate(b"bytes")
 
 
-def test_summarize_is_the_same_pipeline(build):
-    pipeline = load(build("bart")[1], providers="cpu")
+def test_summarize_gives_transformers_summaries(build):
+    """``summarize`` against transformers' generate on the same BART (not against ``translate``: the same function)."""
+    source, artifact, _ = build("bart")
+    pipeline = load(artifact, providers="cpu")
     assert pipeline.task == "summarize"
-    assert pipeline.summarize(TEXTS[:3], max_new_tokens=12) == pipeline.translate(TEXTS[:3], max_new_tokens=12)
+    for beams in (1, 3):
+        wanted = _transformers(source, TEXTS[:3], max_new_tokens=12, num_beams=beams)
+        got = pipeline.summarize(TEXTS[:3], max_new_tokens=12, num_beams=beams)
+        assert got == [pipeline.text_of(tokens) for tokens in wanted]
+        assert all(got)
 
 
 def test_optimum_ortmodel_loads_the_artifact(build):
@@ -147,13 +170,18 @@ def test_optimum_ortmodel_loads_the_artifact(build):
     batch = AutoTokenizer.from_pretrained(out)(TEXTS[:3], padding=True, return_tensors="pt", return_token_type_ids=False)
     theirs = model.generate(**batch, max_new_tokens=16, do_sample=False)[:, 1:].tolist()
     ours = load(out, providers="cpu").token_ids(TEXTS[:3], load(out).decoding(16))
-    assert [row[: len(ids)] for row, ids in zip(theirs, ours)] == ours
+    eos = model.generation_config.eos_token_id  # Optimum's rows end with the end token, then padding
+    assert [row[: row.index(eos)] if eos in row else row for row in theirs] == ours
+    assert any(len(ids) > 3 for ids in ours)
 
 
 def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path):
     from onnxforge.quantization import Fp16Config, Gate, GateError, Int8Config, config_for, quantize
 
-    _, out, fp32 = build("marian")
+    source, out, fp32 = build("marian")
+    # the reference every gate below compares with decodes as transformers does
+    reference = load(out, providers="cpu")
+    assert reference.token_ids(TEXTS[:4], reference.decoding(16)) == _transformers(source, TEXTS[:4], 16)
     settings = {"activations": "per-token", "weight_rounding": "gptq"}
     int8 = quantize(out, out.parent / "int8", config_for("int8", "translate", settings), Gate({"chrf": 60.0}))
     assert int8.precision["activations"] == "uint8-per-token" and int8.precision["weight_rounding"] == "gptq"
@@ -180,8 +208,8 @@ def test_cli_server_and_triton(build, tmp_path, capsys):
     from onnxforge.server.app import create_app
     from onnxforge.triton import write_repository
 
-    _, out, _ = build("marian")
-    expected = load(out).translate(TEXTS[:2], max_new_tokens=10)
+    source, out, _ = build("marian")
+    expected = _texts(load(out), source, TEXTS[:2], 10)
     main(["translate", str(out), TEXTS[0], "--max-new-tokens", "10"])
     assert expected[0] in capsys.readouterr().out
     with TestClient(create_app([out])) as client:
@@ -197,8 +225,12 @@ def test_cli_server_and_triton(build, tmp_path, capsys):
 
 
 def test_cross_attention_cache_is_computed_once(build):
-    """Later steps read the first step's cross-attention caches: fed zeros instead, the logits change."""
-    pipeline = load(build("t5")[1], providers="cpu")
+    """Later steps read the first step's cross-attention caches: their logits are transformers' for the same target,
+    and fed zeros instead, the logits change."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    source, out, _ = build("t5")
+    pipeline = load(out, providers="cpu")
     feeds = pipeline.encoder.tokenizer.encode(TEXTS[0])
     ids, mask = np.array([feeds.ids]), np.ones((1, len(feeds.ids)), dtype=np.int64)
     hidden = pipeline.model.encode(ids, mask)
@@ -206,6 +238,11 @@ def test_cross_attention_cache_is_computed_once(build):
     logits, caches = pipeline.model.start(hidden, mask, start)
     token = np.array([int(logits[0].argmax())])
     kept = pipeline.model.step(caches, token)
+    with torch.no_grad():
+        wanted = AutoModelForSeq2SeqLM.from_pretrained(source).eval()(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            decoder_input_ids=torch.tensor([[pipeline.start, int(token[0])]])).logits[:, -1].numpy()  # fmt: skip
+    np.testing.assert_allclose(kept, wanted, atol=1e-4)
     _, fresh = pipeline.model.start(hidden, mask, start)
     fresh.cross = {name: np.zeros_like(value) for name, value in fresh.cross.items()}
     assert np.abs(pipeline.model.step(fresh, token) - kept).max() > 1e-3
