@@ -5,8 +5,9 @@ as the one file to mutate and its tests as the ones to run, so the runs are inde
 configuration stays untouched. Prints killed / survived per module and every survivor; ``--only NAME`` runs one.
 
 Exits 1 when a module has more survivors than its recorded baseline (``scripts/mutation_baseline.json``), when a
-module has no baseline, or when mutmut leaves mutants unchecked; ``--record`` writes the baseline from this run (each
-survivor read and judged equivalent or not worth a test first: the baseline is what review accepted).
+module has no baseline, or when mutmut leaves mutants unchecked; ``--record`` writes this run's counts as the
+baseline. The baseline is a ratchet, not a verdict that every survivor is harmless: a change that lets more mutants
+live fails, and lowering it (a survivor killed by a new test) is recorded the same way.
 """
 
 from __future__ import annotations
@@ -31,16 +32,21 @@ MODULES: dict[str, list[str]] = {
     "onnxforge/quantization/gate.py": ["tests/test_gate.py"],
     "onnxforge/quantization/per_token.py": ["tests/test_per_token.py", "-k", "not passes_a_gate"],
     "onnxforge/artifact.py": ["tests/test_artifact.py"],
-    "onnxforge/runtime/beam_search.py": ["tests/test_text2text.py", "-k", "tokens_equal or beam_top_k or batches"],
-    "onnxforge/runtime/constraints.py": ["tests/test_text2text.py", "-k", "tokens_equal or bad_settings"],
-    "onnxforge/runtime/text2text.py": ["tests/test_text2text.py", "-k", "not cli_server and not optimum and not int8"],
-    "onnxforge/runtime/continuous.py": ["tests/test_continuous.py"],
-    "onnxforge/runtime/kv_pool.py": ["tests/test_continuous.py"],
-    "onnxforge/quantization/gguf_blocks.py": ["tests/test_gguf_blocks.py"],
+    "onnxforge/runtime/beam_search.py": ["tests/test_beam_search.py"],
+    "onnxforge/runtime/constraints.py": ["tests/test_beam_search.py"],
     "onnxforge/quantization/ggml_blocks.py": ["tests/test_gguf_blocks.py", "-k", "each_format or unknown_format"],
-    "onnxforge/quantization/saturation.py": ["tests/test_saturation.py", "-k", "not verify and not emulated"],
-    "onnxforge/quantization/tables.py": ["tests/test_quantize.py", "-k", "tables"],
+    "onnxforge/quantization/saturation.py": ["tests/test_saturation.py", "-k",
+                                             "rule_matches or audit_names_a_saturating or audit_covers or cpu_class"],
+    "onnxforge/quantization/tables.py": ["tests/test_quantize.py", "-k", "tables or table_gathered"],
 }  # fmt: skip
+# Not run: every test that guards them exports or trains a model in its fixtures, and mutmut starts a pytest session
+# per mutant, so each mutant costs 30-60 s (hours per module). Their tests are checked by make cache-faults instead.
+LEFT_OUT = {
+    "onnxforge/runtime/text2text.py": "fixtures export three seq2seq models per session",
+    "onnxforge/runtime/continuous.py": "fixtures train and export tiny decoders per session",
+    "onnxforge/runtime/kv_pool.py": "guarded by the engine tests, whose fixtures train and export decoders",
+    "onnxforge/quantization/gguf_blocks.py": "fixtures train, write as GGUF and export decoders per session",
+}
 BASELINE = Path(__file__).with_name("mutation_baseline.json")
 # mutmut's exit-code meaning (mutmut.__main__.status_by_exit_code), the ones that occur here
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", None: "not checked"}
@@ -102,6 +108,8 @@ def main() -> int:
         print(f"| {module} | {total} | {killed} | {survived} | {shown} | {verdict} |")
         if args.record:
             baseline[module] = survived
+    for module, why in LEFT_OUT.items():
+        print(f"| {module} | not run: {why} | | | | |")
     if args.record:
         BASELINE.write_text(json.dumps(dict(sorted(baseline.items())), indent=1) + "\n")
     return 1 if failed else 0
