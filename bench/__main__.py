@@ -93,7 +93,6 @@ def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> li
 
 def measure(part: str, args: argparse.Namespace, machine: dict, out: Path) -> tuple[object, str, list[Path]]:
     """One part of the bench: its raw figures, its markdown table and the plots it wrote."""
-    evaluation = corpus.split(corpus.load()).evaluation
     cpu = f"{args.threads} threads, {machine['class']} CPU"
     if part == "encoder":
         rows = run_encoders(args.quick, args.threads, args.providers, machine)
@@ -113,9 +112,9 @@ def measure(part: str, args: argparse.Namespace, machine: dict, out: Path) -> tu
         rows = cold_start.run()
         return rows, cold_start.markdown(rows), []
     if part == "serve":
-        rows = serve_load.run(evaluation, requests=300 if args.quick else 2000, threads=args.threads)
+        rows = serve_load.run(corpus.split(corpus.load()).evaluation, requests=300 if args.quick else 2000, threads=args.threads)
         return rows, serve_load.markdown(rows), []
-    result = serve_generate.run(evaluation, args.threads, requests=1 if args.quick else 3,
+    result = serve_generate.run(corpus.split(corpus.load()).evaluation, args.threads, requests=1 if args.quick else 3,
                                 clients=(1, 8) if args.quick else serve_generate.CLIENTS)  # fmt: skip
     title = (f"Chat serving under load: onnxforge serve vs llama-server, SmolLM2-135M Q4_1, {serve_generate.SLOTS} "
              f"slots, {cpu}")  # fmt: skip
@@ -144,7 +143,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     selected = [part for part in PARTS if args.part in ("all", part) and not (part == "cold" and args.quick)]
     previous = out / "results.json"
-    parts, dropped = runs.keep(json.loads(previous.read_text()) if previous.is_file() else None, run, set(selected))
+    kept = json.loads(previous.read_text()) if previous.is_file() else None
+    parts, dropped = runs.keep(kept, run, set(selected))
     for reason in dropped:
         print(f"▸ dropped from {previous}: {reason}", file=sys.stderr)
     plots: list[Path] = []
@@ -152,9 +152,8 @@ def main() -> None:
         rows, table, written = measure(part, args, machine, out)
         parts[part] = {"run": run["id"], "table": runs.stamp(table, run), "rows": rows}
         plots += written
-    kept_runs = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}
     used = {part["run"] for part in parts.values()}
-    recorded = {k: v for k, v in {**kept_runs, run["id"]: run}.items() if k in used}
+    recorded = {k: v for k, v in {**(kept or {}).get("runs", {}), run["id"]: run}.items() if k in used}
     results = {"runs": recorded, "parts": {k: parts[k] for k in PARTS if k in parts}, "providers": args.providers}
     text = runs.document(results["parts"], recorded, PARTS)
     report.save(results, text, out)

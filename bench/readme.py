@@ -2,7 +2,7 @@
 
 In README.md a block ``<!-- bench CLASS/PART -->`` … ``<!-- /bench -->`` holds the table of PART from
 ``bench/results/CLASS/results.json``, with the run that measured it. ``python -m bench.readme`` (``make
-readme-figures``) rewrites every block; ``--check`` (and ``tests/test_readme_figures.py``) fails when a block differs
+readme-figures``) rewrites every block; ``--check`` (and ``tests/test_tooling.py``) fails when a block differs
 from its results file, or when the Benchmarks section's prose outside the blocks quotes a measured figure.
 """
 

@@ -16,7 +16,8 @@ The batched step (``Decoder.step``, rows of a KV pool) gets the same three: ever
 keys and values zeroed, every row written and read one position further on.
 
 A text2text decoder step (``Seq2Seq.step``) gets them on its self-attention caches (emptied, zeroed, one zero position
-inserted before the new token, once), and two more on its cross-attention caches, which the first step computes from
+inserted before the new token, once per ``Caches``: beam search's reordering makes new ones, so there the shift
+repeats), and two more on its cross-attention caches, which the first step computes from
 the encoder and every later step reads back:
 
 - ``cross-drop``: the cross-attention keys and values are zeros;

@@ -19,6 +19,11 @@ from onnxforge.runtime.decoder import Picker, greedy
 from onnxforge.runtime.generate import Generator, Request
 
 
+def cut_at_end(rows: list[list[int]], eos: int) -> list[list[int]]:
+    """Generated rows as transformers returns them, each cut before its first end token (and the padding after it)."""
+    return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+
 class TorchReference:
     """A source directory's model in transformers, used without its cache (``use_cache=False``)."""
 

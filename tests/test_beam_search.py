@@ -13,6 +13,7 @@ import torch
 
 from onnxforge.runtime.beam_search import BeamSettings, beam_search
 from onnxforge.runtime.constraints import Constraints, banned_by_ngrams
+from tests.decoding import cut_at_end
 
 VOCAB, START, EOS, PAD = 48, 2, 2, 0
 END_BIAS = 3.0
@@ -63,10 +64,7 @@ def _theirs(model, beams: int, budget: int, **options) -> list[list[int]]:
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=(ids != PAD).long(), num_beams=beams, do_sample=False,
                              max_new_tokens=budget, **options)  # fmt: skip
-    found = []
-    for row in out[:, 1:].tolist():  # the start token dropped; the end token and padding after it too
-        found.append(row[: row.index(EOS)] if EOS in row else row)
-    return found
+    return cut_at_end(out[:, 1:].tolist(), EOS)  # the start token dropped
 
 
 @pytest.mark.parametrize(("beams", "budget", "length_penalty", "early_stopping"), [

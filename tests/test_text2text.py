@@ -18,6 +18,7 @@ import torch
 from onnxforge import corpus
 from onnxforge.export.graph import graphs
 from onnxforge.runtime import load
+from tests.decoding import cut_at_end
 from tests.tiny_models import SEQ2SEQ, make_seq2seq
 
 TEXTS = ["The cat sat on the mat.", "Edge apps ship the runtime and nothing else.",
@@ -53,7 +54,7 @@ def _transformers(source, texts, max_new_tokens=24, **search):
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, **search)
     eos = model.generation_config.eos_token_id
-    return [row[: row.index(eos)] if eos in row else row for row in out[:, 1:].tolist()]
+    return cut_at_end(out[:, 1:].tolist(), eos)
 
 
 @pytest.mark.parametrize("family", SEQ2SEQ)
@@ -171,7 +172,7 @@ def test_optimum_ortmodel_loads_the_artifact(build):
     theirs = model.generate(**batch, max_new_tokens=24, do_sample=False)[:, 1:].tolist()
     ours = load(out, providers="cpu").token_ids(TEXTS, load(out).decoding(24))
     eos = model.generation_config.eos_token_id  # Optimum's rows end with the end token, then padding
-    assert [row[: row.index(eos)] if eos in row else row for row in theirs] == ours
+    assert cut_at_end(theirs, eos) == ours
     assert any(len(ids) > 3 for ids in ours)
 
 
