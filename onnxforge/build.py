@@ -29,7 +29,9 @@ INT8_KEYS = {
 }  # fmt: skip  (the fields of quantization.Int8Config)
 WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level", "requantize"}  # WeightOnlyConfig's
 VARIANT_KEYS = {"method", "gate", "target", "opset", "graph", "block", "format"} | INT8_KEYS | WEIGHT_KEYS
-FORMATS = ("onnx", "ort")  # "ort": model.ort + required_operators.config added (ort_format.py)
+# "ort": model.ort + required_operators.config added (ort_format.py); "transformers.js": the graph at the name
+# transformers.js reads (transformers_js.py)
+FORMATS = ("onnx", "ort", "transformers.js")
 METHODS = ("export", "int8", "int4", "fp16")
 
 
@@ -131,11 +133,20 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
         config = config_for(variant.method, variant.task, settings)
         manifest = quantize(fp32, out, config, gate, recipe=fingerprint, gguf=source.gguf)
+    return reformat(out, graph_format) or manifest, True
+
+
+def reformat(directory: Path, graph_format: str) -> Manifest | None:
+    """The artifact at ``directory`` in ``graph_format`` (one of :data:`FORMATS`); None for plain "onnx"."""
     if graph_format == "ort":
         from .ort_format import to_ort_format
 
-        manifest = to_ort_format(out)
-    return manifest, True
+        return to_ort_format(directory)
+    if graph_format == "transformers.js":
+        from .transformers_js import to_transformers_js
+
+        return to_transformers_js(directory)
+    return None
 
 
 def build(recipe: str | Path, root: str | Path = "artifacts", only: list[str] | None = None,

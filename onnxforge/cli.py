@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .artifact import ArtifactError, Manifest, read_manifest
+from .build import FORMATS
 from .cpu import this_cpu
 from .manifest_table import cpu_line, manifest_rows, summary_rows
 from .table import fmt, render
@@ -34,12 +35,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def _formatted(args: argparse.Namespace, manifest: Manifest) -> Manifest:
-    """``--format ort``: the artifact just written gains its ORT-format graph (ort_format.py)."""
-    if args.format != "ort":
-        return manifest
-    from .ort_format import to_ort_format
+    """``--format ort`` / ``transformers.js``: the artifact just written, re-laid out (build.reformat)."""
+    from .build import reformat
 
-    return to_ort_format(args.output)
+    return reformat(Path(args.output), args.format) or manifest
 
 
 def _gate(pairs: list[str]) -> dict[str, float]:
@@ -413,8 +412,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _format_option(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--format", choices=["onnx", "ort"], default="onnx",
-                   help="ort: also write model.ort and required_operators.config (mobile / minimal onnxruntime builds)")
+    s.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="ort: also write model.ort and required_operators.config (mobile / minimal onnxruntime builds); "
+                        "transformers.js: the graph at onnx/model{_quantized,_fp16,_q4}.onnx, as transformers.js reads it")
 
 
 def _generation_options(s: argparse.ArgumentParser, max_new_tokens: int) -> None:

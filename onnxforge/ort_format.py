@@ -31,7 +31,7 @@ def to_ort_format(directory: str | Path) -> Manifest:
 
     root = Path(directory)
     manifest = verify(root)
-    source = root / "model.onnx"
+    source = root / manifest.model_file
     with staging(root) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-ort-") as tmp:
         copy_files(root, stage)
         with step(f"ORT format of {manifest.name}/{manifest.variant}"):

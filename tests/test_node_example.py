@@ -16,25 +16,15 @@ import pytest
 from onnxforge import corpus
 from onnxforge.runtime import load
 from tests.conftest import ROOT
+from tests.npm import project
 
 EXAMPLE = ROOT / "examples" / "node"
 
 
 @pytest.fixture(scope="module")
 def example():
-    """examples/node with its node_modules, in .cache/node-example (ESM resolves packages beside the script)."""
-    if not (shutil.which("node") and shutil.which("npm")):
-        pytest.skip("node and npm are not on this machine: the Node.js example is not run")
-    target = ROOT / ".cache" / "node-example"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "embed.mjs"):
-        shutil.copy2(EXAMPLE / name, target / name)
-    if not (target / "node_modules" / "onnxruntime-node").is_dir():
-        done = subprocess.run(["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=target,
-                              capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
-        if done.returncode:
-            pytest.skip(f"npm install failed (npm registry unreachable?): {done.stderr.strip().splitlines()[-1:]}")
-    return target / "embed.mjs"
+    """examples/node with its node_modules, in .cache/node-example."""
+    return project(EXAMPLE, "node-example", ("embed.mjs",), "onnxruntime-node") / "embed.mjs"
 
 
 def _node_embed(script, artifact, texts: list[str]) -> subprocess.CompletedProcess:

@@ -87,6 +87,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as tmp:
         model = stage / base.model_file
         graphs = graph_files(base)
+        model.parent.mkdir(parents=True, exist_ok=True)  # a graph in a folder (transformers.js's onnx/)
         if isinstance(config, Fp16Config):
             with step(f"fp16 {base.name}, {len(config.block)} fragile op types kept fp32"):
                 for graph in graphs:

@@ -1,0 +1,184 @@
+"""transformers.js layout (onnxforge/transformers_js.py): an artifact that transformers.js loads as it is, its graph
+at the name transformers.js reads for its precision, and whose outputs there are the Python runtime's.
+
+The JavaScript half runs where node and npm are (tests/js, packages from npm into .cache/js-tests, once); the layout
+itself is checked everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from onnxforge import corpus
+from onnxforge.artifact import verify
+from onnxforge.export import export
+from onnxforge.quantization import Gate, Int8Config, quantize
+from onnxforge.runtime import load
+from onnxforge.transformers_js import CONFIG_KEY, to_transformers_js
+from tests.conftest import ROOT
+from tests.npm import project
+from tests.tiny_models import make_encoder
+from tests.util import cosines
+
+TEXTS = corpus.split(corpus.load()).evaluation[:8] + ["word " * 600]  # the last one is cut to max_length
+
+
+@pytest.fixture(scope="module")
+def laid_out(tiny_artifact, tmp_path_factory):
+    """The tiny embed artifact in transformers.js layout, and its per-token int8 quantized from that layout."""
+    root = tmp_path_factory.mktemp("transformers-js") / "tiny-bert"
+    shutil.copytree(tiny_artifact, root / "fp32")
+    to_transformers_js(root / "fp32")
+    quantize(root / "fp32", root / "int8", Int8Config(activations="per-token"), Gate({}))
+    to_transformers_js(root / "int8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("transformers-js-classify")
+    out = root / "tiny-classify" / "fp32"
+    export(make_encoder(root / "source", "bert", task="classify"), out, "classify", name="tiny-classify")
+    to_transformers_js(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def js_tests():
+    """tests/js with its packages (transformers.js, puppeteer-core), in .cache/js-tests."""
+    return project(ROOT / "tests" / "js", "js-tests", ("pipeline.mjs", "browser.mjs"), "puppeteer-core")
+
+
+@pytest.fixture(scope="module")
+def node_pipeline(js_tests):
+    return js_tests / "pipeline.mjs"
+
+
+def _node(script, task: str, artifact, texts: list[str]) -> dict:
+    done = subprocess.run(["node", str(script), task, str(artifact), *texts], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(("variant", "name", "dtype"), [("fp32", "onnx/model.onnx", "fp32"),
+                                                        ("int8", "onnx/model_quantized.onnx", "q8")])  # fmt: skip
+def test_the_graph_sits_where_transformers_js_reads_it_and_every_loader_finds_it(laid_out, variant, name, dtype):
+    directory = laid_out / variant
+    manifest = verify(directory)  # the moved graph and the edited config.json are hashed like every file
+    assert manifest.model_file == name and manifest.graph["layout"] == "transformers.js"
+    assert {name, "config.json", "tokenizer.json"} <= set(manifest.files) and "model.onnx" not in manifest.files
+    assert sorted(p.name for p in (directory / "onnx").iterdir()) == [name.split("/")[1]]
+    assert json.loads((directory / "config.json").read_text())[CONFIG_KEY]["dtype"] == dtype
+    expected = load(directory).embed(TEXTS)
+    session = ort.InferenceSession(str(directory / name), providers=["CPUExecutionProvider"])  # plain onnxruntime
+    assert [o.name for o in session.get_outputs()] == [o.name for o in manifest.outputs]
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    from transformers import AutoTokenizer
+
+    model = ORTModelForFeatureExtraction.from_pretrained(directory, subfolder="onnx", file_name=name.split("/")[1])
+    batch = AutoTokenizer.from_pretrained(directory)(TEXTS[:4], padding=True, return_tensors="pt")
+    hidden = model(**batch).last_hidden_state.numpy()
+    mask = batch["attention_mask"].numpy()[..., None]
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    assert cosines(expected[:4], pooled).min() >= 0.9999
+
+
+def test_laying_out_twice_changes_nothing_and_other_tasks_are_refused(laid_out, decoder, tmp_path):
+    copy = tmp_path / "again"
+    shutil.copytree(laid_out / "int8", copy)
+    before = verify(copy).files
+    assert to_transformers_js(copy).files == before
+    _, generate = decoder("llama")
+    with pytest.raises(ValueError, match="a generate artifact has no transformers.js layout"):
+        to_transformers_js(generate)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_transformers_js_embeds_as_the_python_runtime(node_pipeline, laid_out, variant):
+    got = np.array(_node(node_pipeline, "embed", laid_out / variant, TEXTS)["vectors"], np.float32)
+    expected = load(laid_out / variant).embed(TEXTS)
+    assert got.shape == expected.shape
+    assert cosines(expected, got).min() >= 0.9999
+
+
+def test_transformers_js_classifies_as_the_python_runtime(node_pipeline, classifier):
+    got = _node(node_pipeline, "classify", classifier, TEXTS)["labels"]
+    expected = load(classifier).classify(TEXTS, top_k=None)
+    for theirs, ours in zip(got, expected, strict=True):
+        assert [r["label"] for r in theirs] == [r["label"] for r in ours]
+        np.testing.assert_allclose([r["score"] for r in theirs], [r["score"] for r in ours], atol=1e-4)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def page_server(js_tests):
+    """artifact → the root URL of examples/web/serve.py serving it on a free loopback port (tests/js's packages)."""
+    import importlib.util
+    import threading
+
+    spec = importlib.util.spec_from_file_location("web_serve", ROOT / "examples" / "web" / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    servers = []
+
+    def start(artifact):
+        httpd = serve.server(artifact, js_tests / "node_modules", serve.SENTENCES)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+
+
+@pytest.mark.parametrize(("variant", "least_cosine"), [("fp32", 0.9999), ("int8", 0.999)])
+def test_the_web_page_searches_with_the_python_runtimes_vectors_in_chromium(js_tests, page_server, laid_out, tmp_path,
+                                                                            variant, least_cosine):  # fmt: skip
+    """The page (examples/web) in headless Chromium: onnxruntime-web's WASM kernels embed the sentences and a query
+    typed into its box. fp32 equals the Python runtime; int8's per-token activations round a few ties differently
+    in WASM (MiniLM int8: 25 of 300 sentences below 0.9999, the least 0.99963), hence its own bound."""
+    if not CHROMIUM:  # make test-browser installs Debian's chromium and requires the test to run
+        if os.environ.get("ONNXFORGE_REQUIRE_BROWSER"):
+            pytest.fail("ONNXFORGE_REQUIRE_BROWSER is set but no chromium is on PATH")
+        pytest.skip("no chromium on this machine (make test-browser installs Debian's)")
+    url = page_server(laid_out / variant) + "?count=96"
+    query = "how do I read a file line by line"
+    shot = tmp_path / f"page-{variant}.png"
+    done = subprocess.run(["node", str(js_tests / "browser.mjs"), url, query, str(shot), CHROMIUM],
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = json.loads(done.stdout)
+    assert page["isolated"] and len(page["sentences"]) == 96 and shot.stat().st_size > 10_000
+    runtime = load(laid_out / variant)
+    vectors, query_vector = np.array(page["vectors"]), np.array(page["queryVector"])
+    assert cosines(runtime.embed(page["sentences"]), vectors).min() >= least_cosine
+    assert cosines(runtime.embed([query]), query_vector[None]).min() >= least_cosine
+    # the page ranks by its own vectors, best first, and shows those sentences
+    ranking = np.argsort(-(vectors @ query_vector), kind="stable")[: len(page["hits"])]
+    assert [h["index"] for h in page["hits"]] == ranking.tolist()
+    assert page["sentences"][ranking[0]] in page["shown"]
+    if variant == "fp32":  # the Python runtime's own search finds the same sentence first
+        expected = runtime.embed(page["sentences"]) @ runtime.embed([query])[0]
+        assert page["hits"][0]["index"] == int(np.argmax(expected))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_the_default_minilm_artifacts_load_in_transformers_js_as_built(node_pipeline, minilm_root, variant):
+    """make artifacts' MiniLM (artifacts.toml's format = "transformers.js"): transformers.js picks the graph from the
+    artifact's own config.json, no dtype named, and embeds held-out text as the Python runtime does."""
+    directory = minilm_root / "minilm-l6" / variant
+    texts = corpus.split(corpus.load()).evaluation[:32]
+    got = np.array(_node(node_pipeline, "embed", directory, texts)["vectors"], np.float32)
+    assert cosines(load(directory).embed(texts), got).min() >= 0.9999
