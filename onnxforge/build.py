@@ -27,7 +27,8 @@ INT8_KEYS = {
     "activations", "calibration", "op_types", "per_channel", "symmetric_weights", "smooth_alpha",
     "keep", "keep_as", "max_keep", "search_margin", "calibration_texts", "weight_rounding", "embedding_rows",
 }  # fmt: skip  (the fields of quantization.Int8Config)
-WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level", "requantize"}  # WeightOnlyConfig's
+WEIGHT_KEYS = {"block_size", "symmetric", "embeddings", "head_bits", "accuracy_level", "requantize",
+               "weight_rounding", "calibration_texts"}  # fmt: skip  (WeightOnlyConfig's)
 VARIANT_KEYS = {"method", "gate", "target", "opset", "graph", "block", "format"} | INT8_KEYS | WEIGHT_KEYS
 # "ort": model.ort + required_operators.config added (ort_format.py); "transformers.js": the graph at the name
 # transformers.js reads (transformers_js.py)

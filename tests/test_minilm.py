@@ -31,7 +31,7 @@ def test_fp32_matches_sentence_transformers(minilm_root):
     np.testing.assert_allclose(got, expected, atol=2e-4)
 
 
-@pytest.mark.parametrize("variant", ["int8", "int8-fast", "fp16"])
+@pytest.mark.parametrize("variant", ["int8", "int8-fast", "fp16", "web"])
 def test_quantized_variants_meet_their_recipe_gate(minilm_root, variant):
     """The gate's figures (cosines, recall@10 of fp32's neighbours), recomputed here on the same held-out texts, meet
     the recipe's minimums and match the manifest's."""
@@ -54,6 +54,10 @@ def test_quantized_variants_meet_their_recipe_gate(minilm_root, variant):
         # int8-block (about 0.6 MB each for the feed-forward ones) as the search's choice moves between CPU classes
         assert size <= 0.3 * fp32_size
         assert manifest.graph["bytes"]["embeddings"] < 0.3 * fp32.graph["bytes"]["embeddings"]
+    elif manifest.precision["weights"] == "int4":  # the web variant: what transformers.js downloads, at most 16 MB
+        download = sum(manifest.files[n].bytes for n in (manifest.model_file, "tokenizer.json", "tokenizer_config.json",
+                                                         "config.json"))  # fmt: skip
+        assert download <= 16_000_000 and size <= 0.17 * fp32_size
     else:  # fp16
         assert size < 0.8 * fp32_size
 
@@ -102,7 +106,7 @@ def test_artifact_loads_in_optimum_ortmodel(minilm_root):
 def test_rebuild_is_skipped_when_up_to_date(minilm_root):
     keys = [v.key for v in parse(ROOT / "artifacts.toml") if v.model == "minilm-l6"]
     results = build(ROOT / "artifacts.toml", minilm_root, only=keys)
-    assert [built for _, _, built in results] == [False] * 4
+    assert [built for _, _, built in results] == [False] * len(keys)
 
 
 def test_missed_gate_fails_with_report_and_writes_nothing(minilm_root, tmp_path):

@@ -204,6 +204,35 @@ def test_vocabulary_tables_become_int8_rows_that_gather_what_they_held(tmp_path)
     assert np.array_equal(b, small[ids]) and np.array_equal(c, weight[ids])
 
 
+def test_a_vocabulary_as_4_bit_rows_gathers_its_blocks_in_the_ids_shape():
+    """4-bit rows (the web variant's vocabulary): packed two codes a byte with a zero point and an fp16 scale per
+    block of 32; the graph gathers (ids…, width) float rows equal to those blocks de-quantized, with standard
+    operators only (any onnxruntime build, WASM included)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxforge.quantization.tables import quantized_rows
+    from onnxforge.quantization.weights import fit_blocks
+
+    vocab = np.random.default_rng(2).standard_normal((2048, 64)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["vocab", "ids"], ["rows"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+                              [helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(vocab, "vocab")])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    assert quantized_rows(model, 4) == ["vocab"]
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert stored["vocab_int4"].shape == (2048, 32) and stored["vocab_scale"].dtype == np.float16
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    ids = np.array([[0, 7, 511], [3, 3, 2047]])
+    (rows,) = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": ids})
+    codes, scales, zeros = fit_blocks(vocab.T, 32)  # (rows, blocks, 32)
+    blocks = (codes.astype(np.float32) - zeros[..., None]) * scales.astype(np.float16).astype(np.float32)[..., None]
+    assert rows.shape == (2, 3, 64)
+    np.testing.assert_allclose(rows, blocks.reshape(2048, 64)[ids], rtol=1e-6, atol=1e-6)
+    assert np.abs(rows - vocab[ids]).max() < 0.6 * (vocab.max() - vocab.min()) / 15
+
+
 def test_a_table_gathered_inside_if_branches_becomes_int8_rows_once(tmp_path):
     """A merged decoder reads its embedding table inside both branches of an If: the outer table is replaced once,
     each branch gathers its rows from the int8 copy, and both give the rows within half a step."""

@@ -12,6 +12,9 @@ import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+import onnx
+
 from .. import corpus
 from ..artifact import Manifest, copy_files, graph_files, publish, staging, verify
 from ..cpu import this_cpu
@@ -22,14 +25,14 @@ from ..runtime.base import Loaded
 from ..runtime.session import SessionConfig, create_session
 from ..tasks import get_task
 from ..versions import tool_versions
-from .calibration import text_feeds
+from .calibration import activation_gram, text_feeds
 from .fp16 import Fp16Config, to_fp16
 from .gate import Gate, GateError, check_gate, expected, measure
 from .gguf_blocks import kept_record
 from .int8 import Int8Config, finish, prepare
 from .search import Step, greedy, sensitivity
 from .speed import decode_feeds, speed_vs
-from .weights import WeightOnlyConfig, quantize_weights
+from .weights import WeightOnlyConfig, matmul_weights, quantize_weights
 
 __all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "WeightOnlyConfig", "config_for", "quantize", "weight_only"]
 Config = Int8Config | Fp16Config | WeightOnlyConfig
@@ -94,9 +97,11 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
                     to_fp16(src / graph, stage / graph, config.block)
         elif isinstance(config, WeightOnlyConfig):
             keeping = f", keeping {gguf.name}'s blocks" if gguf and not config.requantize else ""
+            grams = _grams(reference, src / base.model_file, calib, config) if config.weight_rounding == "gptq" else None
             with step(f"int{config.bits} weights of {base.name}, block {config.block_size}{keeping}"):
                 for graph in graphs:
-                    kept = quantize_weights(src / graph, stage / graph, config, None if config.requantize else gguf)
+                    kept = quantize_weights(src / graph, stage / graph, config, None if config.requantize else gguf,
+                                            grams)  # fmt: skip
             if kept:
                 precision["gguf_blocks"] = kept_record(gguf, kept)
         elif base.encoder_file:  # text2text: the encoder int8 as encoders have it, the decoder weight-only int8
@@ -131,6 +136,19 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
         publish(stage, manifest, out)
     verify(out)
     return manifest
+
+
+def _grams(reference: Loaded, graph: Path, calib: list[str], config: WeightOnlyConfig) -> dict[str, np.ndarray]:
+    """Xᵀ X of every weight MatMul's input over calibration text, for GPTQ's weight-only rounding."""
+    base = reference.manifest
+    if get_task(base.task).generative or base.encoder_file:
+        raise ValueError(f"{base.name}: weight_rounding='gptq' weighs errors by encoder inputs; a {base.task} "
+                         "artifact takes 'nearest' (or keeps its GGUF's blocks)")  # fmt: skip
+    with step(f"MatMul inputs of {base.name} on {config.calibration_texts} calibration texts (GPTQ)"):
+        model = onnx.load(str(graph))
+        weighted = matmul_weights(model)
+        inputs = sorted({n.input[0] for n in model.graph.node if n.name in weighted})
+        return activation_gram(graph, inputs, text_feeds(reference, calib[: config.calibration_texts]))
 
 
 def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: Gate, calib: list[str],

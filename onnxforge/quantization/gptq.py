@@ -56,3 +56,35 @@ def gptq_int8(weight: np.ndarray, gram: np.ndarray, levels: np.ndarray | int | N
             w[k + 1 : end] -= np.outer(inverse[k, k + 1 : end], errors[k - start])
         w[end:] -= inverse[start:end, end:].T @ errors
     return out.astype(weight.dtype)
+
+
+def gptq_blocks(weight: np.ndarray, gram: np.ndarray, block_size: int, damp: float = 0.01) -> tuple[np.ndarray, ...]:
+    """``weight`` (K × N) as asymmetric 4-bit blocks of ``block_size`` rows per column (MatMulNBits' layout), rounded
+    with error feedback; ``gram`` is Xᵀ X (K × K). Each block's scale and zero point are fit (weights.fit_blocks) to
+    the block's weights as the errors of the rows before it left them; its rows are then rounded on that grid one
+    at a time. Returns codes (N, K/block, block), scales (N, K/block), zero points (N, K/block), as fit_blocks."""
+    from .weights import fit_blocks  # weights.py imports this module
+
+    k, n = weight.shape
+    w = weight.astype(np.float64).copy()
+    h = gram.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += np.eye(k) * damp * float(np.mean(np.diag(h)))
+    inverse = np.linalg.cholesky(np.linalg.inv(h)).T
+    codes = np.empty((n, k // block_size, block_size), np.uint8)
+    scales = np.empty((n, k // block_size), np.float32)
+    zeros = np.empty((n, k // block_size), np.uint8)
+    for b, start in enumerate(range(0, k, block_size)):
+        end = start + block_size
+        _, scale, zero = fit_blocks(w[start:end].astype(np.float32), block_size)  # (n, 1) each: this block's grid
+        scale, zero = scale[:, 0].astype(np.float64), zero[:, 0].astype(np.float64)
+        scales[:, b], zeros[:, b] = scale, zero
+        errors = np.empty((block_size, n))
+        for i, row in enumerate(range(start, end)):
+            code = np.clip(np.round(w[row] / scale) + zero, 0, 15)
+            codes[:, b, i] = code
+            errors[i] = (w[row] - (code - zero) * scale) / inverse[row, row]
+            w[row + 1 : end] -= np.outer(inverse[row, row + 1 : end], errors[i])
+        w[end:] -= inverse[start:end, end:].T @ errors
+    return codes, scales, zeros

@@ -25,7 +25,8 @@ from onnx import numpy_helper
 
 from ..export.graph import graphs
 from .gguf_blocks import keep_file_blocks, pack_codes
-from .tables import int8_rows
+from .gptq import gptq_blocks
+from .tables import quantized_rows
 
 BITS = (4, 8)
 
@@ -35,10 +36,12 @@ class WeightOnlyConfig:
     bits: int = 4
     block_size: int = 32
     symmetric: bool = False
-    embeddings: bool = True  # the token embedding table too (int4: GatherBlockQuantized; int8: int8 rows)
+    embeddings: bool = True  # the token embedding table too (int4: GatherBlockQuantized or 4-bit rows; int8: int8 rows)
     head_bits: int | None = 8  # the output projection's bits; None: float, like every other weight at ``bits``
     accuracy_level: int = 4  # MatMulNBits' compute type: 4 = int8 activations, 0 = as the weights' float type
     requantize: bool = False  # from a GGUF source: re-quantize its de-quantized weights instead of keeping its blocks
+    weight_rounding: str = "nearest"  # "gptq": 4-bit blocks rounded with error feedback on calibration inputs (encoders)
+    calibration_texts: int = 1024  # texts whose MatMul inputs GPTQ weighs errors by
 
     def __post_init__(self) -> None:
         if self.bits not in BITS or self.head_bits not in (*BITS, None):
@@ -47,6 +50,9 @@ class WeightOnlyConfig:
             raise ValueError(f"block_size must be a power of two >= 16, got {self.block_size!r}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0-4, got {self.accuracy_level!r}")
+        if self.weight_rounding not in ("nearest", "gptq") or (self.weight_rounding == "gptq" and self.bits != 4):
+            raise ValueError(f"weight_rounding is 'nearest' or, for 4-bit weights, 'gptq'; got {self.weight_rounding!r} "
+                             f"with bits={self.bits}")  # fmt: skip
 
     def describe(self) -> dict[str, object]:
         return {"weights": f"int{self.bits}", "activations": "float32", "method": "weight-only blockwise",
@@ -59,26 +65,30 @@ def output_projections(model: onnx.ModelProto) -> list[str]:
             if n.op_type == "MatMul" and n.output[0] in {o.name for o in graph.output}]  # fmt: skip
 
 
-def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path | None = None) -> dict[str, str]:
+def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path | None = None,
+                     grams: dict[str, np.ndarray] | None = None) -> dict[str, str]:  # fmt: skip
     """Every weight MatMul (and the embedding Gather if asked) of ``src`` → blockwise ints, into ``dst``. With
     ``gguf``, weights that are rows of that file keep its blocks exactly (:func:`keep_file_blocks`); the rest get
-    ``config.bits`` for the body, ``config.head_bits`` for the output projection, blocks refit (:func:`refit`).
+    ``config.bits`` for the body, ``config.head_bits`` for the output projection, blocks refit (:func:`refit`),
+    by GPTQ where ``grams`` holds Xᵀ X of the MatMul's input (calibration.activation_gram).
     Returns {node: the GGUF format it kept}."""
     model = onnx.load(str(src))
+    inputs = {n.name: n.input[0] for graph in graphs(model.graph) for n in graph.node if n.op_type == "MatMul"}
+    by_node = {name: grams[inputs[name]] for name in inputs if inputs[name] in (grams or {})}
     kept, added = keep_file_blocks(model, gguf, config.accuracy_level) if gguf else ({}, [])
     weights = {name: w for name, w in matmul_weights(model).items() if name not in added}
     head = [n for n in output_projections(model) if n in weights] if config.head_bits != config.bits else []
     # onnxruntime's quantizer gathers 4-bit blocks only: 8-bit tables become int8 rows with a scale each (tables.py)
     body_ops = ("MatMul", "Gather") if config.embeddings and config.bits == 4 else ("MatMul",)
     model = _blockwise(config, config.bits, body_ops, exclude=head + added, model=model)
-    if config.embeddings and config.bits == 8:
-        int8_rows(model)
+    if config.embeddings:  # what the quantizer left float: 8-bit tables, or one a fused EmbedLayerNormalization reads
+        quantized_rows(model, config.bits)
     if head and config.head_bits is not None:  # only the head is left as a float MatMul with a constant weight
         # symmetric: 8-bit blocks need no zero point, and a GGUF's Q8_0 head (scale · int8 per 32) maps exactly
         symmetric = config.symmetric or config.head_bits == 8
         model = _blockwise(replace(config, symmetric=symmetric), config.head_bits, ("MatMul",), exclude=added,
                            model=model)  # fmt: skip
-    refit(model, weights, config.block_size)
+    refit(model, weights, config.block_size, by_node)
     onnx.save(model, str(dst))
     return kept
 
@@ -94,9 +104,11 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for graph in graphs(model.graph) for t in graph.initializer}
 
 
-def refit(model: onnx.ModelProto, weights: dict[str, np.ndarray], block_size: int) -> None:
+def refit(model: onnx.ModelProto, weights: dict[str, np.ndarray], block_size: int,
+          grams: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
     """Re-derive the blocks of each MatMulNBits made from ``weights`` (ORT's quantizer made the graph): asymmetric
-    4-bit by :func:`fit_blocks`, symmetric 8-bit by :func:`fit_symmetric_int8`."""
+    4-bit by :func:`fit_blocks` (by GPTQ, gptq.gptq_blocks, for nodes in ``grams``), symmetric 8-bit by
+    :func:`fit_symmetric_int8`."""
     initializers = _initializers(model)
     for node in (node for graph in graphs(model.graph) for node in graph.node):
         bits = next((a.i for a in node.attribute if a.name == "bits"), None)
@@ -104,7 +116,10 @@ def refit(model: onnx.ModelProto, weights: dict[str, np.ndarray], block_size: in
         if node.op_type != "MatMulNBits" or source not in weights:
             continue
         if bits == 4 and len(node.input) >= 4:
-            codes, scales, zeros = fit_blocks(weights[source], block_size)
+            if source in (grams or {}):
+                codes, scales, zeros = gptq_blocks(weights[source], grams[source], block_size)
+            else:
+                codes, scales, zeros = fit_blocks(weights[source], block_size)
             fitted = (pack_codes(codes, 4), scales, pack_codes(zeros, 4))
         elif bits == 8 and (len(node.input) < 4 or not node.input[3]):
             fitted = fit_symmetric_int8(weights[source], block_size)
