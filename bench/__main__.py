@@ -20,7 +20,7 @@ import numpy as np
 from onnxforge import corpus
 from onnxforge.quantization.fidelity import embedding_fidelity
 
-from . import cold_start, report, runs, serve_generate, serve_load, translate
+from . import cold_start, report, runs, serve_generate, serve_load, translate, web
 from .decoder import markdown as decoder_markdown
 from .decoder import plot as decoder_plot
 from .decoder import run_decoders
@@ -28,7 +28,7 @@ from .systems import MINILM, ROOT, encoder_systems
 
 RESULTS = ROOT / "bench" / "results"
 QUICK_SENTENCES = 128
-PARTS = ("encoder", "cold", "decoder", "serve", "serve-generate", "translate")
+PARTS = ("encoder", "cold", "decoder", "serve", "serve-generate", "translate", "web")
 
 
 def _worker(args: list[str]) -> float:
@@ -108,6 +108,9 @@ def measure(part: str, args: argparse.Namespace, machine: dict, out: Path) -> tu
         title = (f"Marian (opus-mt-en-de size, random weights) translation, {translate.SENTENCES} sentences x "
                  f"{translate.NEW_TOKENS} new tokens, cpu, {cpu}")  # fmt: skip
         return rows, translate.markdown(rows, title), []
+    if part == "web":
+        result = web.run(args.threads)
+        return result, web.markdown(result, f"MiniLM-L6 embeddings in WASM (onnxruntime-web), {cpu}"), []
     if part == "cold":
         rows = cold_start.run()
         return rows, cold_start.markdown(rows), []
