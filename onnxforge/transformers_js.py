@@ -24,13 +24,13 @@ DTYPES = {"float32": ("fp32", ""), "float16": ("fp16", "_fp16"), "int8": ("q8", 
 TASKS = ("embed", "classify", "token-classify", "answer")  # encoder tasks with a transformers.js pipeline
 
 
-def model_path(manifest: Manifest) -> str:
-    """Where transformers.js looks for this artifact's graph: ``onnx/model{suffix}.onnx``."""
+def _dtype(manifest: Manifest) -> tuple[str, str]:
+    """transformers.js's dtype for this artifact's weights and the file-name suffix it reads for it."""
     weights = str(manifest.precision.get("weights"))
     if weights not in DTYPES:
         raise ValueError(f"{manifest.name}/{manifest.variant}: weights {weights!r} have no transformers.js dtype; "
                          f"it reads {', '.join(DTYPES)}")  # fmt: skip
-    return f"{FOLDER}/model{DTYPES[weights][1]}.onnx"
+    return DTYPES[weights]
 
 
 def to_transformers_js(directory: str | Path) -> Manifest:
@@ -42,13 +42,14 @@ def to_transformers_js(directory: str | Path) -> Manifest:
                          f"{', '.join(TASKS)}")  # fmt: skip
     if not (root / "config.json").is_file():
         raise ValueError(f"{root}: no config.json, which transformers.js reads the architecture from")
-    target = model_path(manifest)
+    dtype, suffix = _dtype(manifest)
+    target = f"{FOLDER}/model{suffix}.onnx"
     with staging(root) as stage:
         copy_files(root, stage, skip=(manifest.model_file, "config.json"))
         (stage / FOLDER).mkdir()
         shutil.copy2(root / manifest.model_file, stage / target)
         config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-        config[CONFIG_KEY] = {**config.get(CONFIG_KEY, {}), "dtype": DTYPES[str(manifest.precision["weights"])][0]}
+        config[CONFIG_KEY] = {**config.get(CONFIG_KEY, {}), "dtype": dtype}
         (stage / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         moved = replace(manifest, model_file=target, files={}, graph={**manifest.graph, "layout": "transformers.js"})
         publish(stage, moved, root)

@@ -31,8 +31,9 @@ from .gate import Gate, GateError, check_gate, expected, measure
 from .gguf_blocks import kept_record
 from .int8 import Int8Config, finish, prepare
 from .search import Step, greedy, sensitivity
+from .smooth import weight_matmuls
 from .speed import decode_feeds, speed_vs
-from .weights import WeightOnlyConfig, matmul_weights, quantize_weights
+from .weights import WeightOnlyConfig, quantize_weights
 
 __all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "WeightOnlyConfig", "config_for", "quantize", "weight_only"]
 Config = Int8Config | Fp16Config | WeightOnlyConfig
@@ -139,16 +140,15 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
 
 
 def _grams(reference: Loaded, graph: Path, calib: list[str], config: WeightOnlyConfig) -> dict[str, np.ndarray]:
-    """Xᵀ X of every weight MatMul's input over calibration text, for GPTQ's weight-only rounding."""
+    """Xᵀ X of each weight MatMul's input over calibration text, by node, for GPTQ's weight-only rounding."""
     base = reference.manifest
     if get_task(base.task).generative or base.encoder_file:
         raise ValueError(f"{base.name}: weight_rounding='gptq' weighs errors by encoder inputs; a {base.task} "
                          "artifact takes 'nearest' (or keeps its GGUF's blocks)")  # fmt: skip
     with step(f"MatMul inputs of {base.name} on {config.calibration_texts} calibration texts (GPTQ)"):
-        model = onnx.load(str(graph))
-        weighted = matmul_weights(model)
-        inputs = sorted({n.input[0] for n in model.graph.node if n.name in weighted})
-        return activation_gram(graph, inputs, text_feeds(reference, calib[: config.calibration_texts]))
+        groups = weight_matmuls(onnx.load(str(graph)))
+        grams = activation_gram(graph, sorted(groups), text_feeds(reference, calib[: config.calibration_texts]))
+        return {node.name: grams[activation] for activation, nodes in groups.items() for node in nodes}
 
 
 def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: Gate, calib: list[str],

@@ -70,11 +70,9 @@ def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path 
     """Every weight MatMul (and the embedding Gather if asked) of ``src`` → blockwise ints, into ``dst``. With
     ``gguf``, weights that are rows of that file keep its blocks exactly (:func:`keep_file_blocks`); the rest get
     ``config.bits`` for the body, ``config.head_bits`` for the output projection, blocks refit (:func:`refit`),
-    by GPTQ where ``grams`` holds Xᵀ X of the MatMul's input (calibration.activation_gram).
+    by GPTQ for the MatMul nodes ``grams`` names (Xᵀ X of each one's input, calibration.activation_gram).
     Returns {node: the GGUF format it kept}."""
     model = onnx.load(str(src))
-    inputs = {n.name: n.input[0] for graph in graphs(model.graph) for n in graph.node if n.op_type == "MatMul"}
-    by_node = {name: grams[inputs[name]] for name in inputs if inputs[name] in (grams or {})}
     kept, added = keep_file_blocks(model, gguf, config.accuracy_level) if gguf else ({}, [])
     weights = {name: w for name, w in matmul_weights(model).items() if name not in added}
     head = [n for n in output_projections(model) if n in weights] if config.head_bits != config.bits else []
@@ -88,7 +86,7 @@ def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path 
         symmetric = config.symmetric or config.head_bits == 8
         model = _blockwise(replace(config, symmetric=symmetric), config.head_bits, ("MatMul",), exclude=added,
                            model=model)  # fmt: skip
-    refit(model, weights, config.block_size, by_node)
+    refit(model, weights, config.block_size, grams)
     onnx.save(model, str(dst))
     return kept
 
