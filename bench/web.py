@@ -11,13 +11,11 @@ page over each onnxforge web-ready artifact, cold model load and its embedding r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,38 +23,22 @@ import numpy as np
 from onnxforge import corpus
 from onnxforge.quantization.fidelity import embedding_fidelity
 
-from .systems import CACHE, ROOT
+from .prepare import OPTIMUM_WEB
+from .systems import ROOT
 
-JS = ROOT / ".cache" / "js-tests"
 ARTIFACTS = ROOT / "artifacts" / "minilm-l6"
 TEXTS = 512
 PAGE_SENTENCES = 256
-OPTIMUM = CACHE / "optimum" / "int8-web"  # Optimum's avx512_vnni dynamic preset: not the host's, a browser has none
 DOWNLOADED = ("tokenizer.json", "tokenizer_config.json", "config.json")  # beside the graph
 
 
 def js_modules() -> Path:
     """tests/js's packages in .cache/js-tests (npm install once), with the worker beside them."""
-    JS.mkdir(parents=True, exist_ok=True)
-    for file in ("package.json", "pipeline.mjs", "browser.mjs"):
-        shutil.copy2(ROOT / "tests" / "js" / file, JS / file)
-    shutil.copy2(Path(__file__).with_name("web_worker.mjs"), JS / "web_worker.mjs")
-    if not (JS / "node_modules" / "onnxruntime-web").is_dir():
-        subprocess.run(["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=JS, check=True)
-    return JS
+    from tests.npm import JS_TESTS, install
 
-
-def optimum_int8() -> Path:
-    """Optimum's dynamic int8 of MiniLM (ORTQuantizer, avx512_vnni preset, per-tensor), as transformers.js's files
-    are made; once."""
-    if not (OPTIMUM / "model_quantized.onnx").is_file():
-        subprocess.run([sys.executable, "-c", (
-            "from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTQuantizer\n"
-            "from optimum.onnxruntime.configuration import AutoQuantizationConfig\n"
-            f"q = ORTQuantizer.from_pretrained(ORTModelForFeatureExtraction.from_pretrained({str(CACHE / 'optimum' / 'fp32')!r}))\n"
-            f"q.quantize(AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False), save_dir={str(OPTIMUM)!r})"
-        )], check=True, cwd=ROOT)  # fmt: skip
-    return OPTIMUM
+    folder = install(*JS_TESTS)
+    shutil.copy2(Path(__file__).with_name("web_worker.mjs"), folder / "web_worker.mjs")
+    return folder
 
 
 def systems() -> list[tuple[str, Path, Path]]:
@@ -67,8 +49,7 @@ def systems() -> list[tuple[str, Path, Path]]:
         if manifest.is_file():
             graph = json.loads(manifest.read_text())["model_file"]
             found.append((f"onnxforge {variant}", ARTIFACTS / variant, ARTIFACTS / variant / graph))
-    optimum = optimum_int8()
-    found.append(("Optimum int8 (transformers.js's usual q8)", optimum, optimum / "model_quantized.onnx"))
+    found.append(("Optimum int8 (transformers.js's usual q8)", OPTIMUM_WEB, OPTIMUM_WEB / "model_quantized.onnx"))
     return found
 
 
@@ -77,7 +58,7 @@ def run(threads: int) -> dict:
 
     if not (shutil.which("node") and shutil.which("npm")):
         return {"node": [], "chromium": [], "skipped": "node and npm are not on this machine"}
-    js_modules()
+    js = js_modules()
     texts = corpus.split(corpus.load()).evaluation[:TEXTS]
     reference = load(ARTIFACTS / "fp32", providers="cpu").embed(texts)
     rows = []
@@ -87,7 +68,7 @@ def run(threads: int) -> dict:
         for name, folder, graph in systems():
             print(f"▸ WASM (Node): {name}", file=sys.stderr, flush=True)
             out = Path(tmp) / "vectors.f32"
-            done = subprocess.run(["node", str(JS / "web_worker.mjs"), str(folder), str(graph), str(text_file),
+            done = subprocess.run(["node", str(js / "web_worker.mjs"), str(folder), str(graph), str(text_file),
                                    str(threads), str(out)], capture_output=True, text=True, check=True)  # fmt: skip
             row = {"system": name, **json.loads(done.stdout)}
             vectors = np.fromfile(out, np.float32).reshape(len(texts), -1)
@@ -98,17 +79,16 @@ def run(threads: int) -> dict:
     optimum = next(r for r in rows if r["system"].startswith("Optimum"))
     for row in rows:
         row["vs_optimum"] = row["sentences_per_s"] / optimum["sentences_per_s"]
-    return {"node": rows, "chromium": chromium_pages(texts)}
+    return {"node": rows, "chromium": chromium_pages(texts, js)}
 
 
-def chromium_pages(texts: list[str]) -> list[dict]:
+def chromium_pages(texts: list[str], js: Path) -> list[dict]:
     """examples/web in headless Chromium over each onnxforge artifact in transformers.js layout: [] without chromium."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not browser:
         return []
-    spec = importlib.util.spec_from_file_location("web_serve", ROOT / "examples" / "web" / "serve.py")
-    serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve)
+    from tests.npm import web_page
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="onnxforge-web-page-") as tmp:
         sentences = Path(tmp) / "sentences.txt"
@@ -118,15 +98,10 @@ def chromium_pages(texts: list[str]) -> list[dict]:
             if json.loads((folder / "manifest.json").read_text()).get("graph", {}).get("layout") != "transformers.js":
                 continue
             print(f"▸ WASM (Chromium page): onnxforge {variant}", file=sys.stderr, flush=True)
-            httpd = serve.server(folder, JS / "node_modules", sentences)
-            threading.Thread(target=httpd.serve_forever, daemon=True).start()
-            url = f"http://127.0.0.1:{httpd.server_address[1]}/?count={PAGE_SENTENCES}"
-            try:
-                done = subprocess.run(["node", str(JS / "browser.mjs"), url, "read a file line by line",
-                                       str(Path(tmp) / f"{variant}.png"), browser], capture_output=True, text=True,
-                                      check=True)  # fmt: skip
-            finally:
-                httpd.shutdown()
+            with web_page(folder, js / "node_modules", sentences) as url:
+                done = subprocess.run(["node", str(js / "browser.mjs"), f"{url}?count={PAGE_SENTENCES}",
+                                       "read a file line by line", str(Path(tmp) / f"{variant}.png"), browser],
+                                      capture_output=True, text=True, check=True)  # fmt: skip
             page = json.loads(done.stdout)
             rows.append({"system": f"onnxforge {variant}", "load_ms": page["loadMs"], "query_ms": page["queryMs"],
                          "sentences_per_s": PAGE_SENTENCES / page["embedMs"] * 1000, "isolated": page["isolated"]})  # fmt: skip

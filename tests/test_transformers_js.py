@@ -22,8 +22,7 @@ from onnxforge.export import export
 from onnxforge.quantization import Gate, Int8Config, WeightOnlyConfig, quantize
 from onnxforge.runtime import load
 from onnxforge.transformers_js import CONFIG_KEY, to_transformers_js
-from tests.conftest import ROOT
-from tests.npm import project
+from tests.npm import JS_TESTS, project, web_page
 from tests.tiny_models import make_encoder
 from tests.util import cosines
 
@@ -56,7 +55,7 @@ def classifier(tmp_path_factory):
 @pytest.fixture(scope="module")
 def js_tests():
     """tests/js with its packages (transformers.js, puppeteer-core), in .cache/js-tests."""
-    return project(ROOT / "tests" / "js", "js-tests", ("pipeline.mjs", "browser.mjs"), "puppeteer-core")
+    return project(*JS_TESTS)
 
 
 @pytest.fixture(scope="module")
@@ -124,31 +123,9 @@ def test_transformers_js_classifies_as_the_python_runtime(node_pipeline, classif
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="module")
-def page_server(js_tests):
-    """artifact → the root URL of examples/web/serve.py serving it on a free loopback port (tests/js's packages)."""
-    import importlib.util
-    import threading
-
-    spec = importlib.util.spec_from_file_location("web_serve", ROOT / "examples" / "web" / "serve.py")
-    serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve)
-    servers = []
-
-    def start(artifact):
-        httpd = serve.server(artifact, js_tests / "node_modules", serve.SENTENCES)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        servers.append(httpd)
-        return f"http://127.0.0.1:{httpd.server_address[1]}/"
-
-    yield start
-    for httpd in servers:
-        httpd.shutdown()
-
-
 @pytest.mark.parametrize(("variant", "least_cosine"), [("fp32", 0.9999), ("int8", 0.999), ("q4", 0.999)])
-def test_the_web_page_searches_with_the_python_runtimes_vectors_in_chromium(js_tests, page_server, laid_out, tmp_path,
-                                                                            variant, least_cosine):  # fmt: skip
+def test_the_web_page_searches_with_the_python_runtimes_vectors_in_chromium(js_tests, laid_out, tmp_path, variant,
+                                                                            least_cosine):  # fmt: skip
     """The page (examples/web) in headless Chromium: onnxruntime-web's WASM kernels embed the sentences and a query
     typed into its box. fp32 equals the Python runtime; int8's per-token activations round a few ties differently
     in WASM (MiniLM int8: 25 of 300 sentences below 0.9999, the least 0.99963), and 4-bit MatMulNBits computes in
@@ -158,11 +135,11 @@ def test_the_web_page_searches_with_the_python_runtimes_vectors_in_chromium(js_t
         if os.environ.get("ONNXFORGE_REQUIRE_BROWSER"):
             pytest.fail("ONNXFORGE_REQUIRE_BROWSER is set but no chromium is on PATH")
         pytest.skip("no chromium on this machine (make test-browser installs Debian's)")
-    url = page_server(laid_out / variant) + "?count=96"
     query = "how do I read a file line by line"
     shot = tmp_path / f"page-{variant}.png"
-    done = subprocess.run(["node", str(js_tests / "browser.mjs"), url, query, str(shot), CHROMIUM],
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    with web_page(laid_out / variant, js_tests / "node_modules") as url:
+        done = subprocess.run(["node", str(js_tests / "browser.mjs"), url + "?count=96", query, str(shot), CHROMIUM],
+                              capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     page = json.loads(done.stdout)
     assert page["isolated"] and len(page["sentences"]) == 96 and shot.stat().st_size > 10_000
