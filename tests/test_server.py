@@ -174,7 +174,7 @@ def test_a_client_that_hangs_up_frees_its_slot(served, app, monkeypatch):
     step = engine.decoder.step
     monkeypatch.setattr(engine.decoder, "step", lambda *a: (time.sleep(0.01), step(*a))[1])
     body = {"model": CHAT, "prompt": "The weather today", "max_tokens": 240, "ignore_eos": True, "temperature": 0}
-    before, start = engine.generated, time.time()
+    before = engine.generated
     with httpx.stream("POST", f"{base}/v1/completions", json=body | {"stream": True}, timeout=30) as response:
         events = (line for line in response.iter_lines() if line.startswith("data: "))
         text = "".join(json.loads(next(events)[6:])["choices"][0]["text"] for _ in range(20))
@@ -182,7 +182,7 @@ def test_a_client_that_hangs_up_frees_its_slot(served, app, monkeypatch):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{base}/v1/completions", json=body, timeout=0.3)
     _until(lambda: not engine.rows and not engine.waiting)
-    assert time.time() - start < 2 and engine.generated - before < 200
+    assert engine.generated - before < 200  # tokens, not seconds: a loaded machine slows the steps too
 
 
 @pytest.mark.parametrize(
@@ -216,7 +216,7 @@ def test_malformed_json_is_a_400(served):
 
 def test_a_full_queue_refuses_at_once():
     async def scenario():
-        slow = MicroBatcher(lambda texts: (time.sleep(0.2), (np.zeros((len(texts), 2)),))[1], ThreadPoolExecutor(1),
+        slow = MicroBatcher(lambda texts, _: (time.sleep(0.2), (np.zeros((len(texts), 2)),))[1], ThreadPoolExecutor(1),
                             max_batch=4, max_wait_ms=1, max_queue=4)  # fmt: skip
         slow.start()
         first = asyncio.ensure_future(slow.submit(["a", "b", "c", "d"]))
@@ -240,7 +240,7 @@ def test_the_real_server_answers_503_with_retry_after_when_overloaded(tiny_artif
         generator, batcher = server.models[CHAT].pipeline, server.models[EMBED].batcher
         forward, embed = generator.decoder.forward, batcher.fn
         generator.decoder.forward = lambda *a, **k: release.wait(60) and forward(*a, **k)
-        batcher.fn = lambda texts: release.wait(60) and embed(texts)
+        batcher.fn = lambda texts, key: release.wait(60) and embed(texts, key)
         post = lambda path, payload, seconds=60: httpx.post(f"{base}{path}", json=payload, timeout=seconds)
         engine = server.models[CHAT].engine
         running = pool.submit(post, "/v1/completions", body)

@@ -8,6 +8,7 @@ beam search under several settings; quantized variants must pass a chrF / token-
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -223,6 +224,32 @@ def test_cli_server_and_triton(build, tmp_path, capsys):
     with pytest.raises(ValueError, match="encoder-decoder"):
         write_repository(out, tmp_path / "triton")
     assert json.loads((out / "manifest.json").read_text())["encoder_file"] == "encoder_model.onnx"
+
+
+def test_concurrent_translations_share_a_batch_and_get_what_they_get_alone(build):
+    """Concurrent /v1/completions on a Marian: requests with the same settings are decoded as one batch (the batch
+    histogram shows several sources a batch), requests with other settings (beams, a seed) in batches of their own,
+    and each answer is the same request's alone."""
+    from starlette.testclient import TestClient
+
+    from onnxforge.server import Limits
+    from onnxforge.server.app import create_app
+
+    _, out, _ = build("marian")
+    pipeline = load(out)
+    settings = [{}] * 6 + [{"num_beams": 3}] * 3 + [{"temperature": 1.5, "seed": 5}] * 3
+    jobs = [(TEXTS[i % len(TEXTS)], extra) for i, extra in enumerate(settings)]
+    alone = [pipeline.translate(text, max_new_tokens=10, **extra) for text, extra in jobs]
+    with TestClient(create_app([out], Limits(max_wait_ms=300, max_generations=8))) as client:
+        name = client.get("/v1/models").json()["data"][0]["id"]
+        post = lambda job: client.post("/v1/completions", json={"model": name, "prompt": job[0], "max_tokens": 10, **job[1]})
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            replies = list(pool.map(post, jobs))
+        metrics = client.get("/metrics").text
+    assert [r.json()["choices"][0]["text"] for r in replies] == alone
+    figures = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("onnxforge_batch_size_"))
+    batches, sources = float(figures["onnxforge_batch_size_count"]), float(figures["onnxforge_batch_size_sum"])
+    assert sources == len(jobs) and 3 <= batches <= len(jobs) / 2, metrics
 
 
 def test_cross_attention_cache_is_computed_once(build):

@@ -1,5 +1,6 @@
-"""The ASGI app: OpenAI-shaped routes over loaded artifacts, micro-batched embeddings, continuously batched
-generation (every running generation of a model shares each decode step: ``runtime.continuous``)."""
+"""The ASGI app: OpenAI-shaped routes over loaded artifacts, micro-batched embeddings and translations (concurrent
+requests merged into one batch), continuously batched generation (every running generation of a model shares each
+decode step: ``runtime.continuous``)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..runtime.continuous import Engine
 from ..runtime.generate import Completion
 from ..runtime.generate import Request as Generation
 from ..runtime.session import SessionConfig
-from ..runtime.text2text import Text2Text
+from ..runtime.text2text import Decoding, Text2Text
 from .batching import MicroBatcher, Overloaded
 from .metrics import Metrics
 
@@ -41,8 +42,8 @@ class Limits:
     max_queue: int = 1024  # texts waiting for a batch; beyond: 503
     max_inputs: int = 256  # texts in one embeddings request; beyond: 413
     max_chars: int = 100_000  # characters in one request's texts or prompt; beyond: 413
-    max_generations: int = 8  # generations decoding together per model (the KV pool's slots)
-    max_waiting_generations: int = 16  # generations waiting for a slot; beyond: 503
+    max_generations: int = 8  # generations decoding together per model (the KV pool's slots; sources per translation batch)
+    max_waiting_generations: int = 16  # generations waiting for a slot or a translation batch; beyond: 503
     prefill_tokens: int = 256  # prompt tokens fed per decode step: a long prompt delays the others by one chunk
     slot_tokens: int | None = None  # tokens per slot (prompt + completion); None: the model's context
     threads: int | None = None  # onnxruntime intra-op threads per artifact
@@ -61,7 +62,8 @@ class ApiError(Exception):
 
 @dataclass
 class Served:
-    """One artifact behind the server: its pipeline and, for embeddings, its batcher; for generation, its engine."""
+    """One artifact behind the server: its pipeline and, for embeddings and translations, its batcher; for
+    generation, its engine."""
 
     name: str
     pipeline: Pipeline
@@ -83,8 +85,6 @@ class Server:
         self.executor = ThreadPoolExecutor(max_workers=max(2, limits.max_generations + 1), thread_name_prefix="onnxforge")
         self.metrics = Metrics(lambda: {n: s.batcher.queued for n, s in self.models.items() if s.batcher},
                                lambda: {n: s.engine for n, s in self.models.items() if s.engine})  # fmt: skip
-        self.slots: asyncio.Semaphore | None = None  # translate / summarize generations running at once
-        self.waiting = 0
         for served in self.models.values():  # an engine's thread starts with its first request
             if served.pipeline.task == "generate":
                 served.engine = served.pipeline.engine(limits.max_generations, limits.prefill_tokens,
@@ -99,13 +99,19 @@ class Server:
             await self.shutdown()
 
     async def startup(self) -> None:
-        self.slots = asyncio.Semaphore(self.limits.max_generations)
+        limits = self.limits
         for served in self.models.values():
-            if served.pipeline.task in BATCHED_TASKS:
+            pipeline = served.pipeline
+            if pipeline.task in BATCHED_TASKS:
                 # the runtime splits a merged batch by length (runtime.text.MAX_PADDING): padding costs on CPU
-                embed = functools.partial(served.pipeline.embed_counted, batch_size=self.limits.max_batch)
-                served.batcher = MicroBatcher(embed, self.executor, self.limits.max_batch,
-                                              self.limits.max_wait_ms, self.limits.max_queue, self.metrics.batch)  # fmt: skip
+                embed = functools.partial(_embed, pipeline, limits.max_batch)
+                served.batcher = MicroBatcher(embed, self.executor, limits.max_batch, limits.max_wait_ms,
+                                              limits.max_queue, self.metrics.batch)  # fmt: skip
+            elif isinstance(pipeline, Text2Text):  # one batch per decoding settings (the batcher's key)
+                translate = functools.partial(_translate, pipeline, limits.max_generations)
+                served.batcher = MicroBatcher(translate, self.executor, limits.max_generations, limits.max_wait_ms,
+                                              limits.max_waiting_generations, self.metrics.batch)  # fmt: skip
+            if served.batcher:
                 served.batcher.start()
 
     async def shutdown(self) -> None:
@@ -116,25 +122,10 @@ class Server:
                 served.engine.close()
         self.executor.shutdown(wait=True)
 
-    def check_room(self, waiting: int | None = None) -> None:
-        """503 when ``max_waiting_generations`` already wait (for a slot of ``waiting``'s engine, or the semaphore)."""
-        waiting = self.waiting if waiting is None else waiting
+    def check_room(self, waiting: int) -> None:
+        """503 when ``waiting`` (an engine's generations waiting for a slot) reaches ``max_waiting_generations``."""
         if waiting >= self.limits.max_waiting_generations:
             raise Overloaded(f"{waiting} generations are waiting (limit {self.limits.max_waiting_generations})")
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """One of ``max_generations`` running places; waiting for it counts against ``max_waiting_generations``."""
-        self.check_room()
-        self.waiting += 1
-        try:
-            await self.slots.acquire()
-        finally:
-            self.waiting -= 1
-        try:
-            yield
-        finally:
-            self.slots.release()
 
     def model(self, body: dict, *tasks: str) -> Served:
         name = body.get("model")
@@ -267,8 +258,7 @@ async def _text2text(server: Server, served: Served, body: dict, prompt: str) ->
                                  length_penalty=body.get("length_penalty"), temperature=body.get("temperature", 0.0),
                                  top_p=body.get("top_p"), top_k=body.get("top_k"), seed=body.get("seed"),
                                  no_repeat_ngram_size=body.get("no_repeat_ngram_size"))  # fmt: skip
-    async with server.slot():
-        (ids,) = await asyncio.get_running_loop().run_in_executor(server.executor, pipeline.token_ids, [prompt], decoding)
+    ((ids,),) = await served.batcher.submit([prompt], decoding)
     prompt_tokens = len(pipeline.encoder.encode([prompt])[0].ids)
     finish = "length" if len(ids) >= decoding.request.max_new_tokens else "stop"
     return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
@@ -276,6 +266,14 @@ async def _text2text(server: Server, served: Served, body: dict, prompt: str) ->
                                                             "finish_reason": finish, "logprobs": None}],
                          "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(ids),
                                    "total_tokens": prompt_tokens + len(ids)}})  # fmt: skip
+
+
+def _embed(pipeline: Pipeline, batch_size: int, texts: list[str], _key: None) -> tuple[np.ndarray, np.ndarray]:
+    return pipeline.embed_counted(texts, batch_size=batch_size)
+
+
+def _translate(pipeline: Text2Text, batch_size: int, texts: list[str], decoding: Decoding) -> tuple[list[list[int]]]:
+    return (pipeline.token_ids(texts, decoding, batch_size),)
 
 
 async def chat_completions(server: Server, request: Request) -> Response:
