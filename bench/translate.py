@@ -9,6 +9,7 @@ same directory with its own converter and runs in its own venv (bench/.venv-peer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -35,18 +36,31 @@ def prepare() -> dict[str, Path]:
     source, art, ct2 = CACHE / "source", CACHE / "artifacts" / "marian-bench", CACHE / "ct2"
     if not (source / "config.json").is_file():
         _make_source(source)
-    if not (art / "int8" / "manifest.json").is_file():
+    stamp, code = art.parent / "marian-bench.code", _code_stamp()
+    if not (art / "int8" / "manifest.json").is_file() or not stamp.is_file() or stamp.read_text() != code:
+        import shutil
+
         from onnxforge.export import export
         from onnxforge.quantization import Gate, config_for, quantize
 
+        shutil.rmtree(art, ignore_errors=True)
         export(source, art / "fp32", "translate", name="marian-bench")
         quantize(art / "fp32", art / "int8", config_for("int8", "translate", INT8), Gate({}))
+        stamp.write_text(code)
     for kind in ("float32", "int8") if CT2_PYTHON.exists() else ():
         if not (ct2 / kind / "model.bin").is_file():
             subprocess.run([str(CT2_PYTHON), "-m", "ctranslate2.converters.transformers", "--model", str(source),
                             "--output_dir", str(ct2 / kind), "--quantization", kind, "--force"], check=True)  # fmt: skip
     return {"source": source, "fp32": art / "fp32", "int8": art / "int8", "ct2-fp32": ct2 / "float32",
             "ct2-int8": ct2 / "int8"}  # fmt: skip
+
+
+def _code_stamp() -> str:
+    """A hash of onnxforge's source: the cached artifacts are rebuilt when the code that made them changed."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "onnxforge").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _make_source(directory: Path) -> None:
@@ -110,23 +124,31 @@ def run(threads: int) -> list[dict]:
                     rows.append({"system": system, "size_mb": _weights_mb(paths[key]), "batch": batch, "beams": beams,
                                  "sentences_per_s": len(texts) / found["seconds"],
                                  "tokens": sum(len(ids) for ids in found["ids"]),
-                                 "agreement": token_agreement(wanted, found["ids"]),
+                                 "agreement": token_agreement(wanted, found["ids"]), "peak_rss_mb": found["peak_rss_mb"],
                                  "exact": sum(a == b for a, b in zip(wanted, found["ids"])) / len(texts)})  # fmt: skip
     return rows
 
 
 def _weights_mb(directory: Path) -> float:
-    """The model files' size: onnxforge's two graphs, CTranslate2's model.bin (tokenizer files left out)."""
-    return sum(p.stat().st_size for pattern in ("*.onnx", "model.bin") for p in directory.glob(pattern)) / 1e6
+    """The model files' size: onnxforge's two graphs and their shared table, CTranslate2's model.bin (tokenizer files
+    left out)."""
+    patterns = ("*.onnx", "*.onnx_data", "model.bin")
+    return sum(p.stat().st_size for pattern in patterns for p in directory.glob(pattern)) / 1e6
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    head = ("| system | size MB | batch | beams | sentences/s | new tokens | token agreement vs torch fp32 "
-            "| identical outputs |")  # fmt: skip
-    lines = [f"### {title}", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['system']} | {r['size_mb']:.1f} | {r['batch']} | {r['beams']} | {r['sentences_per_s']:.1f} | "
-              f"{r['tokens']} | {r['agreement']:.3f} | {r['exact']:.2f} |" for r in rows]  # fmt: skip
+    head = ("| system | size MB | peak RSS MB | batch | beams | sentences/s | new tokens "
+            "| token agreement vs torch fp32 | identical outputs |")  # fmt: skip
+    lines = [f"### {title}", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['system']} | {r['size_mb']:.1f} | {_rss(r)} | {r['batch']} | {r['beams']} | "
+              f"{r['sentences_per_s']:.1f} | {r['tokens']} | {r['agreement']:.3f} | {r['exact']:.2f} |"
+              for r in rows]  # fmt: skip
     lines += ["", ("Random weights give near-flat logits, so token agreement here shows that a system follows its own "
                    "fp32 decoding, not translation fidelity: any int8 moves such tokens more than a trained model's "
                    "would, and no fidelity claim rests on this column.")]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _rss(row: dict) -> str:
+    """Peak RSS, or blank for a row measured before the column existed."""
+    return f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else ""

@@ -1,12 +1,14 @@
 """One translate benchmark measurement in a process of its own (onnxforge in the project's venv, CTranslate2 in
 its peer venv): ``python -m bench.translate_worker SYSTEM MODEL SOURCE TEXTS BATCH BEAMS THREADS NEW_TOKENS OUT``.
 
-Writes {"seconds": wall time of translating every text once after one warm-up batch, "ids": tokens per text}.
+Writes {"seconds": wall time of translating every text once after one warm-up batch, "ids": tokens per text,
+"peak_rss_mb": the process's peak resident memory}.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -50,7 +52,9 @@ def main() -> None:
     start = time.perf_counter()
     for first in range(0, len(texts), batch):
         ids += run(texts[first : first + batch])
-    Path(out).write_text(json.dumps({"seconds": time.perf_counter() - start, "ids": ids}))
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    Path(out).write_text(json.dumps({"seconds": seconds, "ids": ids, "peak_rss_mb": peak}))
 
 
 if __name__ == "__main__":

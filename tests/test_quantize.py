@@ -259,3 +259,52 @@ def test_a_table_gathered_inside_if_branches_becomes_int8_rows_once(tmp_path):
     for flag in (True, False):
         (rows,) = session.run(None, {"ids": ids, "flag": np.array([flag])})
         assert np.all(np.abs(rows - vocab[ids]) <= step / 2 + 1e-6) and not np.array_equal(rows, vocab[ids])
+
+
+def test_a_tied_vocabulary_is_stored_once_and_both_graphs_gather_the_projection_blocks(tmp_path):
+    """A decoder whose table is its logits projection transposed, and an encoder with the same table: after
+    quantize_tied + write_shared, one file holds the projection's 8-bit blocks and both graphs gather their rows
+    from it, exactly (code − 128) · scale, within half a step of the float table; the logits use the same blocks."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxforge.quantization.shared_table import SHARED_FILE, quantize_tied, write_shared
+    from onnxforge.quantization.weights import WeightOnlyConfig
+
+    rng = np.random.default_rng(2)
+    vocab = rng.standard_normal((300, 64)).astype(np.float32)
+    value = lambda name, kind, shape: helper.make_tensor_value_info(name, kind, shape)
+    rows_out = value("rows", TensorProto.FLOAT, None)
+    decoder = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"]), helper.make_node("MatMul", ["hidden", "head"], ["logits"], name="head")],
+        "decoder", [value("ids", TensorProto.INT64, [None]), value("hidden", TensorProto.FLOAT, [None, 64])],
+        [rows_out, value("logits", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(vocab, "table"), numpy_helper.from_array(np.ascontiguousarray(vocab.T), "head")],
+    )  # fmt: skip
+    encoder = helper.make_graph([helper.make_node("Gather", ["embed", "ids"], ["rows"])], "encoder",
+                                [value("ids", TensorProto.INT64, [2, None])], [rows_out],
+                                [numpy_helper.from_array(vocab, "embed")])  # fmt: skip
+    for graph, name in ((decoder, "decoder.onnx"), (encoder, "encoder-src.onnx")):
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), tmp_path / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    config = WeightOnlyConfig(bits=8, symmetric=True, block_size=32)
+    shared = quantize_tied(tmp_path / "decoder.onnx", out / "decoder.onnx", tmp_path / "encoder-src.onnx",
+                           out / "encoder.onnx", config)  # fmt: skip
+    write_shared([out / "encoder.onnx", out / "decoder.onnx"], shared)
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", SHARED_FILE]
+    for name in ("encoder.onnx", "decoder.onnx"):
+        inline = onnx.load(out / name, load_external_data=False).graph.initializer
+        assert not [t.name for t in inline if t.data_location != TensorProto.EXTERNAL and np.prod(t.dims) >= vocab.size]
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(out / "decoder.onnx").graph.initializer}
+    blocks, scales = weights[shared[0]], weights[shared[1]].reshape(300, 2, 1)
+    expected = ((blocks.astype(np.float32) - 128) * scales).reshape(300, 64)
+    assert np.all(np.abs(expected - vocab) <= np.repeat(scales.reshape(300, 2), 32, axis=1) / 2 + 1e-6)
+    ids = np.array([[0, 299, 7], [5, 5, 1]])
+    (rows,) = ort.InferenceSession(out / "encoder.onnx").run(None, {"ids": ids})
+    np.testing.assert_allclose(rows, expected[ids], rtol=0, atol=1e-6)
+    hidden = rng.standard_normal((3, 64)).astype(np.float32)
+    rows, logits = ort.InferenceSession(out / "decoder.onnx").run(None, {"ids": ids[0], "hidden": hidden})
+    np.testing.assert_allclose(rows, expected[ids[0]], rtol=0, atol=1e-6)
+    wanted = hidden @ expected.T  # less MatMulNBits' own int8 rounding of the activations (accuracy level 4)
+    assert np.abs(logits - wanted).max() < 0.02 * np.abs(wanted).max()

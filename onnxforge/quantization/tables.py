@@ -12,6 +12,8 @@ Nothing is folded at load (which cost ~70 ms of a cold start) and the table stay
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -34,29 +36,52 @@ def quantized_rows(model: onnx.ModelProto, bits: int = 8) -> list[str]:
     subgraphs) with ``bits`` (8 or 4) rows de-quantized after the gather; returns the tables' names."""
     if bits not in (4, 8):
         raise ValueError(f"vocabulary rows are 8 or 4 bits, not {bits}")
+    initializers = {t.name: t for t in model.graph.initializer}
+    changed = [name for name in gathered_tables(model) if bits == 8 or initializers[name].dims[1] % BLOCK == 0]
+    for name in changed:
+        table = numpy_helper.to_array(initializers[name])
+        model.graph.initializer.remove(initializers[name])
+        model.graph.initializer.extend(_int8_codes(table, name) if bits == 8 else _int4_codes(table, name))
+        if bits == 8:
+            replace_gathers(model, name, table.shape[1], lambda flat, base, name=name: _int8_rows(name, flat, base), flat=False)
+        else:
+            replace_gathers(model, name, table.shape[1], lambda flat, base, name=name, width=table.shape[1]:
+                            _int4_rows(name, flat, base, width, model))  # fmt: skip
+    return changed
+
+
+def _readers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.GraphProto, onnx.NodeProto, int]]]:
+    """Value name → (graph, node, input index) of every node reading it, in the graph and its subgraphs."""
     readers: dict[str, list[tuple[onnx.GraphProto, onnx.NodeProto, int]]] = {}
     for graph in graphs(model.graph):
         for node in graph.node:
             for index, name in enumerate(node.input):
                 readers.setdefault(name, []).append((graph, node, index))
-    changed, before = [], {}
-    for tensor in list(model.graph.initializer):
-        uses = readers.get(tensor.name, [])
-        if (tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2 or tensor.dims[0] < MIN_ROWS or not uses
-                or not all(GATHERED.get(node.op_type, (None,))[0] == index and _axis0(node) for _, node, index in uses)
-                or (bits == 4 and tensor.dims[1] % BLOCK)):  # fmt: skip
-            continue
-        table = numpy_helper.to_array(tensor)
-        model.graph.initializer.remove(tensor)
-        model.graph.initializer.extend(_int8_codes(table, tensor.name) if bits == 8 else _int4_codes(table, tensor.name))
-        for graph, node, _ in uses:
-            before.setdefault(id(graph), (graph, {}))[1][id(node)] = _rows_for(node, tensor.name, table.shape[1], bits, model)
-        changed.append(tensor.name)
-    for graph, made in before.values():
-        nodes = [new for node in graph.node for new in (*made.get(id(node), []), node)]
+    return readers
+
+
+def gathered_tables(model: onnx.ModelProto, min_rows: int = MIN_ROWS) -> list[str]:
+    """The float tables of ``model``: 2-D initializers of at least ``min_rows`` rows that are only gathered from
+    (rows, along axis 0)."""
+    readers = _readers(model)
+    return [tensor.name for tensor in model.graph.initializer
+            if tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2 and tensor.dims[0] >= min_rows
+            and (uses := readers.get(tensor.name)) and all(GATHERED.get(node.op_type, (None,))[0] == index
+                                                           and _axis0(node) for _, node, index in uses)]  # fmt: skip
+
+
+def replace_gathers(model: onnx.ModelProto, table: str, width: int, rows: Callable[[str, str], list[onnx.NodeProto]],
+                    flat: bool = True) -> None:  # fmt: skip
+    """Rewire every node gathering from ``table`` to read ``rows(ids, base)``'s output ``{base}/rows`` (n, width)
+    instead, inserted before it; ``flat``: the ids are flattened first (the rows come back in their shape)."""
+    uses = _readers(model).get(table, [])  # held: protobuf keeps a node's Python object (its id) while referenced
+    made: dict[int, tuple[onnx.GraphProto, dict[int, list[onnx.NodeProto]]]] = {}
+    for graph, node, _ in uses:
+        made.setdefault(id(graph), (graph, {}))[1][id(node)] = _rows_for(node, table, width, rows, flat, model)
+    for graph, nodes_of in made.values():
+        nodes = [new for node in graph.node for new in (*nodes_of.get(id(node), []), node)]
         del graph.node[:]
         graph.node.extend(nodes)
-    return changed
 
 
 def _int8_codes(table: np.ndarray, name: str) -> list[onnx.TensorProto]:
@@ -76,19 +101,20 @@ def _int4_codes(table: np.ndarray, name: str) -> list[onnx.TensorProto]:
             numpy_helper.from_array(zeros, f"{name}_zero")]  # fmt: skip
 
 
-def _rows_for(node: onnx.NodeProto, table: str, width: int, bits: int, model: onnx.ModelProto) -> list[onnx.NodeProto]:
+def _rows_for(node: onnx.NodeProto, table: str, width: int, rows_of: Callable[[str, str], list[onnx.NodeProto]],
+             flat_ids: bool, model: onnx.ModelProto) -> list[onnx.NodeProto]:  # fmt: skip
     """Nodes that de-quantize the rows ``node`` gathers from ``table``, rewiring ``node`` to read them."""
     table_input, ids_input = GATHERED[node.op_type]
-    ids, base = node.input[ids_input], f"{node.name or table}/rows{bits}"
-    flat = ids if node.op_type == "Gather" and bits == 8 else f"{base}/flat_ids"  # 4-bit rows unpack as (n, width)
+    ids, base = node.input[ids_input], f"{node.name or table}/rows"
+    flat = ids if node.op_type == "Gather" and not flat_ids else f"{base}/flat_ids"  # blocks unpack as (n, width)
     made = [] if flat == ids else [
-        helper.make_node("Reshape", [ids, _constant(model, "rows_flat", np.array([-1], np.int64))], [flat],
+        helper.make_node("Reshape", [ids, constant(model, "rows_flat", np.array([-1], np.int64))], [flat],
                          name=f"{base}/Flatten")]  # fmt: skip
-    made += _int8_rows(table, flat, base) if bits == 8 else _int4_rows(table, flat, base, width, model)
+    made += rows_of(flat, base)
     if node.op_type == "Gather":  # rows in the gather's own shape: (ids…, width)
         rows = f"{base}/rows"
         if flat != ids:
-            width_tensor = _constant(model, f"rows_width_{width}", np.array([width], np.int64))
+            width_tensor = constant(model, f"rows_width_{width}", np.array([width], np.int64))
             made += [
                 helper.make_node("Shape", [ids], [f"{base}/ids_shape"], name=f"{base}/IdsShape"),
                 helper.make_node("Concat", [f"{base}/ids_shape", width_tensor], [f"{base}/shape"], axis=0,
@@ -103,8 +129,8 @@ def _rows_for(node: onnx.NodeProto, table: str, width: int, bits: int, model: on
     made += [
         helper.make_node("Shape", [flat], [f"{base}/count"], name=f"{base}/Count"),
         helper.make_node("Squeeze", [f"{base}/count"], [f"{base}/n"], name=f"{base}/N"),
-        helper.make_node("Range", [_constant(model, "rows_zero", np.array(0, np.int64)), f"{base}/n",
-                                   _constant(model, "rows_one", np.array(1, np.int64))], [f"{base}/positions"],
+        helper.make_node("Range", [constant(model, "rows_zero", np.array(0, np.int64)), f"{base}/n",
+                                   constant(model, "rows_one", np.array(1, np.int64))], [f"{base}/positions"],
                          name=f"{base}/Range"),
         helper.make_node("Shape", [ids], [f"{base}/ids_shape"], name=f"{base}/IdsShape"),
         helper.make_node("Reshape", [f"{base}/positions", f"{base}/ids_shape"], [f"{base}/positions2d"],
@@ -128,11 +154,11 @@ def _int8_rows(table: str, flat: str, base: str) -> list[onnx.NodeProto]:
 
 def _int4_rows(table: str, flat: str, base: str, width: int, model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """(n,) ids → ``{base}/rows`` (n, width): nibbles unpacked, (code − zero) · scale per block of 32."""
-    low = _constant(model, "rows_low_nibble", np.array(15, np.uint8))
-    four = _constant(model, "rows_four", np.array(4, np.uint8))
-    last = _constant(model, "rows_last_axis", np.array([-1], np.int64))
-    blocks = _constant(model, f"rows_blocks_{width}", np.array([-1, width // BLOCK, BLOCK], np.int64))
-    rows = _constant(model, f"rows_width_2d_{width}", np.array([-1, width], np.int64))
+    low = constant(model, "rows_low_nibble", np.array(15, np.uint8))
+    four = constant(model, "rows_four", np.array(4, np.uint8))
+    last = constant(model, "rows_last_axis", np.array([-1], np.int64))
+    blocks = constant(model, f"rows_blocks_{width}", np.array([-1, width // BLOCK, BLOCK], np.int64))
+    rows = constant(model, f"rows_width_2d_{width}", np.array([-1, width], np.int64))
     n = lambda op, inputs, out, **kw: helper.make_node(op, inputs, [f"{base}/{out}"], name=f"{base}/{out}", **kw)
     return [
         n("Gather", [f"{table}_int4", flat], "packed"),
@@ -155,7 +181,8 @@ def _int4_rows(table: str, flat: str, base: str, width: int, model: onnx.ModelPr
     ]
 
 
-def _constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> str:
+def constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> str:
+    """An initializer ``name`` holding ``value`` (added once)."""
     if all(t.name != name for t in model.graph.initializer):
         model.graph.initializer.append(numpy_helper.from_array(value, name))
     return name

@@ -91,6 +91,14 @@ def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path 
     return kept
 
 
+def fitting_block(model: onnx.ModelProto, block_size: int) -> int:
+    """The largest power of two up to ``block_size`` (at least 16) that divides every weight MatMul's K."""
+    ks = [w.shape[0] for w in matmul_weights(model).values()]
+    while block_size > 16 and any(k % block_size for k in ks):
+        block_size //= 2
+    return block_size
+
+
 def matmul_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Node name → float weight (K, N) of every MatMul with a constant second input."""
     initializers = _initializers(model)
