@@ -273,17 +273,20 @@ def test_cli_server_and_triton(build, tmp_path, capsys):
 def test_concurrent_translations_share_a_batch_and_get_what_they_get_alone(build):
     """Concurrent /v1/completions on a Marian: requests with the same settings are decoded as one batch (the batch
     histogram shows several sources a batch), requests with other settings (beams, a seed) in batches of their own,
-    and each answer is the same request's alone."""
+    and each answer is the same request's alone: transformers' for greedy and beam search, the runtime's own for
+    seeded sampling."""
     from starlette.testclient import TestClient
 
     from onnxforge.server import Limits
     from onnxforge.server.app import create_app
 
-    _, out, _ = build("marian")
+    source, out, _ = build("marian")
     pipeline = load(out)
     settings = [{}] * 6 + [{"num_beams": 3}] * 3 + [{"temperature": 1.5, "seed": 5}] * 3
     jobs = [(TEXTS[i % len(TEXTS)], extra) for i, extra in enumerate(settings)]
-    alone = [pipeline.translate(text, max_new_tokens=10, **extra) for text, extra in jobs]
+    alone = _texts(pipeline, source, [t for t, _ in jobs[:6]], 10) + _texts(pipeline, source, [t for t, _ in jobs[6:9]], 10,
+                                                                            num_beams=3)  # fmt: skip
+    alone += [pipeline.translate(text, max_new_tokens=10, **extra) for text, extra in jobs[9:]]
     with TestClient(create_app([out], Limits(max_wait_ms=300, max_generations=8))) as client:
         name = client.get("/v1/models").json()["data"][0]["id"]
         post = lambda job: client.post("/v1/completions", json={"model": name, "prompt": job[0], "max_tokens": 10, **job[1]})
@@ -294,6 +297,25 @@ def test_concurrent_translations_share_a_batch_and_get_what_they_get_alone(build
     figures = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("onnxforge_batch_size_"))
     batches, sources = float(figures["onnxforge_batch_size_count"]), float(figures["onnxforge_batch_size_sum"])
     assert sources == len(jobs) and 3 <= batches <= len(jobs) / 2, metrics
+
+
+def test_bad_words_of_several_tokens_are_refused_by_name(build, tmp_path):
+    """The runtime bans single tokens: a generation config with a multi-token bad word fails at export, naming it,
+    instead of being dropped in silence; single-token ones become suppressed tokens."""
+    import shutil
+
+    from onnxforge.export.seq2seq import text2text_settings
+
+    source, _, _ = build("marian")
+    copy = tmp_path / "source"
+    shutil.copytree(source, copy)
+    written = copy / "generation_config.json"
+    config = json.loads(written.read_text()) if written.is_file() else {}
+    written.write_text(json.dumps({**config, "bad_words_ids": [[7], [5, 6]]}))
+    with pytest.raises(ValueError, match=r"\[\[5, 6\]\]"):
+        text2text_settings(copy)
+    written.write_text(json.dumps({**config, "bad_words_ids": [[7]]}))
+    assert 7 in text2text_settings(copy).suppressed_token_ids
 
 
 def test_cross_attention_cache_is_computed_once(build):

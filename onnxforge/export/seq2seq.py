@@ -56,7 +56,10 @@ def text2text_settings(model_dir: Path) -> Preprocess:
     start = config.decoder_start_token_id if start is None else start
     if start is None or not eos or tokenizer.pad_token_id is None:
         raise ValueError(f"{model_dir}: the config lacks a decoder_start_token_id, eos_token_id or pad token")
-    suppressed = sorted({ids[0] for ids in generation.bad_words_ids or () if len(ids) == 1} | set(generation.suppress_tokens or ()))
+    if longer := [ids for ids in generation.bad_words_ids or () if len(ids) > 1]:
+        raise ValueError(f"{model_dir}: generation_config's bad_words_ids has sequences of several tokens ({longer}); the "
+                         "runtime bans single tokens only, so it would generate them: remove or split them")  # fmt: skip
+    suppressed = sorted({ids[0] for ids in generation.bad_words_ids or ()} | set(generation.suppress_tokens or ()))
     defaults = {name: getattr(generation, name) for name in GENERATION_FIELDS}
     if generation.max_new_tokens is not None:
         defaults["max_new_tokens"] = int(generation.max_new_tokens)
