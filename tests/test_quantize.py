@@ -289,8 +289,9 @@ def test_a_tied_vocabulary_is_stored_once_and_both_graphs_gather_the_projection_
     out = tmp_path / "out"
     out.mkdir()
     config = WeightOnlyConfig(bits=8, symmetric=True, block_size=32)
-    shared = quantize_tied(tmp_path / "decoder.onnx", out / "decoder.onnx", tmp_path / "encoder-src.onnx",
-                           out / "encoder.onnx", config)  # fmt: skip
+    used, shared = quantize_tied(tmp_path / "decoder.onnx", out / "decoder.onnx", tmp_path / "encoder-src.onnx",
+                                 out / "encoder.onnx", config)  # fmt: skip
+    assert used == config  # 32 divides K = 64
     write_shared([out / "encoder.onnx", out / "decoder.onnx"], shared)
     assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", SHARED_FILE]
     for name in ("encoder.onnx", "decoder.onnx"):

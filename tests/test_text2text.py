@@ -192,7 +192,7 @@ def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path
     for graph, integer_op in (("encoder_model.onnx", "MatMulIntegerToFloat"), ("decoder_model_merged.onnx", "MatMulNBits")):
         assert int8.files[graph].bytes < 0.75 * fp32.files[graph].bytes
         assert integer_op in {n.op_type for g in graphs(onnx.load(out.parent / "int8" / graph).graph) for n in g.node}
-    _check_one_vocabulary(out.parent / "int8", source, fp32, int8)
+    _check_one_vocabulary(out.parent / "int8", source, int8)
     fp16 = quantize(out, out.parent / "fp16", Fp16Config(), Gate({"chrf": 90.0, "token_agreement": 0.8}))
     assert fp16.quality["chrf"] > 90
     assert load(out.parent / "fp16").translate(TEXTS[0], max_new_tokens=12)
@@ -204,7 +204,7 @@ def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path
     assert not (tmp_path / "search").exists()
 
 
-def _check_one_vocabulary(directory, source, fp32, int8) -> None:
+def _check_one_vocabulary(directory, source, int8) -> None:
     """The tied vocabulary is stored once: both graphs name the same bytes in the shared file and hold no table of
     their own; the encoder's rows are the projection's blocks (fp32's table within half a block step); Optimum's
     ORTModelForSeq2SeqLM loads the artifact and decodes as the runtime does."""
@@ -214,7 +214,7 @@ def _check_one_vocabulary(directory, source, fp32, int8) -> None:
 
     from onnxforge.quantization.shared_table import SHARED_FILE
 
-    vocab = transformers_table(source)
+    vocab = _transformers_table(source)
     assert int8.precision["shared_table"] and SHARED_FILE in int8.files
     named = []
     for graph in ("encoder_model.onnx", "decoder_model_merged.onnx"):
@@ -229,18 +229,17 @@ def _check_one_vocabulary(directory, source, fp32, int8) -> None:
     weights = {t.name: numpy_helper.to_array(t) for t in encoder.graph.initializer}
     blocks, scales = (weights[name] for name in sorted(named[0], key=lambda name: weights[name].dtype != np.uint8))
     rows = ((blocks.astype(np.float32) - 128) * scales.reshape(len(blocks), -1, 1)).reshape(len(blocks), -1)
-    rows = rows[:, : vocab.shape[1]]
-    steps = np.repeat(scales.reshape(len(blocks), -1), blocks.shape[-1], axis=1)[:, : vocab.shape[1]]
+    steps = np.repeat(scales.reshape(len(blocks), -1), blocks.shape[-1], axis=1)
     assert np.all(np.abs(rows - vocab) <= steps / 2 + 1e-6) and not np.array_equal(rows, vocab)
     texts = TEXTS[:3]
     model = ORTModelForSeq2SeqLM.from_pretrained(directory)
     batch = AutoTokenizer.from_pretrained(directory)(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
     theirs = model.generate(**batch, max_new_tokens=12, do_sample=False)[:, 1:].tolist()
-    ours = load(directory, providers="cpu").token_ids(texts, load(directory).decoding(12))
-    assert cut_at_end(theirs, model.generation_config.eos_token_id) == ours
+    pipeline = load(directory, providers="cpu")
+    assert cut_at_end(theirs, model.generation_config.eos_token_id) == pipeline.token_ids(texts, pipeline.decoding(12))
 
 
-def transformers_table(source) -> np.ndarray:
+def _transformers_table(source) -> np.ndarray:
     """The source model's token embedding table (tied to its logits projection)."""
     from transformers import AutoModelForSeq2SeqLM
 

@@ -34,7 +34,7 @@ from .search import Step, greedy, sensitivity
 from .shared_table import quantize_tied, write_shared
 from .smooth import weight_matmuls
 from .speed import decode_feeds, speed_vs
-from .weights import WeightOnlyConfig, fitting_block, quantize_weights
+from .weights import WeightOnlyConfig, quantize_weights
 
 __all__ = ["Fp16Config", "Gate", "GateError", "Int8Config", "WeightOnlyConfig", "config_for", "quantize", "weight_only"]
 Config = Int8Config | Fp16Config | WeightOnlyConfig
@@ -114,10 +114,9 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
                 raise ValueError(f"{base.name}: the int8 search keeps nodes of single-graph models apart; a {base.task} "
                                  "artifact's encoder takes a fixed Int8Config (max_keep=0)")  # fmt: skip
             encoder = stage / base.encoder_file
-            decoder = replace(DECODER_INT8, block_size=fitting_block(onnx.load(str(src / base.model_file)), 256))
-            with step(f"int8 weights of {base.name}'s decoder, block {decoder.block_size}"):
-                shared = quantize_tied(src / base.model_file, model, src / base.encoder_file, Path(tmp) / "tied.onnx",
-                                       decoder)  # fmt: skip
+            with step(f"int8 weights of {base.name}'s decoder"):
+                decoder, shared = quantize_tied(src / base.model_file, model, src / base.encoder_file,
+                                                Path(tmp) / "tied.onnx", DECODER_INT8)  # fmt: skip
             _int8(reference, Path(tmp) / "tied.onnx", encoder, config, gate, calib, [], Path(tmp), report)
             if shared:  # the vocabulary: one copy, read by both graphs
                 write_shared([encoder, model], shared)

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..export.graph import graphs
 from .tables import constant, gathered_tables, quantized_rows, replace_gathers
-from .weights import WeightOnlyConfig, quantize_weights
+from .weights import WeightOnlyConfig, fitting_block, quantize_weights
 
 SHARED_FILE = "shared_table.onnx_data"
 ALIGN = 4096  # each tensor starts on a page: onnxruntime can map it instead of copying
@@ -116,16 +116,18 @@ def write_shared(paths: list[Path], names: tuple[str, ...]) -> None:
 
 
 def quantize_tied(decoder_src: Path, decoder_dst: Path, encoder_src: Path, encoder_dst: Path,
-                  config: WeightOnlyConfig) -> tuple[str, str] | None:  # fmt: skip
-    """Weight-only int8 of a text2text decoder (``config``) whose tables read the projection's blocks, and a copy of
-    the float encoder at ``encoder_dst`` whose equal table reads them too; returns the (blocks, scales) both graphs
-    hold, for :func:`write_shared`. Untied: the decoder quantized as usual, the encoder copied, None."""
+                  config: WeightOnlyConfig) -> tuple[WeightOnlyConfig, tuple[str, str] | None]:  # fmt: skip
+    """Weight-only int8 of a text2text decoder (``config``, its block cut to one that divides every K) whose tables
+    read the projection's blocks, and a copy of the float encoder at ``encoder_dst`` whose equal table reads them too;
+    returns the config used and the (blocks, scales) both graphs hold, for :func:`write_shared`. Untied: the decoder
+    quantized as usual, the encoder copied, None."""
     fp32 = onnx.load(str(decoder_src))
+    config = replace(config, block_size=fitting_block(fp32, config.block_size))
     tie = tied_projection(fp32)
     if tie is None:
         quantize_weights(decoder_src, decoder_dst, config)
         shutil.copyfile(encoder_src, encoder_dst)
-        return None
+        return config, None
     table, projection = tie
     quantize_weights(decoder_src, decoder_dst, replace(config, embeddings=False))
     decoder = onnx.load(str(decoder_dst))
@@ -141,4 +143,4 @@ def quantize_tied(decoder_src: Path, decoder_dst: Path, encoder_src: Path, encod
         if np.array_equal(numpy_helper.to_array(initializers[name]), values):
             gather_from_blocks(encoder, name, blocks, scales, block, source=decoder)
     onnx.save(encoder, str(encoder_dst))
-    return blocks, scales
+    return config, (blocks, scales)

@@ -42,11 +42,10 @@ def quantized_rows(model: onnx.ModelProto, bits: int = 8) -> list[str]:
         table = numpy_helper.to_array(initializers[name])
         model.graph.initializer.remove(initializers[name])
         model.graph.initializer.extend(_int8_codes(table, name) if bits == 8 else _int4_codes(table, name))
-        if bits == 8:
-            replace_gathers(model, name, table.shape[1], lambda flat, base, name=name: _int8_rows(name, flat, base), flat=False)
-        else:
-            replace_gathers(model, name, table.shape[1], lambda flat, base, name=name, width=table.shape[1]:
-                            _int4_rows(name, flat, base, width, model))  # fmt: skip
+        width = table.shape[1]
+        rows = (lambda flat, base, name=name: _int8_rows(name, flat, base)) if bits == 8 else (
+            lambda flat, base, name=name, width=width: _int4_rows(name, flat, base, width, model))  # fmt: skip
+        replace_gathers(model, name, width, rows, flat=bits == 4)  # 4-bit rows unpack as (n, width)
     return changed
 
 

@@ -93,7 +93,9 @@ def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path 
 
 def fitting_block(model: onnx.ModelProto, block_size: int) -> int:
     """The largest power of two up to ``block_size`` (at least 16) that divides every weight MatMul's K."""
-    ks = [w.shape[0] for w in matmul_weights(model).values()]
+    initializers = _initializers(model)
+    ks = [initializers[n.input[1]].dims[0] for graph in graphs(model.graph) for n in graph.node
+          if n.op_type == "MatMul" and n.input[1] in initializers]  # fmt: skip
     while block_size > 16 and any(k % block_size for k in ks):
         block_size //= 2
     return block_size
