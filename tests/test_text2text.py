@@ -113,6 +113,21 @@ def test_batches_streams_and_single_texts_agree(build, family):
     assert streamed == pipeline.translate(TEXTS[1], max_new_tokens=20)
 
 
+def test_texts_of_any_length_share_a_batch_and_beams_share_a_first_step(build):
+    """Each decoder step reads every weight once per batch, so a call's texts are decoded in full batches however
+    much their lengths differ; beam search runs the first step once per input and gives its caches to every beam.
+    The tokens stay transformers'."""
+    source, out, _ = build("marian")
+    pipeline = load(out, providers="cpu")
+    started, start = [], pipeline.model.start
+    pipeline.model.start = lambda hidden, mask, tokens: started.append(len(tokens)) or start(hidden, mask, tokens)
+    texts = ["Hi.", " ".join(TEXTS[1:4]), TEXTS[4], "No."]
+    for beams in (1, 3):
+        assert pipeline.translate(texts, max_new_tokens=12, num_beams=beams, batch_size=4) == \
+            _texts(pipeline, source, texts, 12, num_beams=beams)
+    assert started == [4, 4]
+
+
 def test_sampling_is_seeded(build):
     source, out, _ = build("marian")
     pipeline = load(out, providers="cpu")

@@ -32,8 +32,10 @@ CHUNK = 128  # values per chunk whose maximum bounds the top k of a wide row (se
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    """A new float32 array; two passes fewer over beams × vocabulary values than the textbook form."""
+    shifted = np.subtract(logits, logits.max(axis=-1, keepdims=True), dtype=np.float32)
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:

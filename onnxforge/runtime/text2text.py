@@ -112,7 +112,9 @@ class Text2Text(Pipeline):
         """The generated token ids per text (end token excluded), in input order."""
         encodings = self.encoder.encode(texts) if texts else []
         result: list[list[int]] = [[] for _ in texts]
-        for index in length_sorted_batches([len(e.ids) for e in encodings], batch_size):
+        # full batches whatever the padding: each decoder step reads every weight once for the whole batch, so rows
+        # are nearly free there, while padding costs only the encoder and cross-attention over the longer source
+        for index in length_sorted_batches([len(e.ids) for e in encodings], batch_size, max_padding=np.inf):
             feeds = pad_batch([encodings[i] for i in index], self.encoder.pad_id, ["input_ids", "attention_mask"])
             for row, ids in zip(index, self._decode_batch(feeds["input_ids"], feeds["attention_mask"], decoding)):
                 result[row] = ids
@@ -135,8 +137,10 @@ class Text2Text(Pipeline):
             return out
         if budget == 0:
             return [[] for _ in ids]
-        hidden, mask = np.repeat(hidden, beams, axis=0), np.repeat(mask, beams, axis=0)
+        # the first step once per input, its logits and caches then copied to each of the input's beams
         logits, caches = self.model.start(hidden, mask, np.full((len(hidden), 1), self.start, dtype=np.int64))
+        rows = np.repeat(np.arange(len(hidden)), beams)
+        logits, caches = logits[rows], caches.select(rows, same_source=False)
 
         def step(rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
             nonlocal caches
