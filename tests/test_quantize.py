@@ -309,3 +309,35 @@ def test_a_tied_vocabulary_is_stored_once_and_both_graphs_gather_the_projection_
     np.testing.assert_allclose(rows, expected[ids[0]], rtol=0, atol=1e-6)
     wanted = hidden @ expected.T  # less MatMulNBits' own int8 rounding of the activations (accuracy level 4)
     assert np.abs(logits - wanted).max() < 0.02 * np.abs(wanted).max()
+
+
+def test_a_sinusoidal_position_table_is_computed_and_a_learned_one_kept(tmp_path):
+    """A graph gathering from transformers' own Marian sinusoid table (positions of shape (2, 3), as a batch has
+    them) and from a learned table: the sinusoid table is gone from the file and the graph gives its rows within
+    1e-5; the learned table stays, and so do its rows."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+
+    from onnxforge.quantization.positions import compute_positions
+
+    table = MarianSinusoidalPositionalEmbedding(128, 32)
+    table._init_weight()  # what MarianPreTrainedModel's weight init calls
+    sinusoid = table.weight.detach().numpy()
+    learned = np.random.default_rng(3).standard_normal((128, 32)).astype(np.float32)
+    value = lambda name, kind: helper.make_tensor_value_info(name, kind, None)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["sinusoid", "positions"], ["fixed"]), helper.make_node("Gather", ["learned", "positions"], ["own"])],
+        "positions", [value("positions", TensorProto.INT64)], [value("fixed", TensorProto.FLOAT), value("own", TensorProto.FLOAT)],
+        [numpy_helper.from_array(sinusoid, "sinusoid"), numpy_helper.from_array(learned, "learned")],
+    )  # fmt: skip
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+    assert compute_positions(path) == ["sinusoid"]
+    kept = {t.name for t in onnx.load(path).graph.initializer}
+    assert "learned" in kept and "sinusoid" not in kept
+    positions = np.array([[0, 1, 127], [64, 5, 5]])
+    fixed, own = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"positions": positions})
+    np.testing.assert_allclose(fixed, sinusoid[positions], atol=1e-5)
+    assert np.array_equal(own, learned[positions])
+    assert compute_positions(path) == []  # nothing left to replace

@@ -30,6 +30,7 @@ from .fp16 import Fp16Config, to_fp16
 from .gate import Gate, GateError, check_gate, expected, measure
 from .gguf_blocks import kept_record
 from .int8 import Int8Config, finish, prepare
+from .positions import compute_positions
 from .search import Step, greedy, sensitivity
 from .shared_table import quantize_tied, write_shared
 from .smooth import weight_matmuls
@@ -118,6 +119,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
                 decoder, shared = quantize_tied(src / base.model_file, model, src / base.encoder_file,
                                                 Path(tmp) / "tied.onnx", DECODER_INT8)  # fmt: skip
             _int8(reference, Path(tmp) / "tied.onnx", encoder, config, gate, calib, [], Path(tmp), report)
+            precision["computed_positions"] = compute_positions(encoder) + compute_positions(model)
             if shared:  # the vocabulary: one copy, read by both graphs
                 write_shared([encoder, model], shared)
             precision["decoder"] = decoder.describe()
