@@ -70,10 +70,14 @@ test-runtime-env: $(VENV)/.ok
 ## Break the runtime decoders' KV caches (forgotten, zeroed, shifted by one; single-stream, batched and text2text
 ## steps) inside each decoder test: every test that decodes must fail (tests/cache_faults.py). A check on the tests,
 ## not part of `make test`.
-CACHE_FAULT_TESTS := tests/test_generate.py tests/test_continuous.py tests/test_server.py tests/test_text2text.py
+SEQ2SEQ_FAULT_TESTS := tests/test_text2text.py tests/test_spm.py
+CACHE_FAULT_TESTS := tests/test_generate.py tests/test_continuous.py tests/test_server.py $(SEQ2SEQ_FAULT_TESTS)
 cache-faults: $(VENV)/.ok
 	for fault in forget drop shift; do \
 		$(BIN)/python -m pytest -q --tb=no -p tests.cache_faults --cache-fault $$fault $(CACHE_FAULT_TESTS) || exit 1; \
+	done
+	for fault in cross-drop cross-shift; do \
+		$(BIN)/python -m pytest -q --tb=no -p tests.cache_faults --cache-fault $$fault $(SEQ2SEQ_FAULT_TESTS) || exit 1; \
 	done
 
 ## Mutation testing (mutmut) of the modules whose mistakes are silent, each against the tests that guard it

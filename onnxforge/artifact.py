@@ -75,6 +75,7 @@ class Preprocess:
     suppressed_token_ids: tuple[int, ...] = ()
     target_length: int | None = None
     generation: dict[str, Any] | None = None
+    languages: dict[str, int] | None = None  # text2text: language tokens (mBART's "de_DE") → ids, for target_language
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:

@@ -233,7 +233,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     settings = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "temperature": args.temperature,
                 "length_penalty": args.length_penalty, "no_repeat_ngram_size": args.no_repeat_ngram_size,
                 "top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-                "seed": args.seed}  # fmt: skip
+                "seed": args.seed, "target_language": args.target_language}  # fmt: skip
     if len(args.texts) == 1 and (args.num_beams or pipeline.defaults.get("num_beams", 1)) == 1:
         _stream(pipeline.translate(args.texts[0], stream=True, **settings))
         return
@@ -353,6 +353,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--num-beams", type=int, help="default: the model's generation config (one text, 1 beam: streamed)")
     s.add_argument("--length-penalty", type=float)
     s.add_argument("--no-repeat-ngram-size", type=int)
+    s.add_argument("--target-language", help="a language token of the model (mBART-50's de_DE), forced first")
     _sampling_options(s)  # sampling and its repetition penalty: num_beams 1 only
     s.set_defaults(run=cmd_translate)
 

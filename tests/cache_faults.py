@@ -1,6 +1,7 @@
 """Pytest plugin that breaks the runtime decoder's KV cache inside each test's body, to prove the tests notice.
 
-``make cache-faults`` runs the decoder tests once per fault (the continuous-batching tests among them)::
+``make cache-faults`` runs the decoder tests once per fault (the continuous-batching and text2text tests among them;
+the two cross-attention faults on the text2text tests alone)::
 
     python -m pytest -p tests.cache_faults --cache-fault forget tests/test_generate.py tests/test_server.py
 
@@ -23,9 +24,6 @@ the encoder and every later step reads back:
 - ``cross-drop``: the cross-attention keys and values are zeros;
 - ``cross-shift``: the keys (not the values) are rolled by one source position, so each value is found by its
   neighbour's key (rolling both would only permute the pairs, which attention cannot see).
-
-The cross faults run on the text2text tests by hand for now (``--cache-fault cross-drop tests/test_text2text.py``):
-the tiny BART's output does not depend on its source, so its tests cannot see them.
 
 A test in which the fault fired and that still passed is listed at the end, and the run fails.
 """

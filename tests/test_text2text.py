@@ -20,7 +20,7 @@ from onnxforge import corpus
 from onnxforge.export.graph import graphs
 from onnxforge.runtime import load
 from tests.decoding import cut_at_end
-from tests.tiny_models import SEQ2SEQ, make_seq2seq
+from tests.tiny_models import LANGUAGES, SEQ2SEQ, make_seq2seq
 
 TEXTS = ["The cat sat on the mat.", "Edge apps ship the runtime and nothing else.",
          "A build engineer runs make artifacts."] + corpus.split(corpus.load()).evaluation[:9]  # fmt: skip
@@ -172,10 +172,38 @@ def test_summarize_gives_transformers_summaries(build):
     pipeline = load(artifact, providers="cpu")
     assert pipeline.task == "summarize"
     for beams in (1, 3):
-        wanted = _transformers(source, TEXTS[:3], max_new_tokens=12, num_beams=beams)
-        got = pipeline.summarize(TEXTS[:3], max_new_tokens=12, num_beams=beams)
+        # corpus sentences: the tiny BART copies those, and what it makes of the three made-up ones barely depends on
+        # them, so a broken cross-attention cache would pass unseen
+        wanted = _transformers(source, TEXTS[3:7], max_new_tokens=12, num_beams=beams)
+        got = pipeline.summarize(TEXTS[3:7], max_new_tokens=12, num_beams=beams)
         assert got == [pipeline.text_of(tokens) for tokens in wanted]
         assert all(got)
+
+
+def test_mbart_forces_the_target_language_first_never_says_a_suppressed_token_and_ends_at_the_limit(build):
+    """The tiny mBART has language tokens and a generation config that suppresses "Ġthe": ``target_language`` forces
+    its token first (transformers' ``forced_bos_token_id``), greedy and beam alike; "Ġthe", common in the copied
+    sources, never comes (transformers without the suppression says it); at the length limit the end token is forced
+    (forced_eos_token_id), so a text cut there has one token less than the budget."""
+    source, out, manifest = build("mbart")
+    pipeline = load(out, providers="cpu")
+    languages = manifest.preprocess.languages
+    assert sorted(languages) == LANGUAGES
+    the = pipeline.encoder.tokenizer.token_to_id("Ġthe")
+    assert manifest.preprocess.suppressed_token_ids == (the,)
+    texts = TEXTS[3:9]
+    for search in ({}, {"num_beams": 3}):
+        ours = pipeline.token_ids(texts, pipeline.decoding(10, target_language="de_DE", **search))
+        assert ours == _transformers(source, texts, 10, forced_bos_token_id=languages["de_DE"], **search)
+        assert all(ids[0] == languages["de_DE"] for ids in ours) and any(len(ids) == 9 for ids in ours)
+    plain = pipeline.token_ids(texts, pipeline.decoding(16))
+    assert plain == _transformers(source, texts, 16)
+    unsuppressed = _transformers(source, texts, 16, suppress_tokens=[])
+    assert all(the not in ids for ids in plain) and any(the in ids for ids in unsuppressed)
+    with pytest.raises(ValueError, match="unknown target_language 'xx_XX'; this model's languages: de_DE, en_XX"):
+        pipeline.translate("Hi.", target_language="xx_XX")
+    with pytest.raises(ValueError, match="this model has no language tokens"):
+        load(build("marian")[1], providers="cpu").translate("Hi.", target_language="de_DE")
 
 
 def test_optimum_ortmodel_loads_the_artifact(build):
@@ -204,6 +232,7 @@ def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path
     assert int8.precision["activations"] == "uint8-per-token" and int8.precision["weight_rounding"] == "gptq"
     assert int8.precision["decoder"]["method"] == "weight-only blockwise" and int8.quality["passed"]
     assert {"chrf", "token_agreement", "exact_match"} <= set(int8.quality)
+    assert len(int8.precision["computed_positions"]) == 2  # Marian's sinusoids, one table in each graph
     for graph, integer_op in (("encoder_model.onnx", "MatMulIntegerToFloat"), ("decoder_model_merged.onnx", "MatMulNBits")):
         assert int8.files[graph].bytes < 0.75 * fp32.files[graph].bytes
         assert integer_op in {n.op_type for g in graphs(onnx.load(out.parent / "int8" / graph).graph) for n in g.node}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from onnxforge import sources
@@ -145,16 +146,38 @@ def make_decoder(directory: Path, family: str = "llama", seed: int = 0) -> Path:
     return directory
 
 
+# init_std 0.1 (BART's default 0.02): with weights that small the tiny BART-likes learnt one output for every source
+# in 250 steps, so their tests could not see a broken cross-attention cache; at 0.1 they copy
 SEQ2SEQ_LAYERS = {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
                   "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
-                  "max_position_embeddings": 256, "dropout": 0.0}  # fmt: skip
-# pad 0, bos 1, eos 2 (the byte-level tokenizer's specials); the target starts with eos (BART) or pad (T5, Marian)
-SEQ2SEQ: dict[str, tuple[str, dict, str]] = {
-    "t5": ("T5Config", {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4, "dropout_rate": 0.0,
-                        "decoder_start_token_id": 0}, "$A <|im_end|>"),
-    "bart": ("BartConfig", {**SEQ2SEQ_LAYERS, "bos_token_id": 1, "decoder_start_token_id": 2, "forced_bos_token_id": None},
-             "<|im_start|> $A <|im_end|>"),
-    "marian": ("MarianConfig", {**SEQ2SEQ_LAYERS, "decoder_start_token_id": 0}, "$A <|im_end|>"),
+                  "max_position_embeddings": 256, "dropout": 0.0, "init_std": 0.1}  # fmt: skip
+T5_LAYERS = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4, "dropout_rate": 0.0}
+LANGUAGES = ["de_DE", "en_XX", "fr_XX"]  # mBART-50's form of language tokens
+
+
+@dataclass(frozen=True)
+class Seq2SeqFamily:
+    config: str  # the transformers config class
+    settings: dict
+    template: str  # the source's special tokens around the text
+    languages: tuple[str, ...] = ()  # language tokens added as special tokens (mBART-50's target_language)
+    suppressed: tuple[str, ...] = ()  # tokens the generation config says never to generate
+
+
+# pad 0, bos 1, eos 2 (the byte-level tokenizer's specials); the target starts with eos (BART, mBART) or pad (T5,
+# mT5, Marian)
+SEQ2SEQ: dict[str, Seq2SeqFamily] = {
+    "t5": Seq2SeqFamily("T5Config", {**T5_LAYERS, "decoder_start_token_id": 0}, "$A <|im_end|>"),
+    "bart": Seq2SeqFamily("BartConfig", {**SEQ2SEQ_LAYERS, "bos_token_id": 1, "decoder_start_token_id": 2,
+                                         "forced_bos_token_id": None}, "<|im_start|> $A <|im_end|>"),
+    # scaled token embeddings, as OPUS-MT's: beside the unit sinusoidal positions unscaled ones were not learnt
+    "marian": Seq2SeqFamily("MarianConfig", {**SEQ2SEQ_LAYERS, "decoder_start_token_id": 0, "scale_embedding": True},
+                            "$A <|im_end|>"),
+    "mt5": Seq2SeqFamily("MT5Config", {**T5_LAYERS, "decoder_start_token_id": 0, "feed_forward_proj": "gated-gelu",
+                                       "tie_word_embeddings": False}, "$A <|im_end|>"),
+    # pre-norm layers, a target that starts with eos, a language to force first and a common word never to say
+    "mbart": Seq2SeqFamily("MBartConfig", {**SEQ2SEQ_LAYERS, "decoder_start_token_id": 2, "forced_bos_token_id": None},
+                           "$A <|im_end|>", languages=tuple(LANGUAGES), suppressed=("Ġthe",)),
 }  # fmt: skip
 SEQ2SEQ_TRAINING = {"steps": 250, "batch": 16, "learning_rate": 3e-3}
 
@@ -209,10 +232,12 @@ def make_seq2seq(directory: Path, family: str = "t5", seed: int = 0, tokenizer=N
 
     from onnxforge import corpus
 
-    config_class, kwargs, template = SEQ2SEQ[family]
-    tokenizer = tokenizer or seq2seq_tokenizer(template)
-    config = getattr(transformers, config_class)(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=2,
-                                                 forced_eos_token_id=2, **kwargs)  # fmt: skip
+    kind = SEQ2SEQ[family]
+    tokenizer = tokenizer or seq2seq_tokenizer(kind.template)
+    if kind.languages:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(kind.languages)})
+    config = getattr(transformers, kind.config)(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=2,
+                                                forced_eos_token_id=2, **kind.settings)  # fmt: skip
     torch.manual_seed(seed)
     model = transformers.AutoModelForSeq2SeqLM.from_config(config)
     texts = corpus.split(corpus.load()).calibration
@@ -231,6 +256,8 @@ def make_seq2seq(directory: Path, family: str = "t5", seed: int = 0, tokenizer=N
         optimizer.zero_grad()
         schedule.step()
     model.eval()
+    if kind.suppressed:
+        model.generation_config.suppress_tokens = tokenizer.convert_tokens_to_ids(list(kind.suppressed))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -9,6 +9,7 @@ Each is fused by onnxruntime's optimizer, then the two decoders are merged into 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..artifact import Preprocess
@@ -21,6 +22,8 @@ DECODER = "decoder_model_merged.onnx"
 DEFAULT_SOURCE_LENGTH = 512
 # generation_config fields the runtime takes as its defaults (with max_new_tokens, where the model sets a length)
 GENERATION_FIELDS = ("num_beams", "length_penalty", "no_repeat_ngram_size", "early_stopping")
+# special tokens that name a target language, which the runtime's target_language forces as the first token
+LANGUAGE_TOKEN = re.compile(r"[a-z]{2}_[A-Z]{2}")  # mBART's (en_XX, de_DE, …)
 
 
 def build(model_dir: Path, traced: Path, stage: Path, model_type: str, target: str, config: dict) -> dict[str, int]:
@@ -39,8 +42,9 @@ def build(model_dir: Path, traced: Path, stage: Path, model_type: str, target: s
 
 
 def text2text_settings(model_dir: Path) -> Preprocess:
-    """Source length, pad/start/end tokens, forced and suppressed tokens, the decoder's positions and the model's
-    generation defaults: what the runtime's :class:`~onnxforge.runtime.text2text.Text2Text` needs."""
+    """Source length, pad/start/end tokens, forced and suppressed tokens, the decoder's positions, the model's
+    generation defaults and its language tokens: what the runtime's :class:`~onnxforge.runtime.text2text.Text2Text`
+    needs."""
     from transformers import AutoConfig, GenerationConfig
 
     tokenizer = tokenizer_of(model_dir)
@@ -71,4 +75,12 @@ def text2text_settings(model_dir: Path) -> Preprocess:
         forced_eos_token_id=generation.forced_eos_token_id, suppressed_token_ids=tuple(suppressed),
         target_length=None if positions is None else int(positions), generation=defaults,
         clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
+        languages=_languages(tokenizer),
     )  # fmt: skip
+
+
+def _languages(tokenizer) -> dict[str, int] | None:
+    """The tokenizer's language tokens → ids (None: it has none)."""
+    found = {token: int(tokenizer.convert_tokens_to_ids(token)) for token in tokenizer.additional_special_tokens
+             if LANGUAGE_TOKEN.fullmatch(token)}  # fmt: skip
+    return dict(sorted(found.items())) or None

@@ -32,6 +32,7 @@ class Decoding:
     request: Request
     beams: BeamSettings
     no_repeat_ngram_size: int
+    first_token: int | None = None  # forced first token (a target language's), instead of the model's own
 
     @classmethod
     def check(cls, defaults: dict, max_new_tokens: object = None, num_beams: object = None, length_penalty: object = None,
@@ -78,15 +79,18 @@ class Text2Text(Pipeline):
         self.defaults = dict(pre.generation or {})
         self.clean_up = pre.clean_up_tokenization_spaces
         self.rules = Constraints(0, pre.forced_bos_token_id, pre.forced_eos_token_id, pre.suppressed_token_ids)
+        self.languages = dict(pre.languages or {})
 
     def translate(self, texts: str | list[str], max_new_tokens: int | None = None, num_beams: int | None = None,
                   length_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
                   early_stopping: bool | str | None = None, temperature: float = 0.0, top_k: int | None = None,
                   top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-                  batch_size: int = 16, stream: bool = False) -> str | list[str] | Iterator[str]:  # fmt: skip
+                  target_language: str | None = None, batch_size: int = 16,
+                  stream: bool = False) -> str | list[str] | Iterator[str]:  # fmt: skip
         decoding = self.decoding(max_new_tokens, num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
                                  no_repeat_ngram_size=no_repeat_ngram_size, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)  # fmt: skip
+                                 top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                                 target_language=target_language)  # fmt: skip
         items = check_texts(texts)
         batch_size = check_batch_size(batch_size)
         if stream:
@@ -100,9 +104,19 @@ class Text2Text(Pipeline):
 
     summarize = translate
 
-    def decoding(self, max_new_tokens: int | None = None, num_beams: int | None = None, **settings: object) -> Decoding:
-        """Checked settings for :meth:`token_ids`, the model's defaults filling what is not given."""
-        return Decoding.check(self.defaults, max_new_tokens, num_beams, **settings)
+    def decoding(self, max_new_tokens: int | None = None, num_beams: int | None = None,
+                 target_language: str | None = None, **settings: object) -> Decoding:  # fmt: skip
+        """Checked settings for :meth:`token_ids`, the model's defaults filling what is not given;
+        ``target_language``: one of the model's language tokens (mBART-50's "de_DE"), forced as the first token."""
+        decoding = Decoding.check(self.defaults, max_new_tokens, num_beams, **settings)
+        return decoding if target_language is None else replace(decoding, first_token=self._language(target_language))
+
+    def _language(self, name: object) -> int:
+        if not self.languages:
+            raise ValueError(f"target_language={name!r}, but this model has no language tokens (mBART-50 has them)")
+        if not isinstance(name, str) or name not in self.languages:
+            raise ValueError(f"unknown target_language {name!r}; this model's languages: {', '.join(self.languages)}")
+        return self.languages[name]
 
     def text_of(self, ids: list[int]) -> str:
         """The text of generated ``ids``, without surrounding whitespace (as Marian's own tokenizer gives it)."""
@@ -125,7 +139,8 @@ class Text2Text(Pipeline):
         return budget if self.target_length is None else min(budget, self.target_length - 1)
 
     def _constraints(self, decoding: Decoding) -> Constraints:
-        return replace(self.rules, no_repeat_ngram_size=decoding.no_repeat_ngram_size)
+        first = self.rules.forced_bos_token_id if decoding.first_token is None else decoding.first_token
+        return replace(self.rules, no_repeat_ngram_size=decoding.no_repeat_ngram_size, forced_bos_token_id=first)
 
     def _decode_batch(self, ids: np.ndarray, mask: np.ndarray, decoding: Decoding) -> list[list[int]]:
         hidden = self.model.encode(ids, mask)

@@ -257,7 +257,8 @@ async def _text2text(server: Server, served: Served, body: dict, prompt: str) ->
     decoding = pipeline.decoding(body.get("max_completion_tokens", body.get("max_tokens")), body.get("num_beams"),
                                  length_penalty=body.get("length_penalty"), temperature=body.get("temperature", 0.0),
                                  top_p=body.get("top_p"), top_k=body.get("top_k"), seed=body.get("seed"),
-                                 no_repeat_ngram_size=body.get("no_repeat_ngram_size"))  # fmt: skip
+                                 no_repeat_ngram_size=body.get("no_repeat_ngram_size"),
+                                 target_language=body.get("target_language"))  # fmt: skip
     ((ids,),) = await served.batcher.submit([prompt], decoding)
     prompt_tokens = len(pipeline.encoder.encode([prompt])[0].ids)
     finish = "length" if len(ids) >= decoding.request.max_new_tokens else "stop"
