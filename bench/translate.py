@@ -126,6 +126,8 @@ def run(threads: int) -> list[dict]:
                                  "tokens": sum(len(ids) for ids in found["ids"]),
                                  "agreement": token_agreement(wanted, found["ids"]), "peak_rss_mb": found["peak_rss_mb"],
                                  "exact": sum(a == b for a, b in zip(wanted, found["ids"])) / len(texts)})  # fmt: skip
+                    if "session_seconds" in found:
+                        rows[-1]["host_share"] = 1 - found["session_seconds"] / found["seconds"]
     return rows
 
 
@@ -137,16 +139,21 @@ def _weights_mb(directory: Path) -> float:
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    head = ("| system | size MB | peak RSS MB | batch | beams | sentences/s | new tokens "
+    head = ("| system | size MB | peak RSS MB | batch | beams | sentences/s | host share | new tokens "
             "| token agreement vs torch fp32 | identical outputs |")  # fmt: skip
-    lines = [f"### {title}", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"### {title}", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['system']} | {r['size_mb']:.1f} | {_rss(r)} | {r['batch']} | {r['beams']} | "
-              f"{r['sentences_per_s']:.1f} | {r['tokens']} | {r['agreement']:.3f} | {r['exact']:.2f} |"
+              f"{r['sentences_per_s']:.1f} | {_host(r)} | {r['tokens']} | {r['agreement']:.3f} | {r['exact']:.2f} |"
               for r in rows]  # fmt: skip
     lines += ["", ("Random weights give near-flat logits, so token agreement here shows that a system follows its own "
                    "fp32 decoding, not translation fidelity: any int8 moves such tokens more than a trained model's "
                    "would, and no fidelity claim rests on this column.")]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _host(row: dict) -> str:
+    """The share of onnxforge's time outside onnxruntime's run (blank for CTranslate2, or a row measured before)."""
+    return f"{row['host_share']:.0%}" if "host_share" in row else ""
 
 
 def _rss(row: dict) -> str:

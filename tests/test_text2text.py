@@ -180,7 +180,7 @@ def test_summarize_gives_transformers_summaries(build):
         assert all(got)
 
 
-def test_mbart_forces_the_target_language_first_never_says_a_suppressed_token_and_ends_at_the_limit(build):
+def test_mbart_forces_the_target_language_first_never_says_a_suppressed_token_and_ends_at_the_limit(build, capsys):
     """The tiny mBART has language tokens and a generation config that suppresses "Ġthe": ``target_language`` forces
     its token first (transformers' ``forced_bos_token_id``), greedy and beam alike; "Ġthe", common in the copied
     sources, never comes (transformers without the suppression says it); at the length limit the end token is forced
@@ -192,10 +192,11 @@ def test_mbart_forces_the_target_language_first_never_says_a_suppressed_token_an
     the = pipeline.encoder.tokenizer.token_to_id("Ġthe")
     assert manifest.preprocess.suppressed_token_ids == (the,)
     texts = TEXTS[3:9]
-    for search in ({}, {"num_beams": 3}):
+    for search in ({"num_beams": 3}, {}):
         ours = pipeline.token_ids(texts, pipeline.decoding(10, target_language="de_DE", **search))
         assert ours == _transformers(source, texts, 10, forced_bos_token_id=languages["de_DE"], **search)
         assert all(ids[0] == languages["de_DE"] for ids in ours) and any(len(ids) == 9 for ids in ours)
+    _check_language_over_cli_and_server(out, texts[0], pipeline.text_of(ours[0]), capsys)
     plain = pipeline.token_ids(texts, pipeline.decoding(16))
     assert plain == _transformers(source, texts, 16)
     unsuppressed = _transformers(source, texts, 16, suppress_tokens=[])
@@ -204,6 +205,25 @@ def test_mbart_forces_the_target_language_first_never_says_a_suppressed_token_an
         pipeline.translate("Hi.", target_language="xx_XX")
     with pytest.raises(ValueError, match="this model has no language tokens"):
         load(build("marian")[1], providers="cpu").translate("Hi.", target_language="de_DE")
+
+
+def _check_language_over_cli_and_server(out, text, wanted, capsys) -> None:
+    """``--target-language`` and /v1/completions' ``target_language`` give ``wanted`` (greedy, 10 new tokens); an
+    unknown language is a 400 naming it."""
+    from starlette.testclient import TestClient
+
+    from onnxforge.cli import main
+    from onnxforge.server.app import create_app
+
+    main(["translate", str(out), text, "--max-new-tokens", "10", "--target-language", "de_DE"])
+    assert capsys.readouterr().out.strip() == wanted
+    with TestClient(create_app([out])) as client:
+        name = client.get("/v1/models").json()["data"][0]["id"]
+        ask = lambda language: client.post("/v1/completions", json={"model": name, "prompt": text, "max_tokens": 10,
+                                                                     "target_language": language})  # fmt: skip
+        assert ask("de_DE").json()["choices"][0]["text"] == wanted
+        refused = ask("xx_XX")
+        assert refused.status_code == 400 and "xx_XX" in refused.text
 
 
 def test_optimum_ortmodel_loads_the_artifact(build):
