@@ -193,3 +193,42 @@ def test_every_session_is_opened_by_the_session_factory():
     package = Path(onnxforge.__file__).parent
     callers = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if "InferenceSession(" in p.read_text()]
     assert callers == ["runtime/session.py"]
+
+
+@pytest.mark.parametrize("product_first", [True, False])
+def test_a_split_skip_layer_norm_gives_the_fused_ops_output(tmp_path, product_first):
+    """SkipLayerNormalization(input, skip, gamma, beta, bias) → Add(bias onto the MatMul's output) → Add(the other
+    input) → LayerNormalization: the same output and the same input + skip + bias sum (output 3) within 1e-5, the
+    MatMul's output read by the bias Add, and graphs below opset 17 left fused."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxforge.export.optimize import split_skip_norms
+
+    rng = np.random.default_rng(5)
+    weights = {name: rng.standard_normal(shape).astype(np.float32)
+               for name, shape in (("W", (16, 16)), ("gamma", (16,)), ("beta", (16,)), ("bias", (16,)))}  # fmt: skip
+    inputs = ["h", "residual"] if product_first else ["residual", "h"]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]),
+         helper.make_node("SkipLayerNormalization", [*inputs, "gamma", "beta", "bias"], ["y", "", "", "sum"],
+                          domain="com.microsoft", epsilon=1e-5, name="norm")], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 16]) for n in ("x", "residual")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 16]) for n in ("y", "sum")],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=9)  # fmt: skip
+    feeds = {"x": rng.standard_normal((2, 3, 16)).astype(np.float32),
+             "residual": rng.standard_normal((2, 3, 16)).astype(np.float32)}  # fmt: skip
+    fused = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    old = model.SerializeToString()
+    assert split_skip_norms(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add", "Add", "LayerNormalization"]
+    assert model.graph.node[1].input[:] == ["h", "bias"]
+    for got, want in zip(ort.InferenceSession(model.SerializeToString()).run(None, feeds), fused):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    older = onnx.ModelProto.FromString(old)
+    older.opset_import[0].version = 16
+    assert split_skip_norms(older) == 0
+

@@ -115,13 +115,15 @@ def test_levels_stored_by_prepare_bound_the_weight_integers(tmp_path, weight):
     np.testing.assert_array_equal(np.abs(q.astype(np.int64)).max(axis=0), levels)
 
 
-def test_the_shift_is_folded_into_the_next_bias_or_subtracted(tmp_path, weight):
-    """MatMul → BiasGelu: c·W leaves through BiasGelu's bias, no extra node; a bare MatMul output gets a Sub."""
+@pytest.mark.parametrize("reader", ["BiasGelu", "Add"])
+def test_the_shift_is_folded_into_the_next_bias_or_subtracted(tmp_path, weight, reader):
+    """MatMul → BiasGelu, or → Add of a constant (a split SkipLayerNormalization's bias): c·W leaves through that
+    bias, no extra node; a bare MatMul output gets a Sub."""
     x = np.maximum(np.random.default_rng(2).normal(size=(4, 32, K)), -0.17).astype(np.float32)  # GELU-like
     bias = np.random.default_rng(3).normal(size=N).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["h"], name="proj"),
-         helper.make_node("BiasGelu", ["h", "b"], ["y"], domain="com.microsoft")], "mm",
+         helper.make_node(reader, ["h", "b"], ["y"], domain="com.microsoft" if reader == "BiasGelu" else "")], "mm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])],
         [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],

@@ -9,7 +9,7 @@ the CPU's fast u8·s8 kernels (MatMulIntegerToFloat, per-column int8 weight scal
   by a constant ``c ≥ 0`` (the calibrated minimum, with a margin; values beyond it saturate), then
   ``q = round(U · r / max(r_row))`` with ``r = x + c``, uint8 with zero point 0: twice the signed resolution.
   The constant ``c·W`` is folded into the bias the next node adds (SkipLayerNormalization, BiasGelu,
-  MultiHeadAttention), else subtracted. The shift is used only where its grid is finer on calibration rows
+  MultiHeadAttention, an Add of a constant), else subtracted. The shift is used only where its grid is finer on calibration rows
   (:func:`unsigned_shift`): a channel's negative outlier would raise every row's peak.
 
 S = 127 and U = 255: stored activations up to 255, so weights keep their row pairs within 128, each column with
@@ -29,8 +29,10 @@ from .saturation import QMAX, UINT8_MAX, column_levels, limit_pairs
 MS_DOMAIN = "com.microsoft"
 SHIFT_SUFFIX = "/per_token_shift"  # where prepare() stores an input's shift: an initializer named input + suffix
 LEVELS_SUFFIX = "/per_token_levels"  # and a weight's steps per column (saturation.column_levels), named weight + suffix
-# Consumers that add a constant bias to a MatMul output: op → (bias input index, whether the bias packs q, k, v)
-BIAS_OF = {"SkipLayerNormalization": (4, False), "BiasGelu": (1, False), "MultiHeadAttention": (3, True)}
+# Consumers that add a constant bias to a MatMul output: op → (bias input index, whether the bias packs q, k, v);
+# None: the other input (a plain Add of a constant vector)
+BIAS_OF: dict[str, tuple[int | None, bool]] = {"SkipLayerNormalization": (4, False), "BiasGelu": (1, False),
+                                              "MultiHeadAttention": (3, True), "Add": (None, False)}
 
 
 def unsigned_shift(low: np.ndarray, rows: np.ndarray, margin: float = 1.5) -> np.ndarray | None:
@@ -135,6 +137,7 @@ def _fold_into_bias(output: str, readers: dict[str, list[tuple[onnx.NodeProto, i
         return False
     reader, index = readers[output][0]
     bias_index, packed = BIAS_OF[reader.op_type]
+    bias_index = 1 - index if bias_index is None else bias_index
     if len(reader.input) <= bias_index or (packed and index > 2):
         return False
     bias_name = reader.input[bias_index]
