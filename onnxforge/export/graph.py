@@ -17,6 +17,11 @@ FUSED_OPS = (
 )  # fmt: skip
 
 
+def onnx_opset(model: onnx.ModelProto) -> int:
+    """The version of the standard (ai.onnx) operator set ``model`` imports."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and every subgraph in it (an ``If``'s branches: a merged decoder's weights are read there), depth first."""
     yield graph

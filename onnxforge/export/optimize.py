@@ -23,7 +23,7 @@ from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
 from ..tasks import Task
-from .graph import fused_ops, graphs, op_counts
+from .graph import fused_ops, graphs, onnx_opset, op_counts
 
 # Hugging Face model_type → onnxruntime.transformers optimizer model type. One row per family, by kind.
 ENCODER_TYPES: dict[str, str] = {
@@ -95,7 +95,7 @@ def split_skip_norms(model: onnx.ModelProto) -> int:
     """Replace every ``SkipLayerNormalization`` (in the graph and its subgraphs) by ``Add`` (its bias, onto the input
     a MatMul made), ``Add`` (the other input) and ``LayerNormalization``; returns how many. Left as they are below
     opset 17 (no LayerNormalization) and where a node's mean or inverse deviation is read."""
-    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < LAYER_NORM_OPSET:
+    if onnx_opset(model) < LAYER_NORM_OPSET:
         return 0
     read = {name for graph in graphs(model.graph) for node in graph.node for name in node.input}
     count = 0
@@ -108,7 +108,7 @@ def split_skip_norms(model: onnx.ModelProto) -> int:
                 continue
             count += 1
             name, inputs = node.name or node.output[0], list(node.input) + [""] * (5 - len(node.input))
-            first = 1 if made.get(inputs[1]) is not None and made[inputs[1]].op_type in PRODUCTS else 0
+            first = 1 if getattr(made.get(inputs[1]), "op_type", None) in PRODUCTS else 0
             product, other = inputs[first], inputs[1 - first]
             if inputs[4]:
                 nodes.append(helper.make_node("Add", [product, inputs[4]], [f"{name}/biased"], name=f"{name}/Bias"))

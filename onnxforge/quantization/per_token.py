@@ -9,8 +9,8 @@ the CPU's fast u8·s8 kernels (MatMulIntegerToFloat, per-column int8 weight scal
   by a constant ``c ≥ 0`` (the calibrated minimum, with a margin; values beyond it saturate), then
   ``q = round(U · r / max(r_row))`` with ``r = x + c``, uint8 with zero point 0: twice the signed resolution.
   The constant ``c·W`` is folded into the bias the next node adds (SkipLayerNormalization, BiasGelu,
-  MultiHeadAttention, an Add of a constant), else subtracted. The shift is used only where its grid is finer on calibration rows
-  (:func:`unsigned_shift`): a channel's negative outlier would raise every row's peak.
+  MultiHeadAttention, an Add of a constant), else subtracted. The shift is used only where its grid is finer on
+  calibration rows (:func:`unsigned_shift`): a channel's negative outlier would raise every row's peak.
 
 S = 127 and U = 255: stored activations up to 255, so weights keep their row pairs within 128, each column with
 its own steps (saturation.py), and the products are exact on every x86 kernel. The row's peak multiplies the
@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..export.graph import onnx_opset
 from .gptq import column_scales
 from .saturation import QMAX, UINT8_MAX, column_levels, limit_pairs
 
@@ -61,7 +62,7 @@ def per_token_int8(model: onnx.ModelProto, names: set[str], shifts: dict[str, np
               "tiny": np.array(1e-30, np.float32), "last_axis": np.array([-1], np.int64),
               "one": np.array(1.0, np.float32)}  # fmt: skip
     graph.initializer.extend(numpy_helper.from_array(v, f"per_token/{k}") for k, v in shared.items())
-    reduce = ({"inputs": ["per_token/last_axis"], "attrs": {"keepdims": 1}} if _opset(model) >= 18
+    reduce = ({"inputs": ["per_token/last_axis"], "attrs": {"keepdims": 1}} if onnx_opset(model) >= 18
               else {"inputs": [], "attrs": {"keepdims": 1, "axes": [-1]}})  # fmt: skip
     nodes = []
     for node in graph.node:
@@ -87,10 +88,6 @@ def per_token_int8(model: onnx.ModelProto, names: set[str], shifts: dict[str, np
     graph.initializer.extend(kept)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _rewrite(node: onnx.NodeProto, weight: np.ndarray, levels: np.ndarray, shift: np.ndarray | None,

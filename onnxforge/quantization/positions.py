@@ -44,7 +44,7 @@ def computed_positions(model: onnx.ModelProto) -> list[str]:
             continue
         model.graph.initializer.remove(tensor)
         scale = constant(model, f"{name}_frequencies", frequencies(width))
-        axis = constant(model, "positions_last_axis", np.array([-1], dtype=np.int64))
+        axis = constant(model, "rows_last_axis", np.array([-1], np.int64))  # the tables' own, if there
         replace_gathers(model, name, width, lambda ids, base, scale=scale, axis=axis: _rows(ids, scale, axis, base), flat=False)
         changed.append(name)
     return changed
