@@ -71,7 +71,7 @@ test-runtime-env: $(VENV)/.ok
 ## steps) inside each decoder test: every test that decodes must fail (tests/cache_faults.py). A check on the tests,
 ## not part of `make test`.
 SEQ2SEQ_FAULT_TESTS := tests/test_text2text.py tests/test_spm.py
-CACHE_FAULT_TESTS := tests/test_generate.py tests/test_continuous.py tests/test_server.py $(SEQ2SEQ_FAULT_TESTS)
+CACHE_FAULT_TESTS := tests/test_generate.py tests/test_families.py tests/test_continuous.py tests/test_server.py $(SEQ2SEQ_FAULT_TESTS)
 cache-faults: $(VENV)/.ok
 	for fault in forget drop shift; do \
 		$(BIN)/python -m pytest -q --tb=no -p tests.cache_faults --cache-fault $$fault $(CACHE_FAULT_TESTS) || exit 1; \

@@ -67,6 +67,9 @@ class Preprocess:
     pooling: str | None = None  # embed: the pooling the graph applies ("mean", "cls", …), for the record
     normalize: bool | None = None  # embed: whether the graph L2-normalises its vectors
     chat: dict[str, Any] | None = None  # decoders: the chat template compiled to role prefixes/suffixes
+    # decoders with LongRoPE: a call that takes the sequence past this many tokens recomputes the whole cache (with
+    # the long factors), as transformers' Phi-3 generation does
+    refill_after: int | None = None
     # text2text (encoder-decoder) models: how the target begins, which tokens are forced or never generated, the
     # decoder's own positions (None: unbounded, e.g. T5) and the model's generation defaults (num_beams, …).
     decoder_start_token_id: int | None = None

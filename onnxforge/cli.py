@@ -88,6 +88,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(render(["field", "value"], manifest_rows(read_manifest(args.artifact))))
 
 
+def cmd_families(args: argparse.Namespace) -> None:
+    from .export.families import HEADERS, rows
+
+    print(render(HEADERS, rows()))
+
+
 class VerifyError(RuntimeError):
     """An artifact's figures, measured again on this machine, miss its gate."""
 
@@ -314,6 +320,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="show an artifact's manifest as a table")
     s.add_argument("artifact", type=Path)
     s.set_defaults(run=cmd_inspect)
+
+    s = sub.add_parser("families", help="list the model families export takes, with what each reproduces")
+    s.set_defaults(run=cmd_families)
 
     s = sub.add_parser("verify", help="measure a quantized artifact's gate figures again on this machine")
     s.add_argument("artifact", type=Path)

@@ -11,12 +11,16 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from onnxforge import corpus
 from onnxforge.quantization.gate import PASSAGES, passages
+from onnxforge.runtime import load
 from onnxforge.runtime.decoder import Picker, greedy
 from onnxforge.runtime.generate import Generator, Request
+
+PROMPTS = ["The weather today", "Once upon a time there was", "Numbers: 1, 2, 3,"]
 
 
 def cut_at_end(rows: list[list[int]], eos: int) -> list[list[int]]:
@@ -123,3 +127,17 @@ def assert_cache_exact(generator: Generator, ids: list[int], new_tokens: int, pi
     tokens = list(generator.decoder.continuation(ids, new_tokens, recording, stop, prompt_counts))
     np.testing.assert_allclose(np.stack(seen), _one_pass_logits(generator, ids, tokens, len(seen)), atol=1e-3)
     return tokens
+
+
+def check_quantized(reference: TorchReference, manifest, out, minimum: dict[str, float]) -> Generator:
+    """The quantized artifact's figures, recomputed here against transformers' fp32 model, meet ``minimum`` and
+    match what quantize() recorded; its greedy decoding through the cache equals the same graph's one-pass argmax."""
+    quantized = load(out, providers="cpu")
+    figures = language_figures(reference, quantized)
+    for figure, least in minimum.items():
+        assert figures[figure] >= least
+        assert figures[figure] == pytest.approx(manifest.quality[figure], abs=0.01)
+    for prompt in PROMPTS:
+        tokens, reread = decode_and_reread(quantized, prompt)
+        assert len(tokens) >= 8 and tokens == reread
+    return quantized

@@ -17,15 +17,12 @@ from onnxforge.runtime import load
 from onnxforge.runtime.generate import Generator, Request
 from onnxforge.runtime.sampling import Sampling
 from tests.decoding import (
+    PROMPTS,
     TorchReference,
     assert_cache_exact,
-    decode_and_reread,
+    check_quantized,
     held_out_passages,
-    language_figures,
 )
-
-PROMPTS = ["The weather today", "Once upon a time there was", "Numbers: 1, 2, 3,"]
-
 
 GRAPHS = [("llama", "auto"), ("qwen2", "auto"), ("gpt2", "auto"), ("llama", "optimum"), ("qwen2", "optimum")]
 
@@ -247,20 +244,6 @@ def test_text_stream_never_splits_characters_and_holds_stop_prefixes():
     assert not shown.endswith("The end") and shown + held.flush() == text
 
 
-def _check_quantized(reference: TorchReference, manifest, out, minimum: dict[str, float]) -> Generator:
-    """The quantized artifact's figures, recomputed here against transformers' fp32 model, meet ``minimum`` and
-    match what quantize() recorded; its greedy decoding through the cache equals the same graph's one-pass argmax."""
-    quantized = load(out, providers="cpu")
-    figures = language_figures(reference, quantized)
-    for figure, least in minimum.items():
-        assert figures[figure] >= least
-        assert figures[figure] == pytest.approx(manifest.quality[figure], abs=0.01)
-    for prompt in PROMPTS:
-        tokens, reread = decode_and_reread(quantized, prompt)
-        assert len(tokens) >= 8 and tokens == reread
-    return quantized
-
-
 def test_int4_weights_pass_their_gate_and_a_missed_gate_writes_nothing(decoder, tmp_path):
     from onnxforge.quantization import Gate, GateError, WeightOnlyConfig, quantize
 
@@ -269,7 +252,7 @@ def test_int4_weights_pass_their_gate_and_a_missed_gate_writes_nothing(decoder, 
     gate = {"next_token_agreement": 0.5}
     manifest = quantize(artifact, out, WeightOnlyConfig(bits=4), Gate(gate))
     assert manifest.precision["weights"] == "int4" and manifest.graph["fused_ops"].get("MatMulNBits", 0) >= 8
-    _check_quantized(reference, manifest, out, gate | {"perplexity_retention": 0.5})
+    check_quantized(reference, manifest, out, gate | {"perplexity_retention": 0.5})
     with pytest.raises(GateError, match="perplexity_retention"):
         quantize(artifact, tmp_path / "tiny-llama" / "int4-strict", WeightOnlyConfig(bits=4),
                  Gate({"perplexity_retention": 2.0}))  # fmt: skip
@@ -297,7 +280,7 @@ def test_the_encoders_int8_procedure_applies_unchanged_to_decoders(decoder, fami
 
     assert manifest.graph["fused_ops"]["MatMulIntegerToFloat"] >= 6
     assert not weight_matmuls(onnx.load(str(out / "model.onnx")))  # every weight MatMul went int8
-    _check_quantized(reference, manifest, out, gate)
+    check_quantized(reference, manifest, out, gate)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -311,7 +294,7 @@ def test_fp16_decoders_load_and_decode_as_fp32_does(decoder, family, tmp_path):
     gate = {"next_token_agreement": 0.99}
     manifest = quantize(artifact, out, Fp16Config(), Gate(gate))
     assert manifest.precision["weights"] == "float16"
-    fp16 = _check_quantized(reference, manifest, out, gate)
+    fp16 = check_quantized(reference, manifest, out, gate)
     for prompt in PROMPTS:
         assert fp16.generate(prompt, max_new_tokens=16) == reference.text(prompt, 16)
 

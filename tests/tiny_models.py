@@ -70,10 +70,43 @@ def make_encoder(directory: Path, family: str = "bert", seed: int = 0, task: str
 DECODER_SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                  "intermediate_size": 64, "max_position_embeddings": 256}  # fmt: skip
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # GPT-2 learns little in 300 steps with dropout
+WINDOW = 16  # sliding windows in the tiny configs: the family tests read well past it
+SHORT_CONTEXT = 64  # Phi-3's original_max_position_embeddings here: LongRoPE switches to its long factors past it
+LONGROPE = {"type": "longrope", "short_factor": [1.0 + i / 10 for i in range(6)],
+            "long_factor": [2.0 + i / 5 for i in range(6)]}  # 6 = the rotary half of 16 x 0.75 dims
 DECODERS: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {**DECODER_SMALL, "tie_word_embeddings": True}),
     "qwen2": ("Qwen2Config", DECODER_SMALL),
     "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256, **NO_DROPOUT}),
+    "qwen3": ("Qwen3Config", {**DECODER_SMALL, "head_dim": 16}),
+    "mistral": ("MistralConfig", {**DECODER_SMALL, "sliding_window": WINDOW}),
+    "phi3": ("Phi3Config", {**DECODER_SMALL, "pad_token_id": 0, "partial_rotary_factor": 0.75,
+                            "original_max_position_embeddings": SHORT_CONTEXT, "rope_scaling": LONGROPE}),
+    "gemma2": ("Gemma2Config", {**DECODER_SMALL, "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 16,
+                                "attn_logit_softcapping": 5.0, "final_logit_softcapping": 5.0}),
+    "gemma3_text": ("Gemma3TextConfig", {**DECODER_SMALL, "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 16,
+                                         "layer_types": ["sliding_attention", "full_attention"],
+                                         "rope_local_base_freq": 100.0}),
+    "granite": ("GraniteConfig", {**DECODER_SMALL, "embedding_multiplier": 4.0, "residual_multiplier": 0.5,
+                                  "logits_scaling": 2.0, "attention_multiplier": 0.5}),
+    "olmo2": ("Olmo2Config", {**DECODER_SMALL, "pad_token_id": 0}),
+    "smollm3": ("SmolLM3Config", {**DECODER_SMALL, "pad_token_id": 0, "no_rope_layer_interval": 2}),
+    "stablelm": ("StableLmConfig", {**DECODER_SMALL, "partial_rotary_factor": 0.25, "use_qkv_bias": True}),
+    "starcoder2": ("Starcoder2Config", {**DECODER_SMALL, "sliding_window": WINDOW, "use_bias": True, **NO_DROPOUT}),
+}  # fmt: skip
+# Per family, config changes that take its special mechanism away: transformers with them must disagree with the
+# export (tests/test_families.py), so the tiny config and the lengths read really exercise what the family adds.
+WITHOUT_MECHANISM: dict[str, dict] = {
+    "qwen3": {},  # q/k norms: no config switch; parity proves them
+    "mistral": {"sliding_window": None},
+    "phi3": {"rope_scaling": {**LONGROPE, "long_factor": LONGROPE["short_factor"]}},
+    "gemma2": {"attn_logit_softcapping": None, "final_logit_softcapping": None, "sliding_window": 4096},
+    "gemma3_text": {"layer_types": ["full_attention", "full_attention"]},
+    "granite": {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "logits_scaling": 1.0},
+    "olmo2": {},  # post-norms and q/k norms over all heads: no config switch; parity proves them
+    "smollm3": {"no_rope_layers": [1, 1]},
+    "stablelm": {"partial_rotary_factor": 1.0},
+    "starcoder2": {"sliding_window": None},
 }  # fmt: skip
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2, as in SmolLM2
 CHATML = (

@@ -20,7 +20,7 @@ from ..runtime import open_graphs
 from ..runtime.session import SessionConfig
 from ..tasks import get_task
 from ..versions import tool_versions
-from . import generate_parity, llama_graph, parity, seq2seq, seq2seq_parity
+from . import generate_parity, llama_graph, longrope, parity, seq2seq, seq2seq_parity
 from .generation import generation_settings
 from .graph import byte_groups, fused_ops, op_counts, signature
 from .module import export_module
@@ -81,6 +81,8 @@ def text_settings(model_dir: Path) -> Preprocess:
 
 def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int) -> Path:
     from optimum.exporters.onnx import main_export
+
+    from . import optimum_configs  # noqa: F401  (registers the families optimum lacks)
 
     with warnings.catch_warnings():  # tracer and deprecation chatter from torch/transformers, not actionable
         warnings.simplefilter("ignore")
@@ -151,6 +153,8 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
                 raw = _optimum_export(src.path, spec.exporter_task, Path(tmp), config.opset)
                 if pooling:
                     append_pooling(raw, pooling)
+                if spec.generative:
+                    longrope.switch_by_length(raw, src.path)
             with step(f"fuse for {config.target}"):
                 if spec.seq2seq:
                     fused = seq2seq.build(src.path, Path(tmp), stage, model_type, config.target, src.config)

@@ -17,6 +17,7 @@ from ..runtime import chat
 from ..runtime.decoder import Decoder, greedy
 from ..runtime.session import SessionConfig, create_session
 from ..sources import tokenizer_of
+from . import longrope
 from .parity import ParityError
 
 PROMPTS = (
@@ -32,13 +33,14 @@ def check(onnx_path: Path, model_dir: Path, texts: list[str], settings: Preproce
     tokenizer = tokenizer_of(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     session = create_session(onnx_path, SessionConfig(providers="cpu"))
-    decoder = Decoder(session, int(settings.max_length), in_place)
+    decoder = Decoder(session, int(settings.max_length), in_place, settings.refill_after)
+    switch = longrope.switch_length(model.config.to_dict())
     worst, positions = 0.0, 0
     for text in texts:
         ids = tokenizer(text).input_ids[: decoder.context]
         with torch.no_grad():
             reference = model(torch.tensor([ids])).logits[0].numpy()
-        half = max(1, len(ids) // 2)
+        half = _prefill_length(len(ids), switch)
         cache = decoder.empty(len(ids))
         ours = [decoder.forward(cache, ids[:half], all_logits=True)]
         ours += [decoder.forward(cache, [token])[None] for token in ids[half:]]
@@ -66,3 +68,10 @@ def check(onnx_path: Path, model_dir: Path, texts: list[str], settings: Preproce
                               f"({len(got)} vs {len(expected)} tokens)")  # fmt: skip
     return {"max_abs_diff": worst, "positions": positions, "texts": len(texts),
             "greedy_prompts": len(PROMPTS), "greedy_new_tokens": new_tokens, "greedy_identical": True}  # fmt: skip
+
+
+def _prefill_length(length: int, switch: int | None) -> int:
+    """Half the text; with LongRoPE (``switch``), past the switch when the text is: each call picks its factors,
+    so a cached run matches a full pass over the whole text only when its prefill already picks the long ones."""
+    half = max(1, length // 2)
+    return max(half, switch + 1) if switch is not None and length > switch else half

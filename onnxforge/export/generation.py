@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..artifact import Preprocess
 from ..sources import tokenizer_of
+from . import longrope
 
 MARKS = ("\u27e6system\u27e7", "\u27e6user\u27e7", "\u27e6assistant\u27e7")  # message texts no template contains
 CONVERSATIONS = (
@@ -29,7 +30,8 @@ def generation_settings(model_dir: Path) -> Preprocess:
         eos.add(int(tokenizer.eos_token_id))
     return Preprocess(max_length=int(context), eos_token_ids=tuple(sorted(eos)),
                       bos_token_id=None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id),
-                      chat=compile_chat_template(tokenizer) if tokenizer.chat_template else None)  # fmt: skip
+                      chat=compile_chat_template(tokenizer) if tokenizer.chat_template else None,
+                      refill_after=longrope.switch_length(config.to_dict()))  # fmt: skip
 
 
 def id_set(value: int | list[int] | None) -> set[int]:

@@ -12,29 +12,22 @@ check and Optimum's ORTModelForCausalLM read both alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .families import FAMILIES
+
 MS = "com.microsoft"
 
 
-@dataclass(frozen=True)
-class Layout:
-    """What a family calls its tensors and settings; one row per family in ``FAMILIES``."""
-
-    qkv_bias: bool  # Qwen2 has biases on q/k/v
-
-
-FAMILIES: dict[str, Layout] = {"llama": Layout(qkv_bias=False), "qwen2": Layout(qkv_bias=True)}
-
-
 def supported(config: dict) -> bool:
-    """Families this builder covers, without rope scaling or sliding windows it does not implement."""
-    if config.get("model_type") not in FAMILIES or config.get("rope_scaling"):
+    """Families this builder covers (``fused_graph`` in the table), without the rope scaling or sliding windows it
+    does not implement."""
+    row = FAMILIES.get(config.get("model_type", ""))
+    if row is None or not row.fused_graph or config.get("rope_scaling"):
         return False
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     if head_dim % 16:  # GroupQueryAttention's CPU kernel needs it
@@ -69,7 +62,6 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_dir).to_dict()
-    layout = FAMILIES[config["model_type"]]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
@@ -100,7 +92,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
         p, n = f"model.layers.{i}", f"/model/layers.{i}"
         qkv_w = np.concatenate([state[f"{p}.self_attn.{k}_proj.weight"] for k in "qkv"]).T
         (qkv,) = g.op("MatMul", [normed, g.weight(f"{p}.qkv.weight", qkv_w)], 1, f"{n}/attn/qkv_proj/MatMul")
-        if layout.qkv_bias:
+        if f"{p}.self_attn.q_proj.bias" in state:  # Qwen2's q/k/v biases
             bias = np.concatenate([state[f"{p}.self_attn.{k}_proj.bias"] for k in "qkv"])
             (qkv,) = g.op("Add", [qkv, g.weight(f"{p}.qkv.bias", bias)], 1, f"{n}/attn/qkv_proj/Add")
         attn, _, _ = g.op(

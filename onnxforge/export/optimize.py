@@ -23,42 +23,18 @@ from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
 from ..tasks import Task
+from . import longrope
+from .families import CUDA_ONLY_FUSIONS, Family, family
 from .graph import fused_ops, graphs, onnx_opset, op_counts
 
-# Hugging Face model_type → onnxruntime.transformers optimizer model type. One row per family, by kind.
-ENCODER_TYPES: dict[str, str] = {
-    "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "albert": "bert",
-    "electra": "bert", "deberta-v2": "bert", "mpnet": "bert",
-}  # fmt: skip
-# Decoders: the "qwen3" rules fuse RMS norms (Skip)SimplifiedLayerNormalization and RotaryEmbedding in Llama and Qwen2
-# graphs as well; "gpt2" fuses GPT-2's layer norms, GELU and attention with past.
-DECODER_TYPES: dict[str, str] = {"llama": "qwen3", "qwen2": "qwen3", "qwen3": "qwen3", "gpt2": "gpt2"}
-# Encoder-decoders (translate / summarize): T5's RMS norms and encoder attention; BART's layer norms and attention.
-SEQ2SEQ_TYPES: dict[str, str] = {"t5": "t5", "mt5": "t5", "bart": "bart", "mbart": "bart", "marian": "bart"}
-ORT_MODEL_TYPES: dict[str, str] = {**ENCODER_TYPES, **DECODER_TYPES, **SEQ2SEQ_TYPES}
 TARGETS = ("cpu", "cuda")
-# Optimizer types whose fusions include a CUDA-only operator (T5's RelativePositionBias, applied unconditionally):
-# on CPU their graphs are left as traced, and onnxruntime's session-level fusions (RMS norms) apply at load.
-CUDA_ONLY = {"t5"}
 
 
-def check_family(model_type: str, task: Task) -> None:
-    """An error listing the families ``task`` takes (encoder-decoders for translate/summarize, decoders for
-    generate, encoders otherwise) unless ``model_type`` is one of them."""
-    families = SEQ2SEQ_TYPES if task.seq2seq else DECODER_TYPES if task.generative else ENCODER_TYPES
-    if model_type not in families:
-        raise ValueError(f"model type {model_type!r} is not supported by onnxforge export for task {task.name!r}; "
-                         f"supported: {', '.join(families)}")  # fmt: skip
-
-
-def fusion_type(model_type: str) -> str:
-    """The optimizer's name for a Hugging Face ``model_type``; unsupported families are an error listing ours."""
-    ort_type = ORT_MODEL_TYPES.get(model_type)
-    if ort_type is None:
-        raise ValueError(
-            f"model type {model_type!r} is not supported by onnxforge export; supported: {', '.join(ORT_MODEL_TYPES)}"
-        )
-    return ort_type
+def check_family(model_type: str, task: Task) -> Family:
+    """The family row of ``model_type``; an error listing the families ``task`` takes (encoder-decoders for
+    translate/summarize, decoders for generate, encoders otherwise) unless it is one of them."""
+    kind = "seq2seq" if task.seq2seq else "decoder" if task.generative else "encoder"
+    return family(model_type, kind, task.name)
 
 
 def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu", config: dict | None = None) -> dict[str, int]:
@@ -68,13 +44,14 @@ def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu", config:
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
-    ort_type = fusion_type(model_type)
-    if ort_type in CUDA_ONLY and target == "cpu":
+    ort_type = family(model_type).fusion
+    if ort_type is None or (ort_type in CUDA_ONLY_FUSIONS and target == "cpu"):
         shutil.copy2(src, dst)
         return fused_ops(op_counts(dst))
     options = FusionOptions(ort_type)
     options.enable_gelu_approximation = False  # exact GELU: fidelity first, it costs little on CPU
     options.use_multi_head_attention = True
+    options.enable_rotary_embeddings = longrope.switch_length(config or {}) is None  # the fusion would bake one factor set
     model = optimize_model(
         str(src), model_type=ort_type,
         num_heads=_first(config, "num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"),

@@ -31,17 +31,21 @@ class Cache:
     length: int = 0
     capacity: int = 0  # tokens the preallocated buffers hold; 0: the graph returns a grown cache each step
     values: dict[str, ort.OrtValue] = field(default_factory=dict)
+    ids: list[int] = field(default_factory=list)  # kept where the decoder may recompute the cache (refill_after)
 
 
 class Decoder:
     """Batch-1 prefill and decode steps over one session; thread-safe as long as each thread has its own Cache."""
 
-    def __init__(self, session: ort.InferenceSession, context: int, in_place: bool = False) -> None:
+    def __init__(self, session: ort.InferenceSession, context: int, in_place: bool = False,
+                 refill_after: int | None = None) -> None:  # fmt: skip
         """``in_place``: the graph updates a preallocated cache bound as both past and present (GroupQueryAttention
-        with a shared buffer, as onnxforge's fused graph does)."""
+        with a shared buffer, as onnxforge's fused graph does). ``refill_after``: LongRoPE's switch length; the call
+        that takes a sequence past it recomputes the cache from all its tokens, as transformers' Phi-3 does."""
         self.session = session
         self.context = context
         self.in_place = in_place
+        self.refill_after = refill_after
         inputs = {i.name: i for i in session.get_inputs()}
         self.past = [name for name in inputs if name.startswith(PAST)]
         if "input_ids" not in inputs or not self.past:
@@ -77,6 +81,13 @@ class Decoder:
         start, end = cache.length, cache.length + len(ids)
         if end > (cache.capacity or self.context):
             raise ValueError(f"{end} tokens exceed the cache's {cache.capacity or self.context}")
+        if self.refill_after is not None:
+            if 0 < start <= self.refill_after < end:  # keys rotated with the short factors: start again from all
+                earlier = cache.ids
+                cache.length, cache.values, cache.ids = 0, self.empty(cache.capacity or self.context).values, []
+                logits = self.forward(cache, earlier + list(ids), all_logits)
+                return logits[-len(ids) :] if all_logits else logits
+            cache.ids.extend(ids)
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
         if self.uses_mask:

@@ -53,7 +53,8 @@ class Generator(Pipeline):
         self.context = loaded.max_length
         self.eos = frozenset(pre.eos_token_ids)
         self.chat_template = pre.chat
-        self.decoder = Decoder(loaded.session, self.context, in_place=in_place(loaded.manifest.graph))
+        self.decoder = Decoder(loaded.session, self.context, in_place=in_place(loaded.manifest.graph),
+                               refill_after=pre.refill_after)  # fmt: skip
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Prompt text → token ids; an empty prompt or one that fills the context is an error."""

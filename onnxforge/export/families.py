@@ -1,0 +1,92 @@
+"""The model families onnxforge exports: one row per Hugging Face ``model_type``, as data.
+
+A row says which tasks the family serves (``kind``), which onnxruntime.transformers fusion rules apply
+(``fusion``; None: the traced graph is kept and onnxruntime fuses at load), whether ``export.llama_graph`` can build
+the fused decoder graph from its weights, the GGUF architecture transformers reads it from, and the mechanisms the
+export must reproduce exactly (the parity check proves each on every export; tests/test_families.py on tiny models).
+Adding a family is one row here plus its tiny config in ``tests/tiny_models.py``; the README's family table is
+checked against this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = {"encoder": "embed, classify, token-classify, answer, fill-mask", "decoder": "generate",
+         "seq2seq": "translate, summarize"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Family:
+    kind: str  # a key of KINDS
+    fusion: str | None  # onnxruntime.transformers optimizer model type; None: left as traced
+    fused_graph: bool = False  # export.llama_graph builds it on CPU where the config fits
+    gguf: str | None = None  # export from a GGUF file of this architecture (tests/test_gguf_blocks.py writes one)
+    mechanisms: tuple[str, ...] = ()  # what the export reproduces beyond a plain pre-norm transformer
+
+
+FAMILIES: dict[str, Family] = {
+    # encoders
+    "bert": Family("encoder", "bert"),
+    "distilbert": Family("encoder", "bert"),
+    "roberta": Family("encoder", "bert", mechanisms=("positions after the padding index",)),
+    "xlm-roberta": Family("encoder", "bert", mechanisms=("positions after the padding index",)),
+    "albert": Family("encoder", "bert", mechanisms=("shared layers", "factorized embeddings")),
+    "electra": Family("encoder", "bert"),
+    "deberta-v2": Family("encoder", "bert", mechanisms=("disentangled relative attention",)),
+    "mpnet": Family("encoder", "bert", mechanisms=("relative position bias",)),
+    # decoders
+    "llama": Family("decoder", "qwen3", fused_graph=True, gguf="llama", mechanisms=("RMSNorm", "RoPE", "GQA")),
+    "qwen2": Family("decoder", "qwen3", fused_graph=True, gguf="qwen2", mechanisms=("RMSNorm", "RoPE", "GQA", "QKV biases")),
+    "qwen3": Family("decoder", "qwen3", mechanisms=("RMSNorm", "RoPE", "GQA", "q/k norms")),
+    "gpt2": Family("decoder", "gpt2", mechanisms=("LayerNorm", "learned positions", "Conv1D weights")),
+    "mistral": Family("decoder", "qwen3", mechanisms=("RMSNorm", "RoPE", "GQA", "sliding-window attention")),
+    "phi3": Family("decoder", "qwen3", mechanisms=("RMSNorm", "partial rotary", "LongRoPE (short/long factors by length)",
+                                                                 "packed QKV and gate/up weights")),
+    "gemma2": Family("decoder", "qwen3", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "sliding-window attention",
+                                                                      "attention soft-capping", "logit soft-capping", "tanh GELU")),
+    "gemma3_text": Family("decoder", "qwen3", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "q/k norms",
+                                                                          "local/global layers (sliding window, two RoPE bases)")),
+    "granite": Family("decoder", "qwen3", mechanisms=("RMSNorm", "RoPE", "GQA", "embedding, residual, attention and logit multipliers")),
+    "olmo2": Family("decoder", "qwen3", mechanisms=("post-norm RMSNorm", "q/k norms over all heads", "RoPE")),
+    "smollm3": Family("decoder", "qwen3", mechanisms=("RMSNorm", "GQA", "layers without RoPE")),
+    "stablelm": Family("decoder", "qwen3", mechanisms=("LayerNorm", "partial rotary", "QKV biases")),
+    "starcoder2": Family("decoder", "qwen3", mechanisms=("LayerNorm", "RoPE", "GQA", "sliding-window attention", "biases", "GELU MLP")),
+    # encoder-decoders
+    "t5": Family("seq2seq", "t5", mechanisms=("relative position buckets", "RMSNorm")),
+    "mt5": Family("seq2seq", "t5", mechanisms=("relative position buckets", "RMSNorm", "gated GELU")),
+    "bart": Family("seq2seq", "bart", mechanisms=("learned positions",)),
+    "mbart": Family("seq2seq", "bart", mechanisms=("learned positions", "target language token")),
+    "marian": Family("seq2seq", "bart", mechanisms=("sinusoidal positions",)),
+}  # fmt: skip
+# Fusion rules whose output holds a CUDA-only operator (T5's RelativePositionBias, applied unconditionally): on CPU
+# their graphs are left as traced, and onnxruntime's session-level fusions (RMS norms) apply at load.
+CUDA_ONLY_FUSIONS = {"t5"}
+
+
+HEADERS = ("family", "tasks", "GGUF", "reproduced exactly", "graph")
+
+
+def rows() -> list[tuple[str, str, str, str, str]]:
+    """The table as text, one row per family (``onnxforge families``; the README's table holds the same)."""
+    return [(name, KINDS[row.kind], row.gguf or "", ", ".join(row.mechanisms), _graph(row)) for name, row in FAMILIES.items()]
+
+
+def _graph(row: Family) -> str:
+    fused = f"{row.fusion} fusions" if row.fusion else "traced"
+    return f"onnxforge's fused graph, else {fused}" if row.fused_graph else fused
+
+
+def of_kind(kind: str) -> list[str]:
+    """The model types of one kind, in table order."""
+    return [name for name, family in FAMILIES.items() if family.kind == kind]
+
+
+def family(model_type: str, kind: str | None = None, task: str | None = None) -> Family:
+    """The row for ``model_type``; an error listing the supported ones (of ``kind``, for ``task``) otherwise."""
+    row = FAMILIES.get(model_type)
+    if row is None or (kind and row.kind != kind):
+        names = of_kind(kind) if kind else list(FAMILIES)
+        wanted = f" for task {task!r}" if task else ""
+        raise ValueError(f"model type {model_type!r} is not supported by onnxforge export{wanted}; supported: {', '.join(names)}")
+    return row
