@@ -103,6 +103,33 @@ def test_fill_mask_matches_transformers(build, family):
         np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in b], atol=TOL)
 
 
+def _mean_pooled(source, texts: list[str], **config) -> np.ndarray:
+    """transformers' last hidden state, mean-pooled over each text's tokens and L2-normalised (what a plain encoder
+    exports with)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(source)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(source, **config).eval()(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    pooled = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embed_matches_transformers(build, family):
+    source, out, _ = build(family, "embed")
+    np.testing.assert_allclose(load(out).embed(TEXTS), _mean_pooled(source, TEXTS), atol=TOL)
+
+
+def test_modernbert_reads_past_its_local_window(build):
+    """The tiny ModernBERT's 8-token local window binds on the test texts: with it widened, transformers disagrees
+    with the export, which kept it."""
+    source, out, _ = build("modernbert", "embed")
+    assert np.abs(_mean_pooled(source, TEXTS, local_attention=1024) - load(out).embed(TEXTS)).max() > 0.01
+
+
 def test_answers_come_from_every_window(build):
     """Spans are scored in every window: with many answers asked for, they reach the end of a long context."""
     _, out, _ = build("bert", "answer")

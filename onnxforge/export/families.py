@@ -35,6 +35,8 @@ FAMILIES: dict[str, Family] = {
     "electra": Family("encoder", "bert"),
     "deberta-v2": Family("encoder", "bert", mechanisms=("disentangled relative attention",)),
     "mpnet": Family("encoder", "bert", mechanisms=("relative position bias",)),
+    "modernbert": Family("encoder", "bert", mechanisms=("RoPE", "alternating local (sliding-window) and global attention",
+                                                        "GeGLU", "no token types")),
     # decoders
     "llama": Family("decoder", "qwen3", fused_graph=True, gguf="llama", mechanisms=("RMSNorm", "RoPE", "GQA")),
     "qwen2": Family("decoder", "qwen3", fused_graph=True, gguf="qwen2", mechanisms=("RMSNorm", "RoPE", "GQA", "QKV biases")),
