@@ -99,6 +99,11 @@ DECODERS: dict[str, tuple[str, dict]] = {
     "smollm3": ("SmolLM3Config", {**DECODER_SMALL, "pad_token_id": 0, "no_rope_layer_interval": 2}),
     "stablelm": ("StableLmConfig", {**DECODER_SMALL, "partial_rotary_factor": 0.25, "use_qkv_bias": True}),
     "starcoder2": ("Starcoder2Config", {**DECODER_SMALL, "sliding_window": WINDOW, "use_bias": True, **NO_DROPOUT}),
+    "gemma": ("GemmaConfig", {**DECODER_SMALL, "head_dim": 32}),
+    "phi": ("PhiConfig", {**DECODER_SMALL, "num_key_value_heads": 4, "partial_rotary_factor": 0.5, "resid_pdrop": 0.0,
+                          "embd_pdrop": 0.0}),  # Phi-2 has one key/value head per query head
+    "olmo": ("OlmoConfig", {**DECODER_SMALL, "pad_token_id": 0, "clip_qkv": 0.5}),
+    "nemotron": ("NemotronConfig", {**DECODER_SMALL, "partial_rotary_factor": 0.5}),
 }  # fmt: skip
 # Per family, config changes that take its special mechanism away: transformers with them must disagree with the
 # export (tests/test_families.py), so the tiny config and the lengths read really exercise what the family adds.
@@ -113,6 +118,10 @@ WITHOUT_MECHANISM: dict[str, dict] = {
     "smollm3": {"no_rope_layers": [1, 1]},
     "stablelm": {"partial_rotary_factor": 1.0},
     "starcoder2": {"sliding_window": None},
+    "gemma": {},  # (1 + w) norms and the embedding scale: no config switch; parity proves them
+    "phi": {"partial_rotary_factor": 1.0},
+    "olmo": {"clip_qkv": None},
+    "nemotron": {"partial_rotary_factor": 1.0},
 }  # fmt: skip
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2, as in SmolLM2
 CHATML = (

@@ -54,6 +54,10 @@ FAMILIES: dict[str, Family] = {
     "smollm3": Family("decoder", "qwen3", mechanisms=("RMSNorm", "GQA", "layers without RoPE")),
     "stablelm": Family("decoder", "qwen3", mechanisms=("LayerNorm", "partial rotary", "QKV biases")),
     "starcoder2": Family("decoder", "qwen3", mechanisms=("LayerNorm", "RoPE", "GQA", "sliding-window attention", "biases", "GELU MLP")),
+    "gemma": Family("decoder", "qwen3", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "tanh GELU", "head_dim apart from width")),
+    "phi": Family("decoder", "qwen3", mechanisms=("LayerNorm", "parallel attention and MLP", "partial rotary", "biases")),
+    "olmo": Family("decoder", "qwen3", mechanisms=("LayerNorm without parameters", "RoPE", "QKV clipping")),
+    "nemotron": Family("decoder", "qwen3", mechanisms=("(1 + w) LayerNorm", "partial rotary", "squared-ReLU MLP")),
     # encoder-decoders
     "t5": Family("seq2seq", "t5", mechanisms=("relative position buckets", "RMSNorm")),
     "mt5": Family("seq2seq", "t5", mechanisms=("relative position buckets", "RMSNorm", "gated GELU")),
