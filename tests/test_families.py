@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from onnxforge.export.families import HEADERS, of_kind, rows
+from onnxforge.artifact import read_manifest
+from onnxforge.export.families import FAMILIES, HEADERS, of_kind, rows
 from onnxforge.runtime import load
 from onnxforge.runtime.decoder import greedy
 from tests.conftest import ROOT
@@ -37,6 +38,7 @@ def test_logits_match_transformers_at_every_length_and_the_mechanism_shows(decod
     from transformers import AutoModelForCausalLM
 
     reference, artifact = decoder(family)
+    assert read_manifest(artifact).graph["builder"] == ("onnxforge" if FAMILIES[family].fused_graph else "optimum")
     generator = load(artifact, providers="cpu")
     ids = _ids(generator, max(LENGTHS))
     for length in LENGTHS:

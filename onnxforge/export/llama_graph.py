@@ -1,4 +1,5 @@
-"""A decoder graph built from the weights, for Llama-style families: one fused op per job, ~11 nodes a layer.
+"""A decoder graph built from the weights, for Llama-style families (``fused_graph`` in ``export.families``: Llama,
+Qwen2, Qwen3, Mistral, Granite, SmolLM3): one fused op per job, ~11 nodes a layer.
 
 The general exporter traces PyTorch into ~100 small ops per layer (shape arithmetic, masks, rotary halves, a
 concatenation per cache tensor). At batch 1 a decode step does little arithmetic, so that op count, not the
@@ -24,15 +25,28 @@ MS = "com.microsoft"
 
 
 def supported(config: dict) -> bool:
-    """Families this builder covers (``fused_graph`` in the table), without the rope scaling or sliding windows it
-    does not implement."""
+    """Families this builder covers (``fused_graph`` in the table), without the rope scaling or biases it does not
+    implement."""
     row = FAMILIES.get(config.get("model_type", ""))
     if row is None or not row.fused_graph or config.get("rope_scaling"):
         return False
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     if head_dim % 16:  # GroupQueryAttention's CPU kernel needs it
         return False
-    return not (config.get("use_sliding_window") or config.get("attention_bias") or config.get("mlp_bias"))
+    return not (config.get("attention_bias") or config.get("mlp_bias"))
+
+
+def sliding_window(config: dict) -> int | None:
+    """The attention window, in tokens including the current one (Mistral; Qwen2 only with use_sliding_window)."""
+    window = config.get("sliding_window")
+    if not window or (config.get("model_type") == "qwen2" and not config.get("use_sliding_window")):
+        return None
+    return int(window)
+
+
+def uses_rope(config: dict, layer: int) -> bool:
+    """SmolLM3 leaves RoPE out of some layers (``no_rope_layers[i] == 0``)."""
+    return bool(config.get("no_rope_layers", [1] * (layer + 1))[layer])
 
 
 class _Graph:
@@ -56,6 +70,15 @@ def _rotary_caches(config: dict, head_dim: int) -> tuple[np.ndarray, np.ndarray]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+def _head_norm(g: _Graph, x: str, weight: np.ndarray, head_dim: int, eps: float, name: str) -> str:
+    """RMS norm over each head's slice of ``x`` (batch, sequence, heads x head_dim), back in that shape."""
+    (heads,) = g.op("Reshape", [x, g.weight(f"{name}.heads", np.array([0, 0, -1, head_dim]))], 1, f"{name}/Reshape")
+    (normed,) = g.op("SimplifiedLayerNormalization", [heads, g.weight(f"{name}.weight", weight)], 1, name, axis=-1,
+                     epsilon=eps, stash_type=1)  # fmt: skip
+    (flat,) = g.op("Reshape", [normed, g.weight(f"{name}.flat", np.array([0, 0, -1]))], 1, f"{name}/Flatten")
+    return flat
+
+
 def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     """Write the fused decoder graph of the Hugging Face model at ``model_dir`` to ``out``."""
     import torch
@@ -68,6 +91,10 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     hidden = int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // heads)
     eps = float(config["rms_norm_eps"])
+    window = sliding_window(config)
+    # Granite's multipliers (1 elsewhere): embeddings, each block's output into the residual, and the logits divisor
+    # go into the weights; the attention multiplier replaces 1/sqrt(head_dim) as GroupQueryAttention's scale.
+    embedding, residual_scale = float(config.get("embedding_multiplier", 1.0)), float(config.get("residual_multiplier", 1.0))
     g = _Graph()
     cos, sin = _rotary_caches(config, head_dim)
     cos_cache, sin_cache = g.weight("cos_cache", cos), g.weight("sin_cache", sin)
@@ -82,8 +109,9 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     (total_1d,) = g.op("Cast", [shape], 1, "total/cast", to=TensorProto.INT32)
     (total,) = g.op("Squeeze", [total_1d], 1, "total/squeeze")
 
-    (x,) = g.op("Gather", [g.weight("model.embed_tokens.weight", state["model.embed_tokens.weight"]), "input_ids"], 1,
-                "/model/embed_tokens/Gather")  # fmt: skip
+    table = state["model.embed_tokens.weight"]
+    (x,) = g.op("Gather", [g.weight("model.embed_tokens.weight", table * np.float32(embedding) if embedding != 1 else table),
+                           "input_ids"], 1, "/model/embed_tokens/Gather")  # fmt: skip
     (normed,) = g.op("SimplifiedLayerNormalization", [x, g.weight("norm.0", state["model.layers.0.input_layernorm.weight"])],
                      ["/model/layers.0/input_layernorm/out"], "/model/layers.0/input_layernorm", axis=-1,
                      epsilon=eps, stash_type=1)  # fmt: skip
@@ -95,14 +123,24 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
         if f"{p}.self_attn.q_proj.bias" in state:  # Qwen2's q/k/v biases
             bias = np.concatenate([state[f"{p}.self_attn.{k}_proj.bias"] for k in "qkv"])
             (qkv,) = g.op("Add", [qkv, g.weight(f"{p}.qkv.bias", bias)], 1, f"{n}/attn/qkv_proj/Add")
+        qkv_inputs = [qkv, "", ""]
+        if f"{p}.self_attn.q_norm.weight" in state:  # Qwen3: each head's q and k RMS-normed before the rotation
+            q, k, v = g.op("Split", [qkv, g.weight(f"{p}.qkv.split", np.array([heads * head_dim, kv_heads * head_dim,
+                                                                               kv_heads * head_dim]))],
+                           3, f"{n}/attn/qkv/Split", axis=-1)  # fmt: skip
+            qkv_inputs = [_head_norm(g, q, state[f"{p}.self_attn.q_norm.weight"], head_dim, eps, f"{n}/attn/q_norm"),
+                          _head_norm(g, k, state[f"{p}.self_attn.k_norm.weight"], head_dim, eps, f"{n}/attn/k_norm"), v]  # fmt: skip
+        rotary = uses_rope(config, i)
         attn, _, _ = g.op(
             "GroupQueryAttention",
-            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos_cache, sin_cache],
+            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total,
+             *((cos_cache, sin_cache) if rotary else ("", ""))],
             [f"{n}/attn/out", f"present.{i}.key", f"present.{i}.value"], f"{n}/attn/GroupQueryAttention", domain=MS,
-            num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0,
+            num_heads=heads, kv_num_heads=kv_heads, do_rotary=int(rotary), rotary_interleaved=0,
+            local_window_size=window if window else -1, scale=float(config.get("attention_multiplier", 0.0)),
         )  # fmt: skip
-        (o,) = g.op("MatMul", [attn, g.weight(f"{p}.o.weight", state[f"{p}.self_attn.o_proj.weight"].T)], 1,
-                    f"{n}/attn/o_proj/MatMul")  # fmt: skip
+        (o,) = g.op("MatMul", [attn, g.weight(f"{p}.o.weight", state[f"{p}.self_attn.o_proj.weight"].T * np.float32(residual_scale))],
+                    1, f"{n}/attn/o_proj/MatMul")  # fmt: skip
         normed, _, _, residual = g.op(
             "SkipSimplifiedLayerNormalization", [o, residual, g.weight(f"{p}.post_norm", state[f"{p}.post_attention_layernorm.weight"])],
             4, f"{n}/post_attention_layernorm", domain=MS, epsilon=eps,
@@ -113,14 +151,14 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
         (sig,) = g.op("Sigmoid", [gate], 1, f"{n}/mlp/act/Sigmoid")
         (silu,) = g.op("Mul", [gate, sig], 1, f"{n}/mlp/act/Mul")
         (prod,) = g.op("Mul", [silu, up], 1, f"{n}/mlp/Mul")
-        (down,) = g.op("MatMul", [prod, g.weight(f"{p}.down.weight", state[f"{p}.mlp.down_proj.weight"].T)], 1,
-                       f"{n}/mlp/down_proj/MatMul")  # fmt: skip
+        (down,) = g.op("MatMul", [prod, g.weight(f"{p}.down.weight", state[f"{p}.mlp.down_proj.weight"].T * np.float32(residual_scale))],
+                       1, f"{n}/mlp/down_proj/MatMul")  # fmt: skip
         last_layer = i == int(config["num_hidden_layers"]) - 1
         gamma = state["model.norm.weight"] if last_layer else state[f"model.layers.{i + 1}.input_layernorm.weight"]
         name = "/model/norm" if last_layer else f"/model/layers.{i + 1}/input_layernorm"
         normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [down, residual, g.weight(f"{name}.gamma", gamma)],
                                       4, name, domain=MS, epsilon=eps)  # fmt: skip
-    head = state.get("lm_head.weight", state["model.embed_tokens.weight"])
+    head = state.get("lm_head.weight", state["model.embed_tokens.weight"]) / np.float32(config.get("logits_scaling", 1.0))
     g.op("MatMul", [normed, g.weight("lm_head.weight", head.T)], ["logits"], "/lm_head/MatMul")
 
     kv = [helper.make_tensor_value_info(f"{kind}.{i}.{t}", TensorProto.FLOAT,

@@ -7,7 +7,11 @@ question answering, which transformers' ModernBertForQuestionAnswering has: the 
 
 from __future__ import annotations
 
-from optimum.exporters.onnx.model_configs import COMMON_TEXT_GENERATION_TASKS, MistralOnnxConfig, ModernBertOnnxConfig
+from optimum.exporters.onnx.model_configs import (
+    COMMON_TEXT_GENERATION_TASKS,
+    MistralOnnxConfig,
+    ModernBertOnnxConfig,
+)
 from optimum.exporters.tasks import TasksManager
 from optimum.utils import NormalizedTextConfigWithGQA
 
