@@ -18,7 +18,10 @@ import numpy as np
 # A decoder whose rows are multiples of 256 (the k-quants' super-block); untrained.
 K_QUANT_SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
                  "num_key_value_heads": 2, "max_position_embeddings": 256}  # fmt: skip
-ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
+# llama.cpp's converter stores these families' RMS-norm weights as (1 + w), the scale the model applies
+NORM_PLUS_ONE = {"gemma2", "gemma3_text", "nemotron"}
+# GPT-2's Conv1D weights are (in, out); the converter transposes them to the (out, in) of every other family
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -54,11 +57,13 @@ def write_gguf(source: Path, out: Path, format_of: Callable[[str], str], seed: i
     import torch  # noqa: F401 - transformers' model classes
     from transformers import AutoModelForCausalLM
 
+    from onnxforge.export.families import FAMILIES
+
     config = json.loads((source / "config.json").read_text())
     family = config["model_type"]
-    arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[family])
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    arch = getattr(gguf.MODEL_ARCH, FAMILIES[family].gguf.upper())
+    heads, kv_heads = _get(config, "num_attention_heads"), _get(config, "num_key_value_heads")
+    names = gguf.get_tensor_name_map(arch, _get(config, "num_hidden_layers"))
     writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch])
     _metadata(writer, config, source)
     state = AutoModelForCausalLM.from_pretrained(source).state_dict()
@@ -70,6 +75,10 @@ def write_gguf(source: Path, out: Path, format_of: Callable[[str], str], seed: i
         weight = tensor.float().numpy()
         if family == "llama" and key.endswith(("q_proj.weight", "k_proj.weight")):
             weight = _permute(weight, heads if "q_proj" in key else kv_heads)
+        elif family in NORM_PLUS_ONE and key.endswith("norm.weight"):
+            weight = weight + 1
+        elif family == "gpt2" and key.endswith(CONV1D):
+            weight = weight.T
         fmt = format_of(name) if weight.ndim == 2 else "F32"
         kind = gguf.GGMLQuantizationType[fmt]
         if fmt.endswith("_K"):
@@ -85,18 +94,39 @@ def write_gguf(source: Path, out: Path, format_of: Callable[[str], str], seed: i
     return out
 
 
+# GPT-2's names for the settings the other families share
+GPT2_NAMES = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
+              "max_position_embeddings": "n_positions"}  # fmt: skip
+
+
+def _get(config: dict, key: str) -> int:
+    """A shared setting, under GPT-2's own name there (its key/value heads are its heads)."""
+    if key == "num_key_value_heads":
+        return config.get(key) or _get(config, "num_attention_heads")
+    return config[key] if key in config else config[GPT2_NAMES[key]]
+
+
 def _metadata(writer, config: dict, source: Path) -> None:
     """The architecture's hyper-parameters and the byte-level BPE tokenizer, as llama.cpp's converter writes them."""
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    writer.add_context_length(config["max_position_embeddings"])
+    hidden, heads = _get(config, "hidden_size"), _get(config, "num_attention_heads")
+    writer.add_context_length(_get(config, "max_position_embeddings"))
     writer.add_embedding_length(hidden)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_block_count(_get(config, "num_hidden_layers"))
+    writer.add_feed_forward_length(config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
     writer.add_head_count(heads)
-    writer.add_head_count_kv(config["num_key_value_heads"])
-    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_head_count_kv(_get(config, "num_key_value_heads"))
+    head_dim = config.get("head_dim") or hidden // heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
     writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    if "rms_norm_eps" in config:
+        writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    else:
+        eps = next(config[k] for k in ("layer_norm_eps", "norm_epsilon", "norm_eps", "layer_norm_epsilon") if k in config)
+        writer.add_layer_norm_eps(eps)
+    if config.get("sliding_window"):
+        writer.add_sliding_window(config["sliding_window"])
     writer.add_vocab_size(config["vocab_size"])
     tokenizer = json.loads((source / "tokenizer.json").read_text())
     vocab = tokenizer["model"]["vocab"]
@@ -108,6 +138,7 @@ def _metadata(writer, config: dict, source: Path) -> None:
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]])
     writer.add_bos_token_id(config["bos_token_id"])
     writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_pad_token_id(config.get("pad_token_id") or 0)
     writer.add_add_bos_token(False)
     template = json.loads((source / "tokenizer_config.json").read_text()).get("chat_template")
     if template:

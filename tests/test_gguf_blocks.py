@@ -5,12 +5,15 @@ greedy tokens of PyTorch on the file's de-quantized weights."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxforge import sources
 from onnxforge.export import export
+from onnxforge.export.families import FAMILIES
 from onnxforge.quantization import Gate, WeightOnlyConfig, quantize
 from onnxforge.quantization.ggml_blocks import FORMATS, decode
+from onnxforge.quantization.smooth import weight_matmuls
 from onnxforge.runtime import load
 from onnxforge.runtime.decoder import greedy
 from tests.decoding import TorchReference, held_out_passages
@@ -24,6 +27,9 @@ MIXED = {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "Q8_0", "attn_output": "Q
 MIXED_K = {"attn_q": "Q4_K", "attn_k": "Q5_K", "attn_v": "Q6_K", "attn_output": "Q5_K", "ffn_gate": "Q4_K",
            "ffn_up": "Q6_K", "ffn_down": "Q4_K", "token_embd": "Q4_K", "output": "Q6_K"}  # fmt: skip
 CASES = [("llama", f) for f in LEGACY + K_QUANTS] + [("qwen2", "mixed"), ("qwen2", "mixed-k")]
+# Every other family with a GGUF route in export.families, one legacy format each (their traced graphs keep q, k
+# and v apart, GPT-2's projections are transposed Conv1Ds, Nemotron's norms are stored as 1 + w)
+CASES += list(zip([f for f, row in FAMILIES.items() if row.gguf and f not in ("llama", "qwen2")], LEGACY * 2))
 RELATIVE = 1e-4  # logits at accuracy level 0, relative to the largest logit
 
 
@@ -91,8 +97,13 @@ def test_a_gguf_decoder_keeps_the_files_blocks_exactly(family, case, decoder_sou
 
     kept = manifest.precision["gguf_blocks"]
     assert kept["file"] == gguf.name and set(kept["nodes"].values()) == _expected(case)
-    layers = 1 if k_shaped else 2
-    assert len(kept["nodes"]) == 4 * layers + 2  # every weight product and the embedding table
+    fp32 = onnx.load(str(tmp_path / "fp32" / "model.onnx"))
+    tables = {t.name for t in fp32.graph.initializer}
+    products = sum(map(len, weight_matmuls(fp32).values()))
+    products += sum(n.op_type == "Gather" and n.input[0] in tables for n in fp32.graph.node)
+    assert len(kept["nodes"]) == products  # every weight product and embedding table holds the file's blocks
+    if family in ("llama", "qwen2"):  # the fused graph: packed QKV and gate/up, so 4 a layer, the table and the head
+        assert len(kept["nodes"]) == 4 * (1 if k_shaped else 2) + 2
     generator = load(tmp_path / "int4", providers="cpu")
     reference = TorchReference(source.path)
     ids = held_out_passages(generator, 1)[0][:48]

@@ -83,8 +83,10 @@ LONGROPE = {"type": "longrope", "short_factor": [1.0 + i / 10 for i in range(6)]
 DECODERS: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {**DECODER_SMALL, "tie_word_embeddings": True}),
     "qwen2": ("Qwen2Config", DECODER_SMALL),
-    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256, **NO_DROPOUT}),
-    "qwen3": ("Qwen3Config", {**DECODER_SMALL, "head_dim": 16}),
+    # 1,024 positions: transformers reads a GPT-2 GGUF's context as n_ctx and builds 1,024 (its default) either way
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 1024, **NO_DROPOUT}),
+    # head_dim 128, as every Qwen3 has: transformers 4.57 reads no head size from a Qwen3 GGUF and assumes it
+    "qwen3": ("Qwen3Config", {**DECODER_SMALL, "head_dim": 128}),
     "mistral": ("MistralConfig", {**DECODER_SMALL, "sliding_window": WINDOW}),
     "phi3": ("Phi3Config", {**DECODER_SMALL, "pad_token_id": 0, "partial_rotary_factor": 0.75,
                             "original_max_position_embeddings": SHORT_CONTEXT, "rope_scaling": LONGROPE}),
