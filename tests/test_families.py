@@ -43,7 +43,7 @@ def test_logits_match_transformers_at_every_length_and_the_mechanism_shows(decod
     ids = _ids(generator, max(LENGTHS))
     for length in LENGTHS:
         np.testing.assert_allclose(generator.decoder.logits(ids[:length]), reference.logits(ids[:length]), atol=ATOL)
-    if WITHOUT_MECHANISM.get(family):
+    if WITHOUT_MECHANISM[family]:  # every decoder row names one ({} where no config switch takes it away)
         ablated = AutoModelForCausalLM.from_pretrained(decoder_source(family), **WITHOUT_MECHANISM[family]).eval()
         with torch.no_grad():
             without = ablated(torch.tensor([ids]), use_cache=False).logits[0].numpy()
@@ -91,6 +91,14 @@ def test_int4_gate_runs_and_its_figures_hold(decoder, family, tmp_path):
     manifest = quantize(artifact, out, WeightOnlyConfig(bits=4), Gate(gate))
     assert manifest.graph["fused_ops"]["MatMulNBits"] >= 4 and not weight_matmuls(onnx.load(str(out / "model.onnx")))
     check_quantized(reference, manifest, out, gate)
+
+
+def test_every_family_in_the_table_has_a_tiny_model_under_test():
+    from tests.tiny_models import DECODERS, SEQ2SEQ
+    from tests.tiny_models import FAMILIES as ENCODERS
+
+    assert set(of_kind("encoder")) == set(ENCODERS) and set(of_kind("decoder")) == set(DECODERS) == set(WITHOUT_MECHANISM)
+    assert set(of_kind("seq2seq")) == set(SEQ2SEQ)
 
 
 def test_an_unsupported_family_is_refused_naming_the_supported_ones():

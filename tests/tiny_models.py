@@ -23,10 +23,15 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "distilbert": ("DistilBertConfig", {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, **VOCAB}),
     "roberta": ("RobertaConfig", {**SMALL, **VOCAB, "max_position_embeddings": 514, "type_vocab_size": 1,
                                   "pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102}),
+    "xlm-roberta": ("XLMRobertaConfig", {**SMALL, **VOCAB, "max_position_embeddings": 514, "type_vocab_size": 1,
+                                         "pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102}),
     "albert": ("AlbertConfig", {**SMALL, **VOCAB, "embedding_size": 16}),
     "electra": ("ElectraConfig", {**SMALL, **VOCAB, "embedding_size": 16}),
     "deberta-v2": ("DebertaV2Config", {**SMALL, **VOCAB, "relative_attention": True, "position_buckets": 32,
                                        "pos_att_type": ["p2c", "c2p"]}),
+    # MPNet's positions start after its padding index 1 whatever the tokenizer pads with, as all-mpnet-base-v2's
+    "mpnet": ("MPNetConfig", {**SMALL, **VOCAB, "max_position_embeddings": 514, "pad_token_id": 1,
+                              "bos_token_id": 101, "eos_token_id": 102}),
     # a local window of 8 tokens on every other layer: the test texts run well past it; weights at 0.2 (default
     # 0.02) so that attention moves the output enough to tell the window from none (0.1 vs 7e-4 apart)
     "modernbert": ("ModernBertConfig", {**SMALL, **VOCAB, "global_attn_every_n_layers": 2, "local_attention": 8,
@@ -35,7 +40,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                                         "bos_token_id": 101, "eos_token_id": 102}),
 }  # fmt: skip
 # Families whose checkpoints take no token_type_ids: their tokenizer is told so, as real checkpoints' are.
-NO_TOKEN_TYPES = {"distilbert", "roberta", "modernbert"}
+NO_TOKEN_TYPES = {"distilbert", "roberta", "xlm-roberta", "mpnet", "modernbert"}
 # Labels per task: BIO tags for NER so that entity grouping has B-/I- boundaries to respect.
 LABELS: dict[str, list[str]] = {
     "classify": ["negative", "neutral", "positive"],
@@ -110,6 +115,7 @@ DECODERS: dict[str, tuple[str, dict]] = {
 # Per family, config changes that take its special mechanism away: transformers with them must disagree with the
 # export (tests/test_families.py), so the tiny config and the lengths read really exercise what the family adds.
 WITHOUT_MECHANISM: dict[str, dict] = {
+    "llama": {}, "qwen2": {}, "gpt2": {},  # nothing beyond the plain pre-norm transformer to take away
     "qwen3": {},  # q/k norms: no config switch; parity proves them
     "mistral": {"sliding_window": None},
     "phi3": {"rope_scaling": {**LONGROPE, "long_factor": LONGROPE["short_factor"]}},

@@ -44,7 +44,7 @@ class ExportConfig:
 
 # Families whose position ids start after the padding index (fairseq's convention): padding_idx + 1 fewer positions.
 PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
-                            "longformer", "roberta-prelayernorm", "xmod"}  # fmt: skip
+                            "longformer", "roberta-prelayernorm", "xmod", "mpnet"}  # fmt: skip
 
 
 def usable_positions(config: dict) -> int:
