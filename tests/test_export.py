@@ -142,15 +142,16 @@ def test_module_task_is_not_exported_from_a_directory(tmp_path, tiny_source):
         export(tiny_source, tmp_path / "x", "module")
 
 
-@pytest.mark.parametrize(("positions", "usable"), [(66, 65), (512, 511)])
-def test_a_tokenizer_longer_than_the_models_positions_is_cut_to_the_usable_length(tmp_path, positions, usable):
-    """MiniLM's tokenizer allows 512 tokens; a RoBERTa with fewer positions (ids start after the padding index)
-    embeds long text cut to what its positions can index, instead of an IndexError inside torch.embedding."""
+@pytest.mark.parametrize(("family", "positions", "usable"), [("roberta", 66, 65), ("roberta", 512, 511), ("mpnet", 512, 510)])
+def test_a_tokenizer_longer_than_the_models_positions_is_cut_to_the_usable_length(tmp_path, family, positions, usable):
+    """MiniLM's tokenizer allows 512 tokens; a RoBERTa or MPNet with fewer positions (ids start after the padding
+    index: 0 and 1 here) embeds long text cut to what its positions can index, instead of an IndexError inside
+    torch.embedding."""
     from onnxforge.runtime import load
     from tests.tiny_models import make_encoder
 
-    source = make_encoder(tmp_path / "source", "roberta", max_position_embeddings=positions)
-    export(source, tmp_path / "out", "embed", name="short-roberta")
+    source = make_encoder(tmp_path / "source", family, max_position_embeddings=positions)
+    export(source, tmp_path / "out", "embed", name=f"short-{family}")
     assert read_manifest(tmp_path / "out").preprocess.max_length == usable
     vectors = load(tmp_path / "out", providers="cpu").embed(["word " * 1000])
     assert vectors.shape == (1, 32) and np.isfinite(vectors).all()
