@@ -137,7 +137,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
              *((cos_cache, sin_cache) if rotary else ("", ""))],
             [f"{n}/attn/out", f"present.{i}.key", f"present.{i}.value"], f"{n}/attn/GroupQueryAttention", domain=MS,
             num_heads=heads, kv_num_heads=kv_heads, do_rotary=int(rotary), rotary_interleaved=0,
-            local_window_size=window if window else -1, scale=float(config.get("attention_multiplier", 0.0)),
+            local_window_size=window or -1, scale=float(config.get("attention_multiplier", 0.0)),
         )  # fmt: skip
         (o,) = g.op("MatMul", [attn, g.weight(f"{p}.o.weight", state[f"{p}.self_attn.o_proj.weight"].T * np.float32(residual_scale))],
                     1, f"{n}/attn/o_proj/MatMul")  # fmt: skip
