@@ -65,17 +65,27 @@ def test_decode_steps_through_the_cache_give_transformers_logits(decoder, family
 @pytest.mark.parametrize("family", DECODERS)
 def test_greedy_tokens_equal_transformers_generate(decoder, family):
     """From a prompt just short of Phi-3's short context, 24 new tokens: across LongRoPE's switch (transformers
-    picks the factors per call, as the exported graph does) and far past every sliding window."""
+    picks the factors per call, as the exported graph does) and far past every sliding window. The logits each step
+    picked from equal generate's too: tokens alone survived a cache one position off (tiny Gemma 2 and OLMo)."""
     reference, artifact = decoder(family)
     generator = load(artifact, providers="cpu")
     ids = _ids(generator, SHORT_CONTEXT - 8)
     eos = sorted(generator.eos)
     with torch.no_grad():
         out = reference.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                       max_new_tokens=24, do_sample=False, eos_token_id=eos, pad_token_id=eos[0])  # fmt: skip
-    expected = [t for t in out[0, len(ids) :].tolist() if t not in eos]
+                                       max_new_tokens=24, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
+                                       output_logits=True, return_dict_in_generate=True)  # fmt: skip
+    expected = [t for t in out.sequences[0, len(ids) :].tolist() if t not in eos]
+    seen: list[np.ndarray] = []
+
+    def recording(logits: np.ndarray, previous) -> int:
+        seen.append(logits.copy())
+        return greedy(logits, previous)
+
     assert len(expected) >= 8
-    assert list(generator.decoder.continuation(ids, 24, greedy, frozenset(eos))) == expected
+    assert list(generator.decoder.continuation(ids, 24, recording, frozenset(eos))) == expected
+    steps = min(len(seen), len(out.logits))
+    np.testing.assert_allclose(np.stack(seen[:steps]), torch.cat(out.logits[:steps]).numpy(), atol=ATOL)
 
 
 @pytest.mark.parametrize("family", DECODERS)
