@@ -17,7 +17,6 @@ from ..runtime import chat
 from ..runtime.decoder import Decoder, greedy
 from ..runtime.session import SessionConfig, create_session
 from ..sources import tokenizer_of
-from . import longrope
 from .parity import ParityError
 
 PROMPTS = (
@@ -34,13 +33,12 @@ def check(onnx_path: Path, model_dir: Path, texts: list[str], settings: Preproce
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     session = create_session(onnx_path, SessionConfig(providers="cpu"))
     decoder = Decoder(session, int(settings.max_length), in_place, settings.refill_after)
-    switch = longrope.switch_length(model.config.to_dict())
     worst, positions = 0.0, 0
     for text in texts:
         ids = tokenizer(text).input_ids[: decoder.context]
         with torch.no_grad():
             reference = model(torch.tensor([ids])).logits[0].numpy()
-        half = _prefill_length(len(ids), switch)
+        half = _prefill_length(len(ids), settings.refill_after)
         cache = decoder.empty(len(ids))
         ours = [decoder.forward(cache, ids[:half], all_logits=True)]
         ours += [decoder.forward(cache, [token])[None] for token in ids[half:]]
