@@ -135,9 +135,18 @@ class Manifest:
         raise ArtifactError(f"artifact {self.name}/{self.variant} has no output {name!r}")
 
 
+# A graph over protobuf's 2 GiB keeps its weights in a file beside it: model.onnx → model.onnx.data.
+EXTERNAL_DATA_SUFFIX = ".data"
+
+
 def graph_files(manifest: Manifest) -> list[str]:
     """The ONNX graphs an artifact runs: its model file, after its encoder's where it has one."""
     return [name for name in (manifest.encoder_file, manifest.model_file) if name]
+
+
+def graph_and_data_files(manifest: Manifest) -> tuple[str, ...]:
+    """The graphs and the weight files that may sit beside them: what a stage that rewrites the graphs replaces."""
+    return tuple(name + suffix for name in graph_files(manifest) for suffix in ("", EXTERNAL_DATA_SUFFIX))
 
 
 def sha256_file(path: Path) -> str:

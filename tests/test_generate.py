@@ -259,6 +259,26 @@ def test_int4_weights_pass_their_gate_and_a_missed_gate_writes_nothing(decoder, 
     assert not (tmp_path / "tiny-llama" / "int4-strict").exists()
 
 
+def test_a_graph_past_protobufs_limit_keeps_its_weights_in_a_file_beside_it(decoder_source, monkeypatch, tmp_path):
+    """A 1.7B decoder is over protobuf's 2 GiB in fp32. With the limit lowered to nothing, a tiny decoder's export and
+    its int4 write their weights to model.onnx.data, the manifest hashes that file, and both decode as transformers."""
+    from onnxforge.export import export, graph
+    from onnxforge.quantization import Gate, WeightOnlyConfig, quantize
+
+    monkeypatch.setattr(graph, "PROTOBUF_LIMIT", 1)
+    source = decoder_source("llama")
+    fp32, int4 = tmp_path / "tiny" / "fp32", tmp_path / "tiny" / "int4"
+    export(source, fp32, "generate")
+    quantize(fp32, int4, WeightOnlyConfig(bits=4), Gate({"next_token_agreement": 0.5}))
+    reference = TorchReference(source)
+    for out in (fp32, int4):
+        data = out / "model.onnx.data"
+        assert "model.onnx.data" in read_manifest(out).files
+        assert (out / "model.onnx").stat().st_size < data.stat().st_size / 4
+    assert load(fp32).generate(PROMPTS[0], max_new_tokens=16) == reference.text(PROMPTS[0], 16)
+    assert load(int4).generate(PROMPTS[0], max_new_tokens=16)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_the_encoders_int8_procedure_applies_unchanged_to_decoders(decoder, family, tmp_path):
     """Per-token activations, GPTQ and smoothing calibrate on teacher-forced passages (plain feeds with an empty

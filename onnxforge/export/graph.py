@@ -8,13 +8,31 @@ from pathlib import Path
 
 import onnx
 
-from ..artifact import TensorSpec
+from ..artifact import EXTERNAL_DATA_SUFFIX, TensorSpec
 
 FUSED_OPS = (
     "Attention", "MultiHeadAttention", "GroupQueryAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
     "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu",
     "Gelu", "RotaryEmbedding", "QAttention", "QEmbedLayerNormalization", "MatMulNBits", "MatMulIntegerToFloat",
 )  # fmt: skip
+
+
+# Protobuf cannot serialize a message over 2 GiB: a graph whose weights pass this goes out with external data.
+PROTOBUF_LIMIT = 2**31 - 1 - (64 << 20)  # less room for the graph itself
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` (weights loaded) to ``path``, its weights in ``<file>.data`` beside it when they pass
+    :data:`PROTOBUF_LIMIT` (a 1.7B decoder in fp32): 1.7B and larger models export, quantize and load alike."""
+    path = Path(path)
+    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file; a smaller rewrite must not keep it
+    weights = sum(t.ByteSize() for g in graphs(model.graph) for t in g.initializer)
+    if weights < PROTOBUF_LIMIT:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+                  size_threshold=1024)  # fmt: skip
 
 
 def onnx_opset(model: onnx.ModelProto) -> int:

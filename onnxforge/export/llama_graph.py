@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .families import FAMILIES
+from .graph import save
 
 MS = "com.microsoft"
 
@@ -175,4 +176,4 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)],
                                     producer_name="onnxforge")  # fmt: skip
     model_proto.ir_version = 10
-    onnx.save(model_proto, str(out))
+    save(model_proto, out)

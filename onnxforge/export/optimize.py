@@ -14,7 +14,6 @@ encoder ~8 % slower. The bias is added to the product first, where per-token int
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import onnx
@@ -25,7 +24,7 @@ from onnxruntime.transformers.optimizer import optimize_model
 from ..tasks import Task
 from . import longrope
 from .families import CUDA_ONLY_FUSIONS, Family, family
-from .graph import fused_ops, graphs, onnx_opset, op_counts
+from .graph import fused_ops, graphs, onnx_opset, op_counts, save
 
 TARGETS = ("cpu", "cuda")
 
@@ -46,7 +45,7 @@ def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu", config:
         raise ValueError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
     ort_type = family(model_type).fusion
     if ort_type is None or (ort_type in CUDA_ONLY_FUSIONS and target == "cpu"):
-        shutil.copy2(src, dst)
+        save(onnx.load(str(src)), dst)
         return fused_ops(op_counts(dst))
     options = FusionOptions(ort_type)
     options.enable_gelu_approximation = False  # exact GELU: fidelity first, it costs little on CPU
@@ -60,7 +59,7 @@ def optimize(src: Path, dst: Path, model_type: str, target: str = "cpu", config:
     )  # fmt: skip
     if target == "cpu":
         split_skip_norms(model.model)
-    model.save_model_to_file(str(dst))
+    save(model.model, dst)
     return fused_ops(op_counts(dst))
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from .graph import save
+
 OUTPUT = "sentence_embedding"
 
 
@@ -98,4 +100,4 @@ def append_pooling(path: Path, pooling: Pooling, hidden: str = "last_hidden_stat
     batch = dims[0].dim_param or dims[0].dim_value
     graph.output.insert(0, helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, dims[2].dim_value]))
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save(model, path)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .. import corpus
-from ..artifact import Manifest, copy_files, graph_files, publish, staging, verify
+from ..artifact import Manifest, copy_files, graph_and_data_files, graph_files, publish, staging, verify
 from ..cpu import this_cpu
 from ..export.graph import byte_groups, fused_ops, op_counts
 from ..progress import step
@@ -127,7 +127,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
             config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report)
-        copy_files(src, stage, skip=tuple(graphs))
+        copy_files(src, stage, skip=graph_and_data_files(base))
         candidate = _candidate(reference, model)
         with step(f"quality gate on {len(held_out)} held-out texts"):
             figures = measure(base.task, reference, candidate, held_out)

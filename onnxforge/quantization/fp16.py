@@ -15,6 +15,8 @@ from pathlib import Path
 
 import onnx
 
+from ..export.graph import save
+
 FRAGILE_OPS = (
     "LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "SimplifiedLayerNormalization",
     "SkipSimplifiedLayerNormalization", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "Softmax", "Pow",
@@ -81,7 +83,7 @@ def to_fp16(src: Path, dst: Path, block: tuple[str, ...] = FRAGILE_OPS) -> None:
         )
     _drop_repeated_casts(model.model.graph)
     model.topological_sort()  # the pass appends its Cast nodes at the end; strict evaluators need order
-    onnx.save(model.model, str(dst))
+    save(model.model, dst)
 
 
 def _distinct_branch_outputs(graph: onnx.GraphProto) -> bool:

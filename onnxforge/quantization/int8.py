@@ -32,6 +32,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from ..export.graph import save
 from .calibration import activation_absmax, activation_gram, activation_range
 from .gptq import gptq_int8
 from .per_token import LEVELS_SUFFIX, SHIFT_SUFFIX, per_token_int8, unsigned_shift
@@ -100,7 +101,7 @@ def prepare(src: Path, dst: Path, config: Int8Config, feeds: list[dict[str, np.n
     inputs = sorted(weight_matmuls(model))
     if config.smooth_alpha is not None:
         smooth(model, activation_absmax(dst, inputs, feeds), config.smooth_alpha)
-        onnx.save(model, str(dst))
+        save(model, dst)
         inputs = sorted(weight_matmuls(model))
     per_token = config.activations == "per-token"
     grams = activation_gram(dst, inputs, feeds) if config.weight_rounding == "gptq" else {}
@@ -120,7 +121,7 @@ def prepare(src: Path, dst: Path, config: Int8Config, feeds: list[dict[str, np.n
         for activation, (low, _, rows) in activation_range(dst, inputs, feeds).items():
             if (shift := unsigned_shift(low, rows)) is not None:
                 model.graph.initializer.append(numpy_helper.from_array(shift, activation + SHIFT_SUFFIX))
-    onnx.save(model, str(dst))
+    save(model, dst)
     return dst
 
 
@@ -140,7 +141,7 @@ def finish(prepared: Path, dst: Path, config: Int8Config, feeds: list[dict[str, 
                   if t.name.endswith(SHIFT_SUFFIX)}  # fmt: skip
         nodes = {node.name for group in weight_matmuls(model).values() for node in group}
         per_token_int8(model, nodes - set(excluded), shifts)
-        onnx.save(model, str(dst))
+        save(model, dst)
     elif config.activations == "dynamic":
         quantize_dynamic(
             str(prepared), str(dst), per_channel=config.per_channel, reduce_range=True,
@@ -158,7 +159,7 @@ def finish(prepared: Path, dst: Path, config: Int8Config, feeds: list[dict[str, 
         _block_int8(dst, set(config.keep))
     model = onnx.load(str(dst))
     if config.embedding_rows and int8_rows(model):
-        onnx.save(model, str(dst))
+        save(model, dst)
     if saturating := saturating_products(model):
         raise RuntimeError(f"{dst}: integer products that would saturate on CPUs without VNNI, so results would "
                            f"depend on the CPU: {', '.join(saturating)}")  # fmt: skip
@@ -173,7 +174,7 @@ def _block_int8(path: Path, names: set[str]) -> None:
         nodes_to_include=sorted(names),
     )  # fmt: skip
     quantizer.process()
-    quantizer.model.save_model_to_file(str(path))
+    save(quantizer.model.model, path)
 
 
 class _Reader(CalibrationDataReader):

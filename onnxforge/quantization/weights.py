@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..export.graph import graphs
+from ..export.graph import graphs, save
 from .gguf_blocks import keep_file_blocks, pack_codes
 from .gptq import gptq_blocks
 from .tables import quantized_rows
@@ -87,7 +87,7 @@ def quantize_weights(src: Path, dst: Path, config: WeightOnlyConfig, gguf: Path 
         model = _blockwise(replace(config, symmetric=symmetric), config.head_bits, ("MatMul",), exclude=added,
                            model=model)  # fmt: skip
     refit(model, weights, config.block_size, grams)
-    onnx.save(model, str(dst))
+    save(model, dst)
     return kept
 
 
