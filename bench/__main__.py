@@ -20,7 +20,7 @@ import numpy as np
 from onnxforge import corpus
 from onnxforge.quantization.fidelity import embedding_fidelity
 
-from . import cold_start, report, runs, serve_generate, serve_load, translate, web
+from . import cold_start, report, runs, scale, serve_generate, serve_load, translate, web
 from .decoder import markdown as decoder_markdown
 from .decoder import plot as decoder_plot
 from .decoder import run_decoders
@@ -28,7 +28,7 @@ from .systems import MINILM, ROOT, encoder_systems
 
 RESULTS = ROOT / "bench" / "results"
 QUICK_SENTENCES = 128
-PARTS = ("encoder", "cold", "decoder", "serve", "serve-generate", "translate", "web")
+PARTS = ("encoder", "cold", "decoder", "serve", "serve-generate", "translate", "web", "scale")
 
 
 def _worker(args: list[str]) -> float:
@@ -114,6 +114,10 @@ def measure(part: str, args: argparse.Namespace, machine: dict, out: Path) -> tu
     if part == "cold":
         rows = cold_start.run()
         return rows, cold_start.markdown(rows), []
+    if part == "scale":
+        rows = scale.run(args.threads, machine, corpus.split(corpus.load()).evaluation, args.quick)
+        title = f"Decode speed by model size: onnxforge int4 vs llama.cpp on the same random-weight GGUFs, cpu, {cpu}"
+        return rows, scale.markdown(rows, title), [scale.plot(rows, out)]
     if part == "serve":
         rows = serve_load.run(corpus.split(corpus.load()).evaluation, requests=300 if args.quick else 2000, threads=args.threads)
         return rows, serve_load.markdown(rows), []

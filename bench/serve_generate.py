@@ -84,14 +84,23 @@ class Server:
             self.process.wait(timeout=60)
 
 
+def onnxforge_server(name: str, artifact: Path, threads: int, slots: int) -> Server:
+    """`onnxforge serve` over one artifact (its model name: <artifact's parent>/<variant>)."""
+    return Server(name, [sys.executable, "-m", "onnxforge.cli", "serve", str(artifact), "--threads", str(threads),
+                         "--max-generations", str(slots), "--max-waiting-generations", "256"],
+                  f"{artifact.parent.name}/{artifact.name}")  # fmt: skip
+
+
+def peer_server(name: str, gguf: Path, threads: int, slots: int) -> Server:
+    """llama-server over a GGUF, ``slots`` parallel sequences of up to 1,024 tokens each."""
+    return Server(name, [str(llama_server()), "-m", str(gguf), "-t", str(threads), "-tb", str(threads), "-np", str(slots),
+                         "-c", str(slots * 1024), "--no-webui", "--host", "127.0.0.1"], gguf.stem)  # fmt: skip
+
+
 def servers(threads: int) -> list[Server]:
     """The peer first (every ratio is against it), then onnxforge's variants."""
-    ours = [Server(f"onnxforge serve ({variant})", [sys.executable, "-m", "onnxforge.cli", "serve", str(ARTIFACTS / variant),
-                   "--threads", str(threads), "--max-generations", str(SLOTS), "--max-waiting-generations", "256"],
-                   f"smollm2-135m/{variant}") for variant in ("int4", "int8")]  # fmt: skip
-    peer = Server("llama-server (Q4_1)", [str(llama_server()), "-m", str(_gguf()), "-t", str(threads), "-tb", str(threads),
-                  "-np", str(SLOTS), "-c", str(SLOTS * 1024), "--no-webui", "--host", "127.0.0.1"], "smollm2")  # fmt: skip
-    return [peer, *ours]
+    ours = [onnxforge_server(f"onnxforge serve ({variant})", ARTIFACTS / variant, threads, SLOTS) for variant in ("int4", "int8")]
+    return [peer_server("llama-server (Q4_1)", _gguf(), threads, SLOTS), *ours]
 
 
 def gate_figures(server: Server) -> str:

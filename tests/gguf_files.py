@@ -65,7 +65,7 @@ def write_gguf(source: Path, out: Path, format_of: Callable[[str], str], seed: i
     heads, kv_heads = _get(config, "num_attention_heads"), _get(config, "num_key_value_heads")
     names = gguf.get_tensor_name_map(arch, _get(config, "num_hidden_layers"))
     writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch])
-    _metadata(writer, config, source)
+    write_metadata(writer, config, source)
     state = AutoModelForCausalLM.from_pretrained(source).state_dict()
     if config.get("tie_word_embeddings"):
         state.pop("lm_head.weight", None)
@@ -106,7 +106,7 @@ def _get(config: dict, key: str) -> int:
     return config[key] if key in config else config[GPT2_NAMES[key]]
 
 
-def _metadata(writer, config: dict, source: Path) -> None:
+def write_metadata(writer, config: dict, source: Path) -> None:
     """The architecture's hyper-parameters and the byte-level BPE tokenizer, as llama.cpp's converter writes them."""
     hidden, heads = _get(config, "hidden_size"), _get(config, "num_attention_heads")
     writer.add_context_length(_get(config, "max_position_embeddings"))
