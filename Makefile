@@ -44,8 +44,10 @@ $(QEMU):
 	rm -rf .cache/qemu/unpacked .cache/qemu/*.deb
 
 ## The whole suite, then the runtime in an environment that has no torch, transformers, optimum or onnx.
+## One pytest-xdist worker per core, a module to a worker (tests/conftest.py groups them).
+TEST_WORKERS ?= $(shell nproc)
 test: $(VENV)/.ok $(QEMU)
-	ONNXFORGE_REQUIRE_QEMU=1 $(BIN)/python -m pytest -q
+	ONNXFORGE_REQUIRE_QEMU=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 	$(MAKE) --no-print-directory test-runtime-env
 
 ## transformers.js over artifacts (Node) and the web example (examples/web) in headless Chromium; installs Debian's

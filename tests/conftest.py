@@ -9,6 +9,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `make test` runs the suite on one pytest-xdist worker per core: each worker's onnxruntime and torch then take its
+# share of the cores instead of all of them (spinning thread pools that outnumber the cores slow every worker down).
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    os.environ.setdefault("ONNXFORGE_NUM_THREADS", share)
+    os.environ.setdefault("OMP_NUM_THREADS", share)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,3 +117,15 @@ def outlier_artifact(tmp_path_factory, tiny_source):
     out = root / "outliers" / "fp32"
     export(root / "source", out, "embed", name="outliers", config=ExportConfig(tolerance=Tolerance(max_abs=1e-3)))
     return out
+
+
+# Session fixtures that build real models: every test that uses one runs on the same worker, so it is built once.
+SHARED_BUILDS = ("minilm_root", "smollm2_root")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Group tests for ``--dist loadgroup``: by module (a module's fixtures are made once, on one worker), and all
+    tests of one of :data:`SHARED_BUILDS` together wherever they are."""
+    for item in items:
+        shared = next((name for name in SHARED_BUILDS if name in item.fixturenames), None)
+        item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
