@@ -21,6 +21,7 @@ from ..runtime.session import SessionConfig
 from ..tasks import get_task
 from ..versions import tool_versions
 from . import generate_parity, llama_graph, longrope, parity, seq2seq, seq2seq_parity
+from .families import FAMILIES
 from .generation import generation_settings
 from .graph import byte_groups, fused_ops, op_counts, signature
 from .module import export_module
@@ -42,16 +43,12 @@ class ExportConfig:
     parity_texts: list[str] | None = None  # default: the held-out split of the shipped corpus
 
 
-# Families whose position ids start after the padding index (fairseq's convention): padding_idx + 1 fewer positions.
-PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
-                            "longformer", "roberta-prelayernorm", "xmod", "mpnet"}  # fmt: skip
-
-
 def usable_positions(config: dict) -> int:
     """How many tokens the model's position embeddings can index: ``max_position_embeddings``, less the padding
     offset of RoBERTa-like families (position ids start at pad_token_id + 1); DEFAULT_MAX_LENGTH when unknown."""
     positions = int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
-    if config.get("model_type") in PADDING_OFFSET_POSITIONS:
+    row = FAMILIES.get(config.get("model_type", ""))
+    if row and row.positions_after_padding:
         positions -= int(config.get("pad_token_id") or 0) + 1
     return positions
 

@@ -23,18 +23,21 @@ class Family:
     fused_graph: bool = False  # export.llama_graph builds it on CPU where the config fits
     gguf: str | None = None  # export from a GGUF file of this architecture (tests/test_gguf_blocks.py writes one)
     mechanisms: tuple[str, ...] = ()  # what the export reproduces beyond a plain pre-norm transformer
+    # fairseq's convention: position ids start after the padding index, so padding_idx + 1 fewer positions are usable
+    positions_after_padding: bool = False
 
 
 FAMILIES: dict[str, Family] = {
     # encoders
     "bert": Family("encoder", "bert"),
     "distilbert": Family("encoder", "bert"),
-    "roberta": Family("encoder", "bert", mechanisms=("positions after the padding index",)),
-    "xlm-roberta": Family("encoder", "bert", mechanisms=("positions after the padding index",)),
+    "roberta": Family("encoder", "bert", mechanisms=("positions after the padding index",), positions_after_padding=True),
+    "xlm-roberta": Family("encoder", "bert", mechanisms=("positions after the padding index",), positions_after_padding=True),
     "albert": Family("encoder", "bert", mechanisms=("shared layers", "factorized embeddings")),
     "electra": Family("encoder", "bert"),
     "deberta-v2": Family("encoder", "bert", mechanisms=("disentangled relative attention",)),
-    "mpnet": Family("encoder", "bert", mechanisms=("relative position bias",)),
+    "mpnet": Family("encoder", "bert", mechanisms=("relative position bias", "positions after the padding index"),
+                    positions_after_padding=True),
     "modernbert": Family("encoder", "bert", mechanisms=("RoPE", "alternating local (sliding-window) and global attention",
                                                         "GeGLU", "no token types")),
     # decoders
