@@ -67,7 +67,7 @@ def write_gguf(source: Path, out: Path, format_of: Callable[[str], str], seed: i
     writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch])
     write_metadata(writer, config, source)
     state = AutoModelForCausalLM.from_pretrained(source).state_dict()
-    if config.get("tie_word_embeddings"):
+    if config.get("tie_word_embeddings", True):  # absent from config.json where the class default (True) holds
         state.pop("lm_head.weight", None)
     rng = np.random.default_rng(seed)
     for key, tensor in state.items():
@@ -128,14 +128,10 @@ def write_metadata(writer, config: dict, source: Path) -> None:
     if config.get("sliding_window"):
         writer.add_sliding_window(config["sliding_window"])
     writer.add_vocab_size(config["vocab_size"])
-    tokenizer = json.loads((source / "tokenizer.json").read_text())
-    vocab = tokenizer["model"]["vocab"]
-    special = {t["id"] for t in tokenizer["added_tokens"]}
-    tokens = sorted(vocab, key=vocab.get)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if vocab[t] in special else 1 for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]])
+    if config["model_type"] in SENTENCEPIECE:
+        _sentencepiece_vocabulary(writer, config["vocab_size"])
+    else:
+        _byte_bpe_vocabulary(writer, json.loads((source / "tokenizer.json").read_text()))
     writer.add_bos_token_id(config["bos_token_id"])
     writer.add_eos_token_id(config["eos_token_id"])
     writer.add_pad_token_id(config.get("pad_token_id") or 0)
@@ -143,6 +139,46 @@ def write_metadata(writer, config: dict, source: Path) -> None:
     template = json.loads((source / "tokenizer_config.json").read_text()).get("chat_template")
     if template:
         writer.add_chat_template(template)
+
+
+# Families whose GGUF tokenizer transformers reads as SentencePiece pieces with scores (tokenizer model "llama", a
+# Unigram model for Gemma), as llama.cpp's converter writes them; the others get byte-level BPE with merges.
+SENTENCEPIECE = {"gemma2", "gemma3_text"}
+
+
+def _byte_bpe_vocabulary(writer, tokenizer: dict) -> None:
+    """The Hugging Face byte-level BPE tokenizer (tokenizer.json) as tokens, types and merges."""
+    vocab = tokenizer["model"]["vocab"]
+    special = {t["id"] for t in tokenizer["added_tokens"]}
+    tokens = sorted(vocab, key=vocab.get)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if vocab[t] in special else 1 for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]])
+
+
+def _sentencepiece_vocabulary(writer, size: int) -> None:
+    """A Unigram SentencePiece model of ``size`` pieces trained on the corpus, written as pieces, scores and types:
+    start 1 and end 2 as the tiny decoders number them, named as Gemma's (<bos>, <eos>, <pad>, <unk>), so the
+    tokenizer transformers builds from the file adds none of its own."""
+    import io
+
+    import sentencepiece as spm
+
+    from onnxforge import corpus
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus.load()), model_writer=model, vocab_size=size,
+                                   model_type="unigram", character_coverage=1.0, minloglevel=2, pad_id=3,
+                                   bos_piece="<bos>", eos_piece="<eos>")  # fmt: skip
+    pieces = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    ids = range(pieces.get_piece_size())
+    kinds = [2 if pieces.is_unknown(i) else 3 if pieces.is_control(i) else 6 if pieces.is_byte(i) else 1 for i in ids]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([pieces.id_to_piece(i) for i in ids])
+    writer.add_token_scores([pieces.get_score(i) for i in ids])
+    writer.add_token_types(kinds)
+    writer.add_unk_token_id(pieces.unk_id())
 
 
 def make_k_quant_decoder(directory: Path, family: str, seed: int = 0) -> Path:
