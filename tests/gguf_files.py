@@ -131,7 +131,13 @@ def write_metadata(writer, config: dict, source: Path) -> None:
     if config["model_type"] in SENTENCEPIECE:
         _sentencepiece_vocabulary(writer, config["vocab_size"])
     else:
-        _byte_bpe_vocabulary(writer, json.loads((source / "tokenizer.json").read_text()))
+        specials = PHI3_SPECIALS if config["model_type"] == "phi3" else ()
+        _byte_bpe_vocabulary(writer, json.loads((source / "tokenizer.json").read_text()), specials)
+    scaling = config.get("rope_scaling") or {}
+    if scaling.get("type", scaling.get("rope_type")) == "longrope":  # as llama.cpp's converter stores Phi-3's
+        writer.add_tensor("rope_factors_long.weight", np.asarray(scaling["long_factor"], np.float32))
+        writer.add_tensor("rope_factors_short.weight", np.asarray(scaling["short_factor"], np.float32))
+        writer.add_rope_scaling_orig_ctx_len(config["original_max_position_embeddings"])
     writer.add_bos_token_id(config["bos_token_id"])
     writer.add_eos_token_id(config["eos_token_id"])
     writer.add_pad_token_id(config.get("pad_token_id") or 0)
@@ -146,15 +152,26 @@ def write_metadata(writer, config: dict, source: Path) -> None:
 SENTENCEPIECE = {"gemma2", "gemma3_text"}
 
 
-def _byte_bpe_vocabulary(writer, tokenizer: dict) -> None:
-    """The Hugging Face byte-level BPE tokenizer (tokenizer.json) as tokens, types and merges."""
+# The special tokens transformers' Phi-3 GGUF tokenizer adds unless the file's vocabulary has them (Phi-3's has)
+PHI3_SPECIALS = ("</s>", "<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
+                 "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>")  # fmt: skip
+
+
+def _byte_bpe_vocabulary(writer, tokenizer: dict, specials: tuple[str, ...] = ()) -> None:
+    """The Hugging Face byte-level BPE tokenizer (tokenizer.json) as tokens, types and merges; each of ``specials``
+    it lacks takes the slot of its last-learned merge (that merge dropped), so the vocabulary keeps its size."""
     vocab = tokenizer["model"]["vocab"]
     special = {t["id"] for t in tokenizer["added_tokens"]}
     tokens = sorted(vocab, key=vocab.get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
+    for token in (t for t in specials if t not in vocab):
+        merged = "".join(merges.pop().split(" "))
+        tokens[vocab[merged]] = token
+        special.add(vocab[merged])
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
-    writer.add_token_types([3 if vocab[t] in special else 1 for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]])
+    writer.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
+    writer.add_token_merges(merges)
 
 
 def _sentencepiece_vocabulary(writer, size: int) -> None:

@@ -4,6 +4,8 @@ greedy tokens of PyTorch on the file's de-quantized weights."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -91,6 +93,7 @@ def test_a_gguf_decoder_keeps_the_files_blocks_exactly(family, case, decoder_sou
     gguf = write_gguf(hf, tmp_path / f"{family}-{case}.gguf", _format_of(case))
     source = sources.resolve(gguf)  # transformers de-quantizes the file: the reference runs on exactly its weights
     assert source.gguf == gguf
+    _assert_rotary_kept(json.loads((hf / "config.json").read_text()), source.config)
     export(gguf, tmp_path / "fp32", "generate", name=f"{family}-{case}")
     manifest = quantize(tmp_path / "fp32", tmp_path / "int4", WeightOnlyConfig(bits=4, accuracy_level=0), Gate({}),
                         gguf=gguf)  # fmt: skip
@@ -114,6 +117,17 @@ def test_a_gguf_decoder_keeps_the_files_blocks_exactly(family, case, decoder_sou
     assert error <= RELATIVE
     prompt = ids[:16]
     assert list(generator.decoder.continuation(prompt, 16, greedy, generator.eos)) == reference.continuation(prompt, 16)
+
+
+def _assert_rotary_kept(original: dict, imported: dict) -> None:
+    """The imported config rotates as the original: partial rotary and LongRoPE's factors, which transformers'
+    conversion drops for Phi-3 (onnxforge.sources.gguf.rotary_settings puts them back from the file)."""
+    for key in ("partial_rotary_factor", "original_max_position_embeddings"):
+        if key in original:
+            assert imported.get(key) == pytest.approx(original[key]), key
+    if scaling := original.get("rope_scaling"):
+        for key in ("short_factor", "long_factor"):
+            assert np.allclose(imported["rope_scaling"][key], scaling[key]), key
 
 
 def test_requantize_ignores_the_files_blocks(decoder_source, tmp_path, monkeypatch):

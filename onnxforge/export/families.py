@@ -46,7 +46,7 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family("decoder", "qwen3", fused_graph=True, gguf="qwen3", mechanisms=("RMSNorm", "RoPE", "GQA", "q/k norms")),
     "gpt2": Family("decoder", "gpt2", gguf="gpt2", mechanisms=("LayerNorm", "learned positions", "Conv1D weights")),
     "mistral": Family("decoder", "qwen3", fused_graph=True, mechanisms=("RMSNorm", "RoPE", "GQA", "sliding-window attention")),
-    "phi3": Family("decoder", "qwen3", mechanisms=("RMSNorm", "partial rotary", "LongRoPE (short/long factors by length)",
+    "phi3": Family("decoder", "qwen3", gguf="phi3", mechanisms=("RMSNorm", "partial rotary", "LongRoPE (short/long factors by length)",
                                                                  "packed QKV and gate/up weights")),
     "gemma2": Family("decoder", "qwen3", gguf="gemma2", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "sliding-window attention",
                                                                       "attention soft-capping", "logit soft-capping", "tanh GELU")),

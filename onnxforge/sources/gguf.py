@@ -56,7 +56,8 @@ def _convert(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    fields = GGUFReader(gguf).fields
+    reader = GGUFReader(gguf)
+    fields = reader.fields
 
     def value(key: str) -> int | None:
         return int(fields[key].parts[fields[key].data[0]][0]) if key in fields else None
@@ -67,7 +68,37 @@ def _convert(gguf: Path, out: Path) -> None:
         if (token_id := value(f"tokenizer.ggml.{name}_token_id")) is not None:
             setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    for key, setting in rotary_settings(reader, model.config.to_dict()).items():
+        setattr(model.config, key, setting)
     model.save_pretrained(out)
     # tokenizer.json only: a slow tokenizer's vocabulary file here is the GGUF itself, which save_pretrained would
     # copy as tokenizer.model (98 MB into every SmolLM2 artifact) wherever sentencepiece is installed
     tokenizer.save_pretrained(out, legacy_format=False)
+
+
+def rotary_settings(reader, config: dict) -> dict[str, object]:
+    """What a GGUF says of its rotary embedding that transformers' conversion drops (its Phi-3 mapping reads
+    neither): a rotary dimension below the head's (partial rotary: Phi-4-mini's 0.75), and LongRoPE's per-dimension
+    short and long factors, which llama.cpp stores as the tensors rope_factors_short / rope_factors_long."""
+    import numpy as np
+
+    fields = reader.fields
+    name = fields["general.architecture"]
+    architecture = bytes(name.parts[name.data[0]]).decode()
+
+    def number(key: str) -> int | None:
+        field = fields.get(f"{architecture}.{key}")
+        return int(field.parts[field.data[0]][0]) if field else None
+
+    found: dict[str, object] = {}
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    rotary = number("rope.dimension_count")
+    if rotary and rotary < head_dim and config.get("partial_rotary_factor", 1.0) * head_dim != rotary:
+        found["partial_rotary_factor"] = rotary / head_dim
+    factors = {t.name: np.asarray(t.data, np.float64).tolist() for t in reader.tensors if t.name.startswith("rope_factors_")}
+    if {"rope_factors_long.weight", "rope_factors_short.weight"} <= factors.keys():
+        found["rope_scaling"] = {"type": "longrope", "long_factor": factors["rope_factors_long.weight"],
+                                 "short_factor": factors["rope_factors_short.weight"]}  # fmt: skip
+        if (original := number("rope.scaling.original_context_length")) is not None:
+            found["original_max_position_embeddings"] = original
+    return found
