@@ -134,7 +134,7 @@ def artifact(size: str, mix: str) -> tuple[Path, Path]:
     from onnxforge import corpus
     from onnxforge.export import ExportConfig, export
     from onnxforge.quantization import Gate, WeightOnlyConfig, quantize
-    from onnxforge.sources.gguf import converted
+    from onnxforge.sources.gguf import cache_root
 
     root = SCALE / f"{size}-{mix}"
     gguf, int4 = root / f"smollm2-{size}-{mix}.gguf", root / "int4"
@@ -149,7 +149,8 @@ def artifact(size: str, mix: str) -> tuple[Path, Path]:
         fp32 = Path(tmp) / "fp32"
         export(gguf, fp32, "generate", name=root.name, config=ExportConfig(parity_texts=evaluation[:PARITY_TEXTS]))
         quantize(fp32, int4, WeightOnlyConfig(bits=4), Gate(RANDOM_GATE), texts=evaluation[:GATE_TEXTS], gguf=gguf)
-    shutil.rmtree(converted(gguf))  # the fp32 Hugging Face copy
+    for copy in (cache_root() / "gguf").glob(f"{gguf.stem}-*"):  # the fp32 Hugging Face copy
+        shutil.rmtree(copy)
     return gguf, int4
 
 
