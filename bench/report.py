@@ -27,12 +27,26 @@ def markdown(rows: list[dict], machine: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(rows: list[dict], out: Path) -> list[Path]:
+def pyplot():
+    """matplotlib's pyplot on its file-only backend: the bench writes PNGs and needs no display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write and close ``fig``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = "osD^vP*X"
     for i, row in enumerate(rows):  # a legend, not annotations: fp32 systems sit on top of each other at the floor
@@ -42,21 +56,14 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     ax.set(xlabel="sentences/s at batch 32 (higher is better)", ylabel="1 − mean cosine to torch fp32 (lower is better)",
            yscale="log", title="MiniLM-L6: throughput vs fidelity")  # fmt: skip
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    scatter = out / "encoder_throughput_vs_fidelity.png"
-    fig.savefig(scatter, dpi=120)
-    plt.close(fig)
+    scatter = save_figure(fig, out / "encoder_throughput_vs_fidelity.png")
 
     fig, ax = plt.subplots(figsize=(9, 5))
     ax.boxplot([row["latencies_ms"] for row in rows], vert=False, showfliers=True)
     ax.set_yticks(range(1, len(rows) + 1), [row["system"] for row in rows], fontsize=8)
     ax.set(xlabel="batch-1 latency, ms", xscale="log", title="MiniLM-L6: batch-1 latency distribution")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    box = out / "encoder_latency.png"
-    fig.savefig(box, dpi=120)
-    plt.close(fig)
-    return [scatter, box]
+    return [scatter, save_figure(fig, out / "encoder_latency.png")]
 
 
 def save(results: dict, table: str, out: Path) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .decoder import _venv, held_out, onnx_weight_bytes, prompts
+from .report import pyplot, save_figure
 from .serve_generate import _load, onnxforge_server, peer_server
 from .systems import CACHE, ROOT
 
@@ -254,11 +255,7 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for mix, colour in zip(MIXES, ("tab:blue", "tab:orange", "tab:green")):
         mine = [r for r in rows if r["mix"] == mix]
@@ -275,8 +272,4 @@ def plot(rows: list[dict], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Decode speed as SmolLM2-shaped models grow (random weights)")
-    fig.tight_layout()
-    path = out / "scale.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "scale.png")

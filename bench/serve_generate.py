@@ -35,6 +35,7 @@ import httpx
 from onnxforge.cpu import this_cpu
 
 from .decoder import _gguf
+from .report import pyplot, save_figure
 from .systems import ROOT
 
 ARTIFACTS = ROOT / "artifacts" / "smollm2-135m"
@@ -234,11 +235,7 @@ def markdown(result: dict, title: str) -> str:
 
 
 def plot(result: dict, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for system in dict.fromkeys(r["system"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["system"] == system]
@@ -251,11 +248,7 @@ def plot(result: dict, out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("SmolLM2-135M Q4_1 chat serving, closed-loop clients, 64 new tokens each")
-    fig.tight_layout()
-    path = out / "serve_generate.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "serve_generate.png")
 
 
 def main() -> None:
