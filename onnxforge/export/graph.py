@@ -10,6 +10,8 @@ import onnx
 
 from ..artifact import EXTERNAL_DATA_SUFFIX, TensorSpec
 
+MS = "com.microsoft"
+
 FUSED_OPS = (
     "Attention", "MultiHeadAttention", "GroupQueryAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
     "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu",
@@ -25,6 +27,8 @@ def save(model: onnx.ModelProto, path: Path) -> None:
     """Write ``model`` (weights loaded) to ``path``, its weights in ``<file>.data`` beside it when they pass
     :data:`PROTOBUF_LIMIT` (a 1.7B decoder in fp32): 1.7B and larger models export, quantize and load alike."""
     path = Path(path)
+    if not any(o.domain == MS for o in model.opset_import) and any(n.domain == MS for g in graphs(model.graph) for n in g.node):
+        model.opset_import.add(domain=MS, version=1)  # as onnxruntime's OnnxModel.save adds it after its fusions
     data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
     data.unlink(missing_ok=True)  # onnx appends to an existing data file; a smaller rewrite must not keep it
     weights = sum(t.ByteSize() for g in graphs(model.graph) for t in g.initializer)
