@@ -44,10 +44,12 @@ $(QEMU):
 	rm -rf .cache/qemu/unpacked .cache/qemu/*.deb
 
 ## The whole suite, then the runtime in an environment that has no torch, transformers, optimum or onnx.
-## One pytest-xdist worker per core, a module to a worker (tests/conftest.py groups them).
+## One pytest-xdist worker per core, a module to a worker (its module fixtures made once). (loadgroup would keep the
+## MiniLM build on one worker, but pytest-xdist 3.8 cannot group under pytest 9: it renames node ids pytest 9 no
+## longer reads.)
 TEST_WORKERS ?= $(shell nproc)
 test: $(VENV)/.ok $(QEMU)
-	ONNXFORGE_REQUIRE_QEMU=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	ONNXFORGE_REQUIRE_QEMU=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	$(MAKE) --no-print-directory test-runtime-env
 
 ## transformers.js over artifacts (Node) and the web example (examples/web) in headless Chromium; installs Debian's

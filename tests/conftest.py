@@ -118,14 +118,3 @@ def outlier_artifact(tmp_path_factory, tiny_source):
     export(root / "source", out, "embed", name="outliers", config=ExportConfig(tolerance=Tolerance(max_abs=1e-3)))
     return out
 
-
-# Session fixtures that build real models: every test that uses one runs on the same worker, so it is built once.
-SHARED_BUILDS = ("minilm_root", "smollm2_root")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Group tests for ``--dist loadgroup``: by module (a module's fixtures are made once, on one worker), and all
-    tests of one of :data:`SHARED_BUILDS` together wherever they are."""
-    for item in items:
-        shared = next((name for name in SHARED_BUILDS if name in item.fixturenames), None)
-        item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
