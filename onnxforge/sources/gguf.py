@@ -68,7 +68,7 @@ def _convert(gguf: Path, out: Path) -> None:
         if (token_id := value(f"tokenizer.ggml.{name}_token_id")) is not None:
             setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    for key, setting in rotary_settings(reader, model.config.to_dict()).items():
+    for key, setting in rotary_settings(reader, model.config).items():
         setattr(model.config, key, setting)
     model.save_pretrained(out)
     # tokenizer.json only: a slow tokenizer's vocabulary file here is the GGUF itself, which save_pretrained would
@@ -76,8 +76,8 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out, legacy_format=False)
 
 
-def rotary_settings(reader, config: dict) -> dict[str, object]:
-    """What a GGUF says of its rotary embedding that transformers' conversion drops (its Phi-3 mapping reads
+def rotary_settings(reader, config) -> dict[str, object]:
+    """What a GGUF says of its rotary embedding that transformers' conversion (its ``config``) drops (its Phi-3 mapping reads
     neither): a rotary dimension below the head's (partial rotary: Phi-4-mini's 0.75), and LongRoPE's per-dimension
     short and long factors, which llama.cpp stores as the tensors rope_factors_short / rope_factors_long."""
     import numpy as np
@@ -91,9 +91,9 @@ def rotary_settings(reader, config: dict) -> dict[str, object]:
         return int(field.parts[field.data[0]][0]) if field else None
 
     found: dict[str, object] = {}
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads  # GPT-2: n_embd
     rotary = number("rope.dimension_count")
-    if rotary and rotary < head_dim and config.get("partial_rotary_factor", 1.0) * head_dim != rotary:
+    if rotary and rotary < head_dim and getattr(config, "partial_rotary_factor", 1.0) * head_dim != rotary:
         found["partial_rotary_factor"] = rotary / head_dim
     factors = {t.name: np.asarray(t.data, np.float64).tolist() for t in reader.tensors if t.name.startswith("rope_factors_")}
     if {"rope_factors_long.weight", "rope_factors_short.weight"} <= factors.keys():
