@@ -20,9 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .families import FAMILIES
-from .graph import save
-
-MS = "com.microsoft"
+from .graph import MS, save
 
 
 def supported(config: dict) -> bool:

@@ -59,13 +59,10 @@ def _convert(gguf: Path, out: Path) -> None:
     reader = GGUFReader(gguf)
     fields = reader.fields
 
-    def value(key: str) -> int | None:
-        return int(fields[key].parts[fields[key].data[0]][0]) if key in fields else None
-
-    if (add_bos := value("tokenizer.ggml.add_bos_token")) is not None and hasattr(tokenizer, "add_bos_token"):
+    if (add_bos := _number(fields, "tokenizer.ggml.add_bos_token")) is not None and hasattr(tokenizer, "add_bos_token"):
         tokenizer.add_bos_token = bool(add_bos)
     for name in ("bos", "eos"):
-        if (token_id := value(f"tokenizer.ggml.{name}_token_id")) is not None:
+        if (token_id := _number(fields, f"tokenizer.ggml.{name}_token_id")) is not None:
             setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     for key, setting in rotary_settings(reader, model.config).items():
@@ -76,9 +73,14 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out, legacy_format=False)
 
 
+def _number(fields: dict, key: str) -> int | None:
+    """A GGUF metadata field's integer value, or None where the file has no such field."""
+    return int(fields[key].parts[fields[key].data[0]][0]) if key in fields else None
+
+
 def rotary_settings(reader, config) -> dict[str, object]:
-    """What a GGUF says of its rotary embedding that transformers' conversion (its ``config``) drops (its Phi-3 mapping reads
-    neither): a rotary dimension below the head's (partial rotary: Phi-4-mini's 0.75), and LongRoPE's per-dimension
+    """What a GGUF says of its rotary embedding that transformers' conversion (its ``config``) drops (its Phi-3
+    mapping reads neither): a rotary dimension below the head's (partial rotary: Phi-4-mini's 0.75), and LongRoPE's per-dimension
     short and long factors, which llama.cpp stores as the tensors rope_factors_short / rope_factors_long."""
     import numpy as np
 
@@ -86,19 +88,15 @@ def rotary_settings(reader, config) -> dict[str, object]:
     name = fields["general.architecture"]
     architecture = bytes(name.parts[name.data[0]]).decode()
 
-    def number(key: str) -> int | None:
-        field = fields.get(f"{architecture}.{key}")
-        return int(field.parts[field.data[0]][0]) if field else None
-
     found: dict[str, object] = {}
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads  # GPT-2: n_embd
-    rotary = number("rope.dimension_count")
+    rotary = _number(fields, f"{architecture}.rope.dimension_count")
     if rotary and rotary < head_dim and getattr(config, "partial_rotary_factor", 1.0) * head_dim != rotary:
         found["partial_rotary_factor"] = rotary / head_dim
     factors = {t.name: np.asarray(t.data, np.float64).tolist() for t in reader.tensors if t.name.startswith("rope_factors_")}
     if {"rope_factors_long.weight", "rope_factors_short.weight"} <= factors.keys():
         found["rope_scaling"] = {"type": "longrope", "long_factor": factors["rope_factors_long.weight"],
                                  "short_factor": factors["rope_factors_short.weight"]}  # fmt: skip
-        if (original := number("rope.scaling.original_context_length")) is not None:
+        if (original := _number(fields, f"{architecture}.rope.scaling.original_context_length")) is not None:
             found["original_max_position_embeddings"] = original
     return found
