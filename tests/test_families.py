@@ -120,6 +120,34 @@ def test_an_unsupported_family_is_refused_naming_the_supported_ones():
         family("mistral", "encoder", "embed")
 
 
+def test_a_family_that_needs_a_state_cache_is_refused_naming_what_it_lacks():
+    from onnxforge.export.families import family
+
+    with pytest.raises(ValueError, match=r"'lfm2' is not supported.*: it needs a convolution state cache .*which onnxforge lacks"):
+        family("lfm2", "decoder", "generate")
+
+
+def test_a_traced_mixture_of_experts_keeps_the_experts_its_trace_input_never_used():
+    """PhiMoE's own forward skips experts no token was routed to: traced on such an input, they would be gone."""
+    from transformers import PhimoeConfig
+    from transformers.models.phimoe.modeling_phimoe import PhimoeSparseMoeBlock
+
+    from onnxforge.export.optimum_configs import every_expert_forward
+
+    torch.manual_seed(0)
+    block = PhimoeSparseMoeBlock(PhimoeConfig(hidden_size=8, intermediate_size=16, num_local_experts=4)).eval()
+    block.requires_grad_(False)
+    with torch.no_grad():  # feature 0's sign routes: positive to experts 3 and 1, negative to 2 and 0
+        block.gate.weight.zero_()
+        block.gate.weight[:, 0] = torch.tensor([1.0, 2.0, -5.0, 5.0])
+    positive = torch.rand(1, 3, 8) + 0.1
+    with torch.no_grad():
+        traced = torch.jit.trace(lambda hidden: every_expert_forward(block, hidden)[0], positive, check_trace=False)
+        expected = block(-positive)[0]
+        assert expected.abs().max() > 0.01
+        torch.testing.assert_close(traced(-positive), expected)
+
+
 def test_the_readme_family_table_is_the_table():
     """The README lists each family as ``onnxforge families`` does (tasks, GGUF, mechanisms, graph)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -83,8 +83,17 @@ DECODER_SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # GPT-2 learns little in 300 steps with dropout
 WINDOW = 16  # sliding windows in the tiny configs: the family tests read well past it
 SHORT_CONTEXT = 64  # Phi-3's original_max_position_embeddings here: LongRoPE switches to its long factors past it
-LONGROPE = {"type": "longrope", "short_factor": [1.0 + i / 10 for i in range(6)],
-            "long_factor": [2.0 + i / 5 for i in range(6)]}  # 6 = the rotary half of 16 x 0.75 dims
+
+
+def longrope(half: int, **extra: object) -> dict:
+    """LongRoPE scaling with distinct short and long factors over ``half`` rotary frequencies."""
+    return {"type": "longrope", "short_factor": [1.0 + i / 10 for i in range(half)],
+            "long_factor": [2.0 + i / 5 for i in range(half)], **extra}  # fmt: skip
+
+
+LONGROPE = longrope(6)  # 6 = the rotary half of 16 x 0.75 dims
+PHIMOE_LONGROPE = longrope(8, short_mscale=1.2, long_mscale=1.2, original_max_position_embeddings=SHORT_CONTEXT)
+HUNYUAN_ALPHA = {"type": "dynamic", "alpha": 1000.0, "factor": 1.0}  # as HunYuan's configs: a fixed, larger RoPE base
 DECODERS: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {**DECODER_SMALL, "tie_word_embeddings": True}),
     "qwen2": ("Qwen2Config", DECODER_SMALL),
@@ -111,6 +120,15 @@ DECODERS: dict[str, tuple[str, dict]] = {
                           "embd_pdrop": 0.0}),  # Phi-2 has one key/value head per query head
     "olmo": ("OlmoConfig", {**DECODER_SMALL, "pad_token_id": 0, "clip_qkv": 0.5}),
     "nemotron": ("NemotronConfig", {**DECODER_SMALL, "partial_rotary_factor": 0.5}),
+    "ernie4_5": ("Ernie4_5Config", {**DECODER_SMALL, "head_dim": 16, "use_bias": True}),
+    "glm": ("GlmConfig", {**DECODER_SMALL, "head_dim": 16, "pad_token_id": 0}),  # partial_rotary_factor 0.5, biases
+    "glm4": ("Glm4Config", {**DECODER_SMALL, "head_dim": 16, "pad_token_id": 0}),
+    "hunyuan_v1_dense": ("HunYuanDenseV1Config", {**DECODER_SMALL, "head_dim": 16, "pad_token_id": 0,
+                                                  "rope_scaling": HUNYUAN_ALPHA}),
+    "gpt_oss": ("GptOssConfig", {**DECODER_SMALL, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                 "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"]}),
+    "phimoe": ("PhimoeConfig", {**DECODER_SMALL, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None,
+                                "attention_bias": True, "rope_scaling": PHIMOE_LONGROPE}),
 }  # fmt: skip
 # Per family, config changes that take its special mechanism away: transformers with them must disagree with the
 # export (tests/test_families.py), so the tiny config and the lengths read really exercise what the family adds.
@@ -130,6 +148,12 @@ WITHOUT_MECHANISM: dict[str, dict] = {
     "phi": {"partial_rotary_factor": 1.0},
     "olmo": {"clip_qkv": None},
     "nemotron": {"partial_rotary_factor": 1.0},
+    "ernie4_5": {"use_bias": False},  # interleaved rotary: no config switch; parity proves it
+    "glm": {"partial_rotary_factor": 1.0},
+    "glm4": {"partial_rotary_factor": 1.0},
+    "hunyuan_v1_dense": {"rope_scaling": None},
+    "gpt_oss": {"layer_types": ["full_attention", "full_attention"]},
+    "phimoe": {"rope_scaling": {**PHIMOE_LONGROPE, "long_factor": PHIMOE_LONGROPE["short_factor"]}},
 }  # fmt: skip
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2, as in SmolLM2
 CHATML = (

@@ -61,6 +61,14 @@ FAMILIES: dict[str, Family] = {
     "phi": Family("decoder", "qwen3", mechanisms=("LayerNorm", "parallel attention and MLP", "partial rotary", "biases")),
     "olmo": Family("decoder", "qwen3", mechanisms=("LayerNorm without parameters", "RoPE", "QKV clipping")),
     "nemotron": Family("decoder", "qwen3", gguf="nemotron", mechanisms=("(1 + w) LayerNorm", "partial rotary", "squared-ReLU MLP")),
+    "ernie4_5": Family("decoder", "qwen3", mechanisms=("RMSNorm", "interleaved RoPE", "GQA", "biases")),
+    "glm": Family("decoder", "qwen3", mechanisms=("RMSNorm", "interleaved partial rotary", "QKV biases", "packed gate/up weights")),
+    "glm4": Family("decoder", "qwen3", mechanisms=("RMSNorm", "interleaved partial rotary", "QKV biases", "post-attention and post-MLP norms")),
+    "hunyuan_v1_dense": Family("decoder", "qwen3", mechanisms=("RMSNorm", "GQA", "q/k norms", "RoPE base from the NTK alpha")),
+    "gpt_oss": Family("decoder", "qwen3", mechanisms=("mixture of experts (top-k routing; every expert in the graph, each on its routed tokens)", "attention sinks",
+                                                      "alternating sliding-window layers", "clamped SwiGLU", "biases")),
+    "phimoe": Family("decoder", "qwen3", mechanisms=("mixture of experts (sparsemixer routing; every expert in the graph, each on its routed tokens)",
+                                                     "LongRoPE (short/long factors by length)", "LayerNorm", "GQA", "biases")),
     # encoder-decoders
     "t5": Family("seq2seq", "t5", mechanisms=("relative position buckets", "RMSNorm")),
     "mt5": Family("seq2seq", "t5", mechanisms=("relative position buckets", "RMSNorm", "gated GELU")),
@@ -68,6 +76,12 @@ FAMILIES: dict[str, Family] = {
     "mbart": Family("seq2seq", "bart", mechanisms=("learned positions", "target language token")),
     "marian": Family("seq2seq", "bart", mechanisms=("sinusoidal positions",)),
 }  # fmt: skip
+# Families transformers has and onnxforge refuses, with what each lacks here (the error names it)
+REFUSED = {
+    "lfm2": "a convolution state cache beside the key/value cache (LFM2's short-convolution layers)",
+    "granitemoehybrid": "a Mamba state cache beside the key/value cache (Granite 4's Mamba-2 layers)",
+    "falcon_h1": "a Mamba state cache beside the key/value cache (Falcon-H1's Mamba-2 heads)",
+}
 # Fusion rules whose output holds a CUDA-only operator (T5's RelativePositionBias, applied unconditionally): on CPU
 # their graphs are left as traced, and onnxruntime's session-level fusions (RMS norms) apply at load.
 CUDA_ONLY_FUSIONS = {"t5"}
@@ -97,5 +111,7 @@ def family(model_type: str, kind: str | None = None, task: str | None = None) ->
     if row is None or (kind and row.kind != kind):
         names = of_kind(kind) if kind else list(FAMILIES)
         wanted = f" for task {task!r}" if task else ""
-        raise ValueError(f"model type {model_type!r} is not supported by onnxforge export{wanted}; supported: {', '.join(names)}")
+        lacks = f": it needs {REFUSED[model_type]}, which onnxforge lacks" if model_type in REFUSED else ""
+        raise ValueError(f"model type {model_type!r} is not supported by onnxforge export{wanted}{lacks}; "
+                         f"supported: {', '.join(names)}")
     return row
