@@ -49,7 +49,7 @@ $(QEMU):
 ## longer reads.)
 TEST_WORKERS ?= $(shell nproc)
 test: $(VENV)/.ok $(QEMU)
-	ONNXFORGE_REQUIRE_QEMU=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	ONNXFORGE_REQUIRE_QEMU=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 	$(MAKE) --no-print-directory test-runtime-env
 
 ## transformers.js over artifacts (Node) and the web example (examples/web) in headless Chromium; installs Debian's

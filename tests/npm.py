@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import shutil
 import subprocess
 import threading
@@ -57,3 +58,11 @@ def web_page(artifact: Path, modules: Path, sentences: Path | None = None) -> It
         yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     finally:
         httpd.shutdown()
+
+
+def node_json(script: Path, task: str, artifact: Path, texts: list[str]) -> dict:
+    """What ``node script task artifact texts…`` prints (JSON); fails the test with node's stderr if it fails."""
+    done = subprocess.run(["node", str(script), task, str(artifact), *texts], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)

@@ -13,6 +13,7 @@ from onnxforge.quantization.fidelity import recall_at_k
 from onnxforge.runtime import load
 from onnxforge.sources import resolve
 from tests.conftest import ROOT
+from tests.npm import JS_TESTS, node_json, project
 from tests.util import cosines, siblings
 
 pytestmark = pytest.mark.model
@@ -114,3 +115,13 @@ def test_missed_gate_fails_with_report_and_writes_nothing(minilm_root, tmp_path)
     with pytest.raises(GateError, match=r"mean_cosine [01]\.\d+ < 1\.0\b.*No artifact was written"):
         quantize(minilm_root / "minilm-l6" / "fp32", out, Int8Config(), Gate({"mean_cosine": 1.0}), SENTENCES)
     assert not out.exists() and siblings(out) == []
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "web"])
+def test_the_artifacts_load_in_transformers_js_as_built(minilm_root, variant):
+    """make artifacts' MiniLM (artifacts.toml's format = "transformers.js"): transformers.js picks the graph from the
+    artifact's own config.json, no dtype named, and embeds held-out text as the Python runtime does. (Here, not in
+    test_transformers_js.py: one test file per recipe keeps its build on one test worker.)"""
+    directory = minilm_root / "minilm-l6" / variant
+    got = np.array(node_json(project(*JS_TESTS) / "pipeline.mjs", "embed", directory, SENTENCES[:32])["vectors"], np.float32)
+    assert cosines(load(directory).embed(SENTENCES[:32]), got).min() >= 0.9999

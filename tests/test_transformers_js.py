@@ -22,7 +22,7 @@ from onnxforge.export import export
 from onnxforge.quantization import Gate, Int8Config, WeightOnlyConfig, quantize
 from onnxforge.runtime import load
 from onnxforge.transformers_js import CONFIG_KEY, to_transformers_js
-from tests.npm import JS_TESTS, project, web_page
+from tests.npm import JS_TESTS, node_json, project, web_page
 from tests.tiny_models import make_encoder
 from tests.util import cosines
 
@@ -63,13 +63,6 @@ def node_pipeline(js_tests):
     return js_tests / "pipeline.mjs"
 
 
-def _node(script, task: str, artifact, texts: list[str]) -> dict:
-    done = subprocess.run(["node", str(script), task, str(artifact), *texts], capture_output=True, text=True,
-                          timeout=300, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
-
-
 @pytest.mark.parametrize(("variant", "name", "dtype"), [("fp32", "onnx/model.onnx", "fp32"),
                                                         ("int8", "onnx/model_quantized.onnx", "q8"),
                                                         ("q4", "onnx/model_q4.onnx", "q4")])  # fmt: skip
@@ -106,14 +99,14 @@ def test_laying_out_twice_changes_nothing_and_other_tasks_are_refused(laid_out, 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8", "q4"])
 def test_transformers_js_embeds_as_the_python_runtime(node_pipeline, laid_out, variant):
-    got = np.array(_node(node_pipeline, "embed", laid_out / variant, TEXTS)["vectors"], np.float32)
+    got = np.array(node_json(node_pipeline, "embed", laid_out / variant, TEXTS)["vectors"], np.float32)
     expected = load(laid_out / variant).embed(TEXTS)
     assert got.shape == expected.shape
     assert cosines(expected, got).min() >= 0.9999
 
 
 def test_transformers_js_classifies_as_the_python_runtime(node_pipeline, classifier):
-    got = _node(node_pipeline, "classify", classifier, TEXTS)["labels"]
+    got = node_json(node_pipeline, "classify", classifier, TEXTS)["labels"]
     expected = load(classifier).classify(TEXTS, top_k=None)
     for theirs, ours in zip(got, expected, strict=True):
         assert [r["label"] for r in theirs] == [r["label"] for r in ours]
@@ -154,14 +147,3 @@ def test_the_web_page_searches_with_the_python_runtimes_vectors_in_chromium(js_t
     if variant == "fp32":  # the Python runtime's own search finds the same sentence first
         expected = runtime.embed(page["sentences"]) @ runtime.embed([query])[0]
         assert page["hits"][0]["index"] == int(np.argmax(expected))
-
-
-@pytest.mark.model
-@pytest.mark.parametrize("variant", ["fp32", "int8", "web"])
-def test_the_default_minilm_artifacts_load_in_transformers_js_as_built(node_pipeline, minilm_root, variant):
-    """make artifacts' MiniLM (artifacts.toml's format = "transformers.js"): transformers.js picks the graph from the
-    artifact's own config.json, no dtype named, and embeds held-out text as the Python runtime does."""
-    directory = minilm_root / "minilm-l6" / variant
-    texts = corpus.split(corpus.load()).evaluation[:32]
-    got = np.array(_node(node_pipeline, "embed", directory, texts)["vectors"], np.float32)
-    assert cosines(load(directory).embed(texts), got).min() >= 0.9999
