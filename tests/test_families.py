@@ -120,6 +120,20 @@ def test_an_unsupported_family_is_refused_naming_the_supported_ones():
         family("mistral", "encoder", "embed")
 
 
+def test_the_fused_graph_takes_only_configs_it_implements():
+    """Biases under any family's key, rope scaling or a head size GroupQueryAttention's CPU kernel lacks send a fused
+    family to the traced export; a family without the row's flag never gets the fused graph."""
+    from onnxforge.export.llama_graph import supported
+
+    plain = {"hidden_size": 64, "num_attention_heads": 4}
+    assert supported({**plain, "model_type": "ernie4_5"}) and supported({**plain, "model_type": "llama"})
+    assert not supported({**plain, "model_type": "ernie4_5", "use_bias": True})
+    assert not supported({**plain, "model_type": "llama", "attention_bias": True})
+    assert not supported({**plain, "model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    assert not supported({**plain, "model_type": "llama", "head_dim": 24})
+    assert not supported({**plain, "model_type": "glm"})
+
+
 def test_a_family_that_needs_a_state_cache_is_refused_naming_what_it_lacks():
     from onnxforge.export.families import family
 

@@ -120,7 +120,7 @@ DECODERS: dict[str, tuple[str, dict]] = {
                           "embd_pdrop": 0.0}),  # Phi-2 has one key/value head per query head
     "olmo": ("OlmoConfig", {**DECODER_SMALL, "pad_token_id": 0, "clip_qkv": 0.5}),
     "nemotron": ("NemotronConfig", {**DECODER_SMALL, "partial_rotary_factor": 0.5}),
-    "ernie4_5": ("Ernie4_5Config", {**DECODER_SMALL, "head_dim": 16, "use_bias": True}),
+    "ernie4_5": ("Ernie4_5Config", {**DECODER_SMALL, "head_dim": 16}),
     "glm": ("GlmConfig", {**DECODER_SMALL, "head_dim": 16, "pad_token_id": 0}),  # partial_rotary_factor 0.5, biases
     "glm4": ("Glm4Config", {**DECODER_SMALL, "head_dim": 16, "pad_token_id": 0}),
     "hunyuan_v1_dense": ("HunYuanDenseV1Config", {**DECODER_SMALL, "head_dim": 16, "pad_token_id": 0,
@@ -148,7 +148,7 @@ WITHOUT_MECHANISM: dict[str, dict] = {
     "phi": {"partial_rotary_factor": 1.0},
     "olmo": {"clip_qkv": None},
     "nemotron": {"partial_rotary_factor": 1.0},
-    "ernie4_5": {"use_bias": False},  # interleaved rotary: no config switch; parity proves it
+    "ernie4_5": {},  # interleaved rotary: no config switch; parity proves it
     "glm": {"partial_rotary_factor": 1.0},
     "glm4": {"partial_rotary_factor": 1.0},
     "hunyuan_v1_dense": {"rope_scaling": None},

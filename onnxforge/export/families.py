@@ -25,6 +25,7 @@ class Family:
     mechanisms: tuple[str, ...] = ()  # what the export reproduces beyond a plain pre-norm transformer
     # fairseq's convention: position ids start after the padding index, so padding_idx + 1 fewer positions are usable
     positions_after_padding: bool = False
+    rotary_interleaved: bool = False  # RoPE rotates adjacent pairs of dimensions (GLM's style), not the two halves
 
 
 FAMILIES: dict[str, Family] = {
@@ -61,7 +62,8 @@ FAMILIES: dict[str, Family] = {
     "phi": Family("decoder", "qwen3", mechanisms=("LayerNorm", "parallel attention and MLP", "partial rotary", "biases")),
     "olmo": Family("decoder", "qwen3", mechanisms=("LayerNorm without parameters", "RoPE", "QKV clipping")),
     "nemotron": Family("decoder", "qwen3", gguf="nemotron", mechanisms=("(1 + w) LayerNorm", "partial rotary", "squared-ReLU MLP")),
-    "ernie4_5": Family("decoder", "qwen3", mechanisms=("RMSNorm", "interleaved RoPE", "GQA", "biases")),
+    "ernie4_5": Family("decoder", "qwen3", fused_graph=True, mechanisms=("RMSNorm", "interleaved RoPE", "GQA"),
+                       rotary_interleaved=True),
     "glm": Family("decoder", "qwen3", mechanisms=("RMSNorm", "interleaved partial rotary", "QKV biases", "packed gate/up weights")),
     "glm4": Family("decoder", "qwen3", mechanisms=("RMSNorm", "interleaved partial rotary", "QKV biases", "post-attention and post-MLP norms")),
     "hunyuan_v1_dense": Family("decoder", "qwen3", mechanisms=("RMSNorm", "GQA", "q/k norms", "RoPE base from the NTK alpha")),

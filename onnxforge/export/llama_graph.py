@@ -1,5 +1,5 @@
 """A decoder graph built from the weights, for Llama-style families (``fused_graph`` in ``export.families``: Llama,
-Qwen2, Qwen3, Mistral, Granite, SmolLM3): one fused op per job, ~11 nodes a layer.
+Qwen2, Qwen3, Mistral, Granite, SmolLM3, ERNIE 4.5): one fused op per job, ~11 nodes a layer.
 
 The general exporter traces PyTorch into ~100 small ops per layer (shape arithmetic, masks, rotary halves, a
 concatenation per cache tensor). At batch 1 a decode step does little arithmetic, so that op count, not the
@@ -32,7 +32,7 @@ def supported(config: dict) -> bool:
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     if head_dim % 16:  # GroupQueryAttention's CPU kernel needs it
         return False
-    return not (config.get("attention_bias") or config.get("mlp_bias"))
+    return not (config.get("attention_bias") or config.get("mlp_bias") or config.get("use_bias"))
 
 
 def sliding_window(config: dict) -> int | None:
@@ -91,6 +91,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     head_dim = int(config.get("head_dim") or hidden // heads)
     eps = float(config["rms_norm_eps"])
     window = sliding_window(config)
+    interleaved = FAMILIES[config["model_type"]].rotary_interleaved
     # Granite's multipliers (1 elsewhere): embeddings, each block's output into the residual, and the logits divisor
     # go into the weights; the attention multiplier replaces 1/sqrt(head_dim) as GroupQueryAttention's scale.
     embedding, residual_scale = float(config.get("embedding_multiplier", 1.0)), float(config.get("residual_multiplier", 1.0))
@@ -135,7 +136,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
             [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total,
              *((cos_cache, sin_cache) if rotary else ("", ""))],
             [f"{n}/attn/out", f"present.{i}.key", f"present.{i}.value"], f"{n}/attn/GroupQueryAttention", domain=MS,
-            num_heads=heads, kv_num_heads=kv_heads, do_rotary=int(rotary), rotary_interleaved=0,
+            num_heads=heads, kv_num_heads=kv_heads, do_rotary=int(rotary), rotary_interleaved=int(interleaved),
             local_window_size=window or -1, scale=float(config.get("attention_multiplier", 0.0)),
         )  # fmt: skip
         (o,) = g.op("MatMul", [attn, g.weight(f"{p}.o.weight", state[f"{p}.self_attn.o_proj.weight"].T * np.float32(residual_scale))],
