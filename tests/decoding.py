@@ -6,6 +6,7 @@ transformers running the whole sequence again, so a runtime that forgets, zeroes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -39,7 +40,10 @@ class TorchReference:
     def model(self):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self.source).eval()
+        from onnxforge.export.families import attention_implementation
+
+        attention = attention_implementation(json.loads((self.source / "config.json").read_text()))
+        return AutoModelForCausalLM.from_pretrained(self.source, attn_implementation=attention).eval()
 
     @cached_property
     def tokenizer(self):

@@ -79,11 +79,12 @@ def quantized_llama(decoder, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "mistral", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "mistral", "qwen3", "gemma2"])
 def test_a_request_among_others_gets_the_tokens_it_gets_alone(decoder, family):
     """32 requests (different prompts, lengths, settings, seeds) through 8 slots with 16-token prefill chunks: each
-    gets its single-stream tokens. Llama, Qwen2, Mistral (its 16-token window per row) and Qwen3 (q/k norms) have
-    the fused graph and share each decode step; GPT-2 (traced graph) decodes one row at a time in the same loop."""
+    gets its single-stream tokens. Llama, Qwen2, Mistral (its 16-token window per row), Qwen3 (q/k norms) and Gemma 2
+    (local and global layers, soft-capping) have the fused graph and share each decode step; GPT-2 (traced graph)
+    decodes one row at a time in the same loop."""
     generator = load(decoder(family)[1], providers="cpu")
     requests, alone, batched, engine = _alone_and_batched(generator, 32)
     assert sum(map(len, alone)) > 300

@@ -50,6 +50,20 @@ def test_logits_match_transformers_at_every_length_and_the_mechanism_shows(decod
         assert np.abs(generator.decoder.logits(ids) - without).max() > 100 * ATOL
 
 
+def test_gemma2_attention_soft_capping_holds_where_transformers_default_drops_it(decoder, decoder_source):
+    """transformers' default attention (SDPA) skips Gemma 2's attention soft-capping; export and its references use
+    eager attention, which applies it, and the tiny config's cap of 5 moves the logits."""
+    from transformers import AutoModelForCausalLM
+
+    _, artifact = decoder("gemma2")
+    generator = load(artifact, providers="cpu")
+    ids = _ids(generator, 2 * WINDOW)
+    sdpa = AutoModelForCausalLM.from_pretrained(decoder_source("gemma2"), attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        dropped = sdpa(torch.tensor([ids]), use_cache=False).logits[0].numpy()
+    assert np.abs(generator.decoder.logits(ids) - dropped).max() > 100 * ATOL
+
+
 @pytest.mark.parametrize("family", DECODERS)
 def test_decode_steps_through_the_cache_give_transformers_logits(decoder, family):
     """Prefill 8 tokens, then one per step past the sliding window (Phi-3: up to its short context, where a full

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from ..runtime.session import SessionConfig
 from ..tasks import get_task
 from ..versions import tool_versions
 from . import generate_parity, llama_graph, longrope, parity, seq2seq, seq2seq_parity
-from .families import FAMILIES
+from .families import FAMILIES, attention_implementation
 from .generation import generation_settings
 from .graph import byte_groups, fused_ops, op_counts, signature
 from .module import export_module
@@ -81,13 +83,27 @@ def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int)
 
     from . import optimum_configs  # noqa: F401  (registers the families optimum lacks)
 
-    with warnings.catch_warnings():  # tracer and deprecation chatter from torch/transformers, not actionable
-        warnings.simplefilter("ignore")
+    attention = attention_implementation(json.loads((model_dir / "config.json").read_text()))
+    with warnings.catch_warnings(), _loading_with(attn_implementation=attention):
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter from torch/transformers, not actionable
         main_export(
             str(model_dir), output=work, task=exporter_task, opset=opset, device="cpu", library_name="transformers",
             do_validation=False, no_post_process=True, trust_remote_code=False,
         )  # fmt: skip
     return work / "model.onnx"
+
+
+@contextlib.contextmanager
+def _loading_with(**kwargs: object) -> Iterator[None]:
+    """Add ``kwargs`` to the from_pretrained call of optimum's main_export, which takes no loading arguments."""
+    from optimum.exporters.tasks import TasksManager
+
+    original = TasksManager.get_model_from_task
+    TasksManager.get_model_from_task = staticmethod(lambda *args, **given: original(*args, **{**given, **kwargs}))
+    try:
+        yield
+    finally:
+        TasksManager.get_model_from_task = staticmethod(original)
 
 
 GRAPHS = ("auto", "optimum")

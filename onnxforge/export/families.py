@@ -26,6 +26,8 @@ class Family:
     # fairseq's convention: position ids start after the padding index, so padding_idx + 1 fewer positions are usable
     positions_after_padding: bool = False
     rotary_interleaved: bool = False  # RoPE rotates adjacent pairs of dimensions (GLM's style), not the two halves
+    norm_plus_one: bool = False  # RMSNorm scales by (1 + w) (Gemma)
+    scaled_embeddings: bool = False  # embeddings times sqrt(hidden size) (Gemma)
 
 
 FAMILIES: dict[str, Family] = {
@@ -49,16 +51,16 @@ FAMILIES: dict[str, Family] = {
     "mistral": Family("decoder", "qwen3", fused_graph=True, mechanisms=("RMSNorm", "RoPE", "GQA", "sliding-window attention")),
     "phi3": Family("decoder", "qwen3", gguf="phi3", mechanisms=("RMSNorm", "partial rotary", "LongRoPE (short/long factors by length)",
                                                                  "packed QKV and gate/up weights")),
-    "gemma2": Family("decoder", "qwen3", gguf="gemma2", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "sliding-window attention",
+    "gemma2": Family("decoder", "qwen3", fused_graph=True, norm_plus_one=True, scaled_embeddings=True, gguf="gemma2", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "sliding-window attention",
                                                                       "attention soft-capping", "logit soft-capping", "tanh GELU")),
-    "gemma3_text": Family("decoder", "qwen3", gguf="gemma3", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "q/k norms",
+    "gemma3_text": Family("decoder", "qwen3", fused_graph=True, norm_plus_one=True, scaled_embeddings=True, gguf="gemma3", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "q/k norms",
                                                                           "local/global layers (sliding window, two RoPE bases)")),
     "granite": Family("decoder", "qwen3", fused_graph=True, mechanisms=("RMSNorm", "RoPE", "GQA", "embedding, residual, attention and logit multipliers")),
     "olmo2": Family("decoder", "qwen3", mechanisms=("post-norm RMSNorm", "q/k norms over all heads", "RoPE")),
     "smollm3": Family("decoder", "qwen3", fused_graph=True, mechanisms=("RMSNorm", "GQA", "layers without RoPE")),
     "stablelm": Family("decoder", "qwen3", gguf="stablelm", mechanisms=("LayerNorm", "partial rotary", "QKV biases")),
     "starcoder2": Family("decoder", "qwen3", gguf="starcoder2", mechanisms=("LayerNorm", "RoPE", "GQA", "sliding-window attention", "biases", "GELU MLP")),
-    "gemma": Family("decoder", "qwen3", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "tanh GELU", "head_dim apart from width")),
+    "gemma": Family("decoder", "qwen3", fused_graph=True, norm_plus_one=True, scaled_embeddings=True, mechanisms=("(1 + w) RMSNorm", "embedding scaling", "tanh GELU", "head_dim apart from width")),
     "phi": Family("decoder", "qwen3", mechanisms=("LayerNorm", "parallel attention and MLP", "partial rotary", "biases")),
     "olmo": Family("decoder", "qwen3", mechanisms=("LayerNorm without parameters", "RoPE", "QKV clipping")),
     "nemotron": Family("decoder", "qwen3", gguf="nemotron", mechanisms=("(1 + w) LayerNorm", "partial rotary", "squared-ReLU MLP")),
@@ -100,6 +102,12 @@ def rows() -> list[tuple[str, str, str, str, str]]:
 def _graph(row: Family) -> str:
     fused = f"{row.fusion} fusions" if row.fusion else "traced"
     return f"onnxforge's fused graph, else {fused}" if row.fused_graph else fused
+
+
+def attention_implementation(config: dict) -> str | None:
+    """transformers' attention to trace and to compare against: eager where the config soft-caps attention logits
+    (Gemma 2), which SDPA, transformers' default, skips without a word; None (the default) elsewhere."""
+    return "eager" if config.get("attn_logit_softcapping") else None
 
 
 def of_kind(kind: str) -> list[str]:

@@ -6,6 +6,7 @@ the figures cover the cache path the runtime uses, not just one full forward pas
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from ..runtime import chat
 from ..runtime.decoder import Decoder, greedy
 from ..runtime.session import SessionConfig, create_session
 from ..sources import tokenizer_of
+from .families import attention_implementation
 from .parity import ParityError
 
 PROMPTS = (
@@ -30,7 +32,8 @@ def check(onnx_path: Path, model_dir: Path, texts: list[str], settings: Preproce
           new_tokens: int = 64, in_place: bool = False) -> dict[str, float | int]:  # fmt: skip
     """Figures of the graph vs PyTorch; raises :class:`ParityError` naming what missed."""
     tokenizer = tokenizer_of(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    attention = attention_implementation(json.loads((model_dir / "config.json").read_text()))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention).eval()
     session = create_session(onnx_path, SessionConfig(providers="cpu"))
     decoder = Decoder(session, int(settings.max_length), in_place, settings.refill_after)
     worst, positions = 0.0, 0

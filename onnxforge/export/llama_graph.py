@@ -1,5 +1,5 @@
 """A decoder graph built from the weights, for Llama-style families (``fused_graph`` in ``export.families``: Llama,
-Qwen2, Qwen3, Mistral, Granite, SmolLM3, ERNIE 4.5): one fused op per job, ~11 nodes a layer.
+Qwen2, Qwen3, Mistral, Granite, SmolLM3, ERNIE 4.5, Gemma 1/2/3): one fused op per job, ~11 nodes a layer.
 
 The general exporter traces PyTorch into ~100 small ops per layer (shape arithmetic, masks, rotary halves, a
 concatenation per cache tensor). At batch 1 a decode step does little arithmetic, so that op count, not the
@@ -30,7 +30,7 @@ def supported(config: dict) -> bool:
     if row is None or not row.fused_graph or config.get("rope_scaling"):
         return False
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    if head_dim % 16:  # GroupQueryAttention's CPU kernel needs it
+    if head_dim % 16 or _activation(config) not in ACTIVATIONS:  # GroupQueryAttention's CPU kernel needs the first
         return False
     return not (config.get("attention_bias") or config.get("mlp_bias") or config.get("use_bias"))
 
@@ -41,6 +41,22 @@ def sliding_window(config: dict) -> int | None:
     if not window or (config.get("model_type") == "qwen2" and not config.get("use_sliding_window")):
         return None
     return int(window)
+
+
+def layer_window(config: dict, layer: int) -> int | None:
+    """The layer's attention window: per ``layer_types`` where the config lists them (Gemma 2/3's local layers)."""
+    types = config.get("layer_types")
+    if types and config.get("model_type") != "qwen2":  # Qwen2's types follow use_sliding_window, as sliding_window does
+        return int(config["sliding_window"]) if types[layer] == "sliding_attention" else None
+    return sliding_window(config)
+
+
+def _activation(config: dict) -> str:
+    return config.get("hidden_activation") or config.get("hidden_act") or "silu"  # Gemma 2/3 name it hidden_activation
+
+
+# the MLP's gate activation → (op, domain) applied to the gate: SiLU as Sigmoid × gate, Gemma's tanh GELU as FastGelu
+ACTIVATIONS = {"silu": ("Sigmoid", ""), "gelu_pytorch_tanh": ("FastGelu", MS)}
 
 
 def uses_rope(config: dict, layer: int) -> bool:
@@ -63,8 +79,8 @@ class _Graph:
         return names
 
 
-def _rotary_caches(config: dict, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    inv_freq = 1.0 / (float(config.get("rope_theta", 10000.0)) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+def _rotary_caches(config: dict, head_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     angles = np.outer(np.arange(int(config["max_position_embeddings"]), dtype=np.float64), inv_freq)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
@@ -90,14 +106,27 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     hidden = int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // heads)
     eps = float(config["rms_norm_eps"])
-    window = sliding_window(config)
-    interleaved = FAMILIES[config["model_type"]].rotary_interleaved
-    # Granite's multipliers (1 elsewhere): embeddings, each block's output into the residual, and the logits divisor
-    # go into the weights; the attention multiplier replaces 1/sqrt(head_dim) as GroupQueryAttention's scale.
+    row = FAMILIES[config["model_type"]]
+    # Granite's multipliers (1 elsewhere): each block's output into the residual and the logits divisor go into the
+    # weights, the embeddings' is a Mul after the lookup; the attention multiplier replaces 1/sqrt(head_dim) as
+    # GroupQueryAttention's scale, as Gemma 2/3's query_pre_attn_scalar does. Gemma scales its embeddings by
+    # sqrt(width) (in float32, as here).
     embedding, residual_scale = float(config.get("embedding_multiplier", 1.0)), float(config.get("residual_multiplier", 1.0))
+    if row.scaled_embeddings:
+        embedding = float(np.float32(hidden**0.5))
+    pre_attn = config.get("query_pre_attn_scalar")
+    scale = float(config.get("attention_multiplier") or (pre_attn**-0.5 if pre_attn else 0.0))
+    interleaved = row.rotary_interleaved
+    norm = (lambda w: w + np.float32(1.0)) if row.norm_plus_one else (lambda w: w)  # Gemma's (1 + w) RMSNorm scale
+    act_op, act_domain = ACTIVATIONS[_activation(config)]
     g = _Graph()
-    cos, sin = _rotary_caches(config, head_dim)
-    cos_cache, sin_cache = g.weight("cos_cache", cos), g.weight("sin_cache", sin)
+    rope_theta = float(config.get("rope_theta", 10000.0))
+    local_theta = float(config.get("rope_local_base_freq") or rope_theta)  # Gemma 3's local layers rotate with their own
+    caches: dict[float, tuple[str, str]] = {}
+    for base, suffix in ((rope_theta, ""), (local_theta, "_local")):
+        if base not in caches:
+            cos, sin = _rotary_caches(config, head_dim, base)
+            caches[base] = (g.weight(f"cos_cache{suffix}", cos), g.weight(f"sin_cache{suffix}", sin))
 
     # seqlens_k = tokens so far - 1 (per row), total_sequence_length = attention_mask width: what GQA wants.
     axis1 = g.weight("axis1", np.array([1], dtype=np.int64))
@@ -110,9 +139,10 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     (total,) = g.op("Squeeze", [total_1d], 1, "total/squeeze")
 
     table = state["model.embed_tokens.weight"]
-    (x,) = g.op("Gather", [g.weight("model.embed_tokens.weight", table * np.float32(embedding) if embedding != 1 else table),
-                           "input_ids"], 1, "/model/embed_tokens/Gather")  # fmt: skip
-    (normed,) = g.op("SimplifiedLayerNormalization", [x, g.weight("norm.0", state["model.layers.0.input_layernorm.weight"])],
+    (x,) = g.op("Gather", [g.weight("model.embed_tokens.weight", table), "input_ids"], 1, "/model/embed_tokens/Gather")
+    if embedding != 1:  # after the lookup: the table stays the file's own (a GGUF's blocks are found by its rows)
+        (x,) = g.op("Mul", [x, g.weight("embedding_scale", np.array(embedding, np.float32))], 1, "/model/embed_tokens/Mul")
+    (normed,) = g.op("SimplifiedLayerNormalization", [x, g.weight("norm.0", norm(state["model.layers.0.input_layernorm.weight"]))],
                      ["/model/layers.0/input_layernorm/out"], "/model/layers.0/input_layernorm", axis=-1,
                      epsilon=eps, stash_type=1)  # fmt: skip
     residual = x
@@ -128,38 +158,53 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
             q, k, v = g.op("Split", [qkv, g.weight(f"{p}.qkv.split", np.array([heads * head_dim, kv_heads * head_dim,
                                                                                kv_heads * head_dim]))],
                            3, f"{n}/attn/qkv/Split", axis=-1)  # fmt: skip
-            qkv_inputs = [_head_norm(g, q, state[f"{p}.self_attn.q_norm.weight"], head_dim, eps, f"{n}/attn/q_norm"),
-                          _head_norm(g, k, state[f"{p}.self_attn.k_norm.weight"], head_dim, eps, f"{n}/attn/k_norm"), v]  # fmt: skip
-        rotary = uses_rope(config, i)
+            qkv_inputs = [_head_norm(g, q, norm(state[f"{p}.self_attn.q_norm.weight"]), head_dim, eps, f"{n}/attn/q_norm"),
+                          _head_norm(g, k, norm(state[f"{p}.self_attn.k_norm.weight"]), head_dim, eps, f"{n}/attn/k_norm"), v]  # fmt: skip
+        rotary, window = uses_rope(config, i), layer_window(config, i)
+        cos_cache, sin_cache = caches[local_theta if window else rope_theta]
         attn, _, _ = g.op(
             "GroupQueryAttention",
             [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total,
              *((cos_cache, sin_cache) if rotary else ("", ""))],
             [f"{n}/attn/out", f"present.{i}.key", f"present.{i}.value"], f"{n}/attn/GroupQueryAttention", domain=MS,
             num_heads=heads, kv_num_heads=kv_heads, do_rotary=int(rotary), rotary_interleaved=int(interleaved),
-            local_window_size=window or -1, scale=float(config.get("attention_multiplier", 0.0)),
+            local_window_size=window or -1, scale=scale, softcap=float(config.get("attn_logit_softcapping") or 0.0),
         )  # fmt: skip
         (o,) = g.op("MatMul", [attn, g.weight(f"{p}.o.weight", state[f"{p}.self_attn.o_proj.weight"].T * np.float32(residual_scale))],
                     1, f"{n}/attn/o_proj/MatMul")  # fmt: skip
+        sandwich = f"{p}.pre_feedforward_layernorm.weight" in state  # Gemma 2/3 also norm each block's output
+        if sandwich:
+            (o,) = g.op("SimplifiedLayerNormalization", [o, g.weight(f"{p}.post_attn_norm", norm(state[f"{p}.post_attention_layernorm.weight"]))],
+                        1, f"{n}/post_attention_layernorm", axis=-1, epsilon=eps, stash_type=1)  # fmt: skip
+        pre_mlp = f"{p}.pre_feedforward_layernorm.weight" if sandwich else f"{p}.post_attention_layernorm.weight"
         normed, _, _, residual = g.op(
-            "SkipSimplifiedLayerNormalization", [o, residual, g.weight(f"{p}.post_norm", state[f"{p}.post_attention_layernorm.weight"])],
-            4, f"{n}/post_attention_layernorm", domain=MS, epsilon=eps,
+            "SkipSimplifiedLayerNormalization", [o, residual, g.weight(f"{p}.post_norm", norm(state[pre_mlp]))],
+            4, f"{n}/pre_mlp_layernorm", domain=MS, epsilon=eps,
         )  # fmt: skip
         gate_up_w = np.concatenate([state[f"{p}.mlp.gate_proj.weight"], state[f"{p}.mlp.up_proj.weight"]]).T
         (gate_up,) = g.op("MatMul", [normed, g.weight(f"{p}.gate_up.weight", gate_up_w)], 1, f"{n}/mlp/gate_up_proj/MatMul")
         gate, up = g.op("Split", [gate_up], 2, f"{n}/mlp/Split", axis=-1, num_outputs=2)
-        (sig,) = g.op("Sigmoid", [gate], 1, f"{n}/mlp/act/Sigmoid")
-        (silu,) = g.op("Mul", [gate, sig], 1, f"{n}/mlp/act/Mul")
-        (prod,) = g.op("Mul", [silu, up], 1, f"{n}/mlp/Mul")
+        (act,) = g.op(act_op, [gate], 1, f"{n}/mlp/act/{act_op}", domain=act_domain)
+        if act_op == "Sigmoid":
+            (act,) = g.op("Mul", [gate, act], 1, f"{n}/mlp/act/Mul")
+        (prod,) = g.op("Mul", [act, up], 1, f"{n}/mlp/Mul")
         (down,) = g.op("MatMul", [prod, g.weight(f"{p}.down.weight", state[f"{p}.mlp.down_proj.weight"].T * np.float32(residual_scale))],
                        1, f"{n}/mlp/down_proj/MatMul")  # fmt: skip
+        if sandwich:
+            (down,) = g.op("SimplifiedLayerNormalization", [down, g.weight(f"{p}.post_mlp_norm", norm(state[f"{p}.post_feedforward_layernorm.weight"]))],
+                           1, f"{n}/post_feedforward_layernorm", axis=-1, epsilon=eps, stash_type=1)  # fmt: skip
         last_layer = i == int(config["num_hidden_layers"]) - 1
         gamma = state["model.norm.weight"] if last_layer else state[f"model.layers.{i + 1}.input_layernorm.weight"]
         name = "/model/norm" if last_layer else f"/model/layers.{i + 1}/input_layernorm"
-        normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [down, residual, g.weight(f"{name}.gamma", gamma)],
+        normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [down, residual, g.weight(f"{name}.gamma", norm(gamma))],
                                       4, name, domain=MS, epsilon=eps)  # fmt: skip
     head = state.get("lm_head.weight", state["model.embed_tokens.weight"]) / np.float32(config.get("logits_scaling", 1.0))
-    g.op("MatMul", [normed, g.weight("lm_head.weight", head.T)], ["logits"], "/lm_head/MatMul")
+    cap = float(config.get("final_logit_softcapping") or 0.0)  # Gemma 2: logits = cap · tanh(logits / cap)
+    (logits,) = g.op("MatMul", [normed, g.weight("lm_head.weight", head.T)], ["logits"] if not cap else 1, "/lm_head/MatMul")
+    if cap:
+        (capped,) = g.op("Div", [logits, g.weight("logit_cap", np.array(cap, np.float32))], 1, "/lm_head/softcap/Div")
+        (tanh,) = g.op("Tanh", [capped], 1, "/lm_head/softcap/Tanh")
+        g.op("Mul", [tanh, "logit_cap"], ["logits"], "/lm_head/softcap/Mul")
 
     kv = [helper.make_tensor_value_info(f"{kind}.{i}.{t}", TensorProto.FLOAT,
                                         ["batch_size", kv_heads, length, head_dim])
