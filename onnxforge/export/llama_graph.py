@@ -94,6 +94,22 @@ def _head_norm(g: _Graph, x: str, weight: np.ndarray, head_dim: int, eps: float,
     return flat
 
 
+def _mlp(g: _Graph, x: str, state: dict, p: str, n: str, activation: str, out_scale: float) -> str:
+    """The gated MLP: one packed gate/up MatMul, Split, the activation on the gate, × up, the down MatMul (its weight
+    times ``out_scale``, Granite's residual multiplier)."""
+    gate_up_w = np.concatenate([state[f"{p}.mlp.gate_proj.weight"], state[f"{p}.mlp.up_proj.weight"]]).T
+    (gate_up,) = g.op("MatMul", [x, g.weight(f"{p}.gate_up.weight", gate_up_w)], 1, f"{n}/mlp/gate_up_proj/MatMul")
+    gate, up = g.op("Split", [gate_up], 2, f"{n}/mlp/Split", axis=-1, num_outputs=2)
+    op, domain = ACTIVATIONS[activation]
+    (act,) = g.op(op, [gate], 1, f"{n}/mlp/act/{op}", domain=domain)
+    if op == "Sigmoid":  # SiLU = gate × sigmoid(gate)
+        (act,) = g.op("Mul", [gate, act], 1, f"{n}/mlp/act/Mul")
+    (prod,) = g.op("Mul", [act, up], 1, f"{n}/mlp/Mul")
+    down_w = state[f"{p}.mlp.down_proj.weight"].T * np.float32(out_scale)
+    (down,) = g.op("MatMul", [prod, g.weight(f"{p}.down.weight", down_w)], 1, f"{n}/mlp/down_proj/MatMul")
+    return down
+
+
 def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     """Write the fused decoder graph of the Hugging Face model at ``model_dir`` to ``out``."""
     import torch
@@ -118,7 +134,6 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     scale = float(config.get("attention_multiplier") or (pre_attn**-0.5 if pre_attn else 0.0))
     interleaved = row.rotary_interleaved
     norm = (lambda w: w + np.float32(1.0)) if row.norm_plus_one else (lambda w: w)  # Gemma's (1 + w) RMSNorm scale
-    act_op, act_domain = ACTIVATIONS[_activation(config)]
     g = _Graph()
     rope_theta = float(config.get("rope_theta", 10000.0))
     local_theta = float(config.get("rope_local_base_freq") or rope_theta)  # Gemma 3's local layers rotate with their own
@@ -181,15 +196,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
             "SkipSimplifiedLayerNormalization", [o, residual, g.weight(f"{p}.post_norm", norm(state[pre_mlp]))],
             4, f"{n}/pre_mlp_layernorm", domain=MS, epsilon=eps,
         )  # fmt: skip
-        gate_up_w = np.concatenate([state[f"{p}.mlp.gate_proj.weight"], state[f"{p}.mlp.up_proj.weight"]]).T
-        (gate_up,) = g.op("MatMul", [normed, g.weight(f"{p}.gate_up.weight", gate_up_w)], 1, f"{n}/mlp/gate_up_proj/MatMul")
-        gate, up = g.op("Split", [gate_up], 2, f"{n}/mlp/Split", axis=-1, num_outputs=2)
-        (act,) = g.op(act_op, [gate], 1, f"{n}/mlp/act/{act_op}", domain=act_domain)
-        if act_op == "Sigmoid":
-            (act,) = g.op("Mul", [gate, act], 1, f"{n}/mlp/act/Mul")
-        (prod,) = g.op("Mul", [act, up], 1, f"{n}/mlp/Mul")
-        (down,) = g.op("MatMul", [prod, g.weight(f"{p}.down.weight", state[f"{p}.mlp.down_proj.weight"].T * np.float32(residual_scale))],
-                       1, f"{n}/mlp/down_proj/MatMul")  # fmt: skip
+        down = _mlp(g, normed, state, p, n, _activation(config), residual_scale)
         if sandwich:
             (down,) = g.op("SimplifiedLayerNormalization", [down, g.weight(f"{p}.post_mlp_norm", norm(state[f"{p}.post_feedforward_layernorm.weight"]))],
                            1, f"{n}/post_feedforward_layernorm", axis=-1, epsilon=eps, stash_type=1)  # fmt: skip
