@@ -56,7 +56,7 @@ FAMILIES: dict[str, Family] = {
     "gemma3_text": Family("decoder", "qwen3", fused_graph=True, norm_plus_one=True, scaled_embeddings=True, gguf="gemma3", mechanisms=("(1 + w) RMSNorm", "embedding scaling", "q/k norms",
                                                                           "local/global layers (sliding window, two RoPE bases)")),
     "granite": Family("decoder", "qwen3", fused_graph=True, mechanisms=("RMSNorm", "RoPE", "GQA", "embedding, residual, attention and logit multipliers")),
-    "olmo2": Family("decoder", "qwen3", mechanisms=("post-norm RMSNorm", "q/k norms over all heads", "RoPE")),
+    "olmo2": Family("decoder", "qwen3", fused_graph=True, mechanisms=("post-norm RMSNorm", "q/k norms over all heads", "RoPE")),
     "smollm3": Family("decoder", "qwen3", fused_graph=True, mechanisms=("RMSNorm", "GQA", "layers without RoPE")),
     "stablelm": Family("decoder", "qwen3", gguf="stablelm", mechanisms=("LayerNorm", "partial rotary", "QKV biases")),
     "starcoder2": Family("decoder", "qwen3", gguf="starcoder2", mechanisms=("LayerNorm", "RoPE", "GQA", "sliding-window attention", "biases", "GELU MLP")),

@@ -1,5 +1,5 @@
 """A decoder graph built from the weights, for Llama-style families (``fused_graph`` in ``export.families``: Llama,
-Qwen2, Qwen3, Mistral, Granite, SmolLM3, ERNIE 4.5, Gemma 1/2/3): one fused op per job, ~11 nodes a layer.
+Qwen2, Qwen3, Mistral, Granite, SmolLM3, ERNIE 4.5, Gemma 1/2/3, OLMo 2): one fused op per job, ~11 nodes a layer.
 
 The general exporter traces PyTorch into ~100 small ops per layer (shape arithmetic, masks, rotary halves, a
 concatenation per cache tensor). At batch 1 a decode step does little arithmetic, so that op count, not the
@@ -85,8 +85,18 @@ def _rotary_caches(config: dict, head_dim: int, base: float) -> tuple[np.ndarray
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+def _norm(g: _Graph, x: str, weight: np.ndarray, eps: float, name: str) -> str:
+    """RMS norm over the last axis of ``x``."""
+    (normed,) = g.op("SimplifiedLayerNormalization", [x, g.weight(f"{name}.weight", weight)], 1, name, axis=-1,
+                     epsilon=eps, stash_type=1)  # fmt: skip
+    return normed
+
+
 def _head_norm(g: _Graph, x: str, weight: np.ndarray, head_dim: int, eps: float, name: str) -> str:
-    """RMS norm over each head's slice of ``x`` (batch, sequence, heads x head_dim), back in that shape."""
+    """RMS norm over each head's slice of ``x`` (batch, sequence, heads x head_dim), back in that shape; over all of
+    it where ``weight`` spans every head (OLMo 2)."""
+    if weight.size != head_dim:
+        return _norm(g, x, weight, eps, name)
     (heads,) = g.op("Reshape", [x, g.weight(f"{name}.heads", np.array([0, 0, -1, head_dim]))], 1, f"{name}/Reshape")
     (normed,) = g.op("SimplifiedLayerNormalization", [heads, g.weight(f"{name}.weight", weight)], 1, name, axis=-1,
                      epsilon=eps, stash_type=1)  # fmt: skip
@@ -157,9 +167,9 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     (x,) = g.op("Gather", [g.weight("model.embed_tokens.weight", table), "input_ids"], 1, "/model/embed_tokens/Gather")
     if embedding != 1:  # after the lookup: the table stays the file's own (a GGUF's blocks are found by its rows)
         (x,) = g.op("Mul", [x, g.weight("embedding_scale", np.array(embedding, np.float32))], 1, "/model/embed_tokens/Mul")
-    (normed,) = g.op("SimplifiedLayerNormalization", [x, g.weight("norm.0", norm(state["model.layers.0.input_layernorm.weight"]))],
-                     ["/model/layers.0/input_layernorm/out"], "/model/layers.0/input_layernorm", axis=-1,
-                     epsilon=eps, stash_type=1)  # fmt: skip
+    # OLMo 2 norms each block's output, not its input: the residual stream feeds the blocks as it is
+    post_norm = "model.layers.0.input_layernorm.weight" not in state
+    normed = x if post_norm else _norm(g, x, norm(state["model.layers.0.input_layernorm.weight"]), eps, "/model/layers.0/input_layernorm")
     residual = x
     for i in range(int(config["num_hidden_layers"])):
         p, n = f"model.layers.{i}", f"/model/layers.{i}"
@@ -169,7 +179,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
             bias = np.concatenate([state[f"{p}.self_attn.{k}_proj.bias"] for k in "qkv"])
             (qkv,) = g.op("Add", [qkv, g.weight(f"{p}.qkv.bias", bias)], 1, f"{n}/attn/qkv_proj/Add")
         qkv_inputs = [qkv, "", ""]
-        if f"{p}.self_attn.q_norm.weight" in state:  # Qwen3: each head's q and k RMS-normed before the rotation
+        if f"{p}.self_attn.q_norm.weight" in state:  # Qwen3, Gemma 3: each head's q and k RMS-normed before the rotation
             q, k, v = g.op("Split", [qkv, g.weight(f"{p}.qkv.split", np.array([heads * head_dim, kv_heads * head_dim,
                                                                                kv_heads * head_dim]))],
                            3, f"{n}/attn/qkv/Split", axis=-1)  # fmt: skip
@@ -188,19 +198,25 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
         (o,) = g.op("MatMul", [attn, g.weight(f"{p}.o.weight", state[f"{p}.self_attn.o_proj.weight"].T * np.float32(residual_scale))],
                     1, f"{n}/attn/o_proj/MatMul")  # fmt: skip
         sandwich = f"{p}.pre_feedforward_layernorm.weight" in state  # Gemma 2/3 also norm each block's output
-        if sandwich:
-            (o,) = g.op("SimplifiedLayerNormalization", [o, g.weight(f"{p}.post_attn_norm", norm(state[f"{p}.post_attention_layernorm.weight"]))],
-                        1, f"{n}/post_attention_layernorm", axis=-1, epsilon=eps, stash_type=1)  # fmt: skip
-        pre_mlp = f"{p}.pre_feedforward_layernorm.weight" if sandwich else f"{p}.post_attention_layernorm.weight"
-        normed, _, _, residual = g.op(
-            "SkipSimplifiedLayerNormalization", [o, residual, g.weight(f"{p}.post_norm", norm(state[pre_mlp]))],
-            4, f"{n}/pre_mlp_layernorm", domain=MS, epsilon=eps,
-        )  # fmt: skip
+        if sandwich or post_norm:
+            o = _norm(g, o, norm(state[f"{p}.post_attention_layernorm.weight"]), eps, f"{n}/post_attention_layernorm")
+        if post_norm:
+            (residual,) = g.op("Add", [residual, o], 1, f"{n}/attn/residual/Add")
+            normed = residual
+        else:
+            pre_mlp = f"{p}.pre_feedforward_layernorm.weight" if sandwich else f"{p}.post_attention_layernorm.weight"
+            normed, _, _, residual = g.op(
+                "SkipSimplifiedLayerNormalization", [o, residual, g.weight(f"{p}.post_norm", norm(state[pre_mlp]))],
+                4, f"{n}/pre_mlp_layernorm", domain=MS, epsilon=eps,
+            )  # fmt: skip
         down = _mlp(g, normed, state, p, n, _activation(config), residual_scale)
-        if sandwich:
-            (down,) = g.op("SimplifiedLayerNormalization", [down, g.weight(f"{p}.post_mlp_norm", norm(state[f"{p}.post_feedforward_layernorm.weight"]))],
-                           1, f"{n}/post_feedforward_layernorm", axis=-1, epsilon=eps, stash_type=1)  # fmt: skip
+        if sandwich or post_norm:
+            down = _norm(g, down, norm(state[f"{p}.post_feedforward_layernorm.weight"]), eps, f"{n}/post_feedforward_layernorm")
         last_layer = i == int(config["num_hidden_layers"]) - 1
+        if post_norm:
+            (residual,) = g.op("Add", [residual, down], 1, f"{n}/mlp/residual/Add")
+            normed = _norm(g, residual, state["model.norm.weight"], eps, "/model/norm") if last_layer else residual
+            continue
         gamma = state["model.norm.weight"] if last_layer else state[f"model.layers.{i + 1}.input_layernorm.weight"]
         name = "/model/norm" if last_layer else f"/model/layers.{i + 1}/input_layernorm"
         normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [down, residual, g.weight(f"{name}.gamma", norm(gamma))],
