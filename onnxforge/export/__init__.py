@@ -95,11 +95,13 @@ def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int)
 
 @contextlib.contextmanager
 def _loading_with(**kwargs: object) -> Iterator[None]:
-    """Add ``kwargs`` to the from_pretrained call of optimum's main_export, which takes no loading arguments."""
+    """Add ``kwargs`` (those not None) to the from_pretrained call of optimum's main_export, which takes no loading
+    arguments."""
     from optimum.exporters.tasks import TasksManager
 
+    extra = {key: value for key, value in kwargs.items() if value is not None}  # None: optimum's own choice stands
     original = TasksManager.get_model_from_task
-    TasksManager.get_model_from_task = staticmethod(lambda *args, **given: original(*args, **{**given, **kwargs}))
+    TasksManager.get_model_from_task = staticmethod(lambda *args, **given: original(*args, **{**given, **extra}))
     try:
         yield
     finally:
