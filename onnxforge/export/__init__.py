@@ -78,12 +78,12 @@ def text_settings(model_dir: Path) -> Preprocess:
                       clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)))
 
 
-def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int) -> Path:
+def _optimum_export(model_dir: Path, exporter_task: str, work: Path, opset: int, attention: str | None) -> Path:
+    """optimum's traced export; ``attention``: transformers' attention implementation to trace (None: its default)."""
     from optimum.exporters.onnx import main_export
 
     from . import optimum_configs  # noqa: F401  (registers the families optimum lacks)
 
-    attention = attention_implementation(json.loads((model_dir / "config.json").read_text()))
     with warnings.catch_warnings(), _loading_with(attn_implementation=attention):
         warnings.simplefilter("ignore")  # tracer and deprecation chatter from torch/transformers, not actionable
         main_export(
@@ -165,7 +165,8 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
                 fused = fused_ops(op_counts(stage / model_file))
         else:
             with step(f"export {src.label} ({model_type}) for {task}, opset {config.opset}"):
-                raw = _optimum_export(src.path, spec.exporter_task, Path(tmp), config.opset)
+                raw = _optimum_export(src.path, spec.exporter_task, Path(tmp), config.opset,
+                                      attention_implementation(src.config))
                 if pooling:
                     append_pooling(raw, pooling)
                 if spec.generative:

@@ -98,8 +98,7 @@ def _head_norm(g: _Graph, x: str, weight: np.ndarray, head_dim: int, eps: float,
     if weight.size != head_dim:
         return _norm(g, x, weight, eps, name)
     (heads,) = g.op("Reshape", [x, g.weight(f"{name}.heads", np.array([0, 0, -1, head_dim]))], 1, f"{name}/Reshape")
-    (normed,) = g.op("SimplifiedLayerNormalization", [heads, g.weight(f"{name}.weight", weight)], 1, name, axis=-1,
-                     epsilon=eps, stash_type=1)  # fmt: skip
+    normed = _norm(g, heads, weight, eps, name)
     (flat,) = g.op("Reshape", [normed, g.weight(f"{name}.flat", np.array([0, 0, -1]))], 1, f"{name}/Flatten")
     return flat
 
