@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sources
-from .artifact import ArtifactError, Manifest, read_manifest, verify
+from .artifact import ArtifactError, Manifest, read_manifest, sha256_file, verify
 from .tasks import get_task
 
 if sys.version_info >= (3, 11):
@@ -22,7 +22,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODEL_KEYS = {"source", "task", "variants"}
+MODEL_KEYS = {"source", "task", "variants", "teacher", "distill"}
+DISTILL_KEYS = {"layers", "epochs", "batch_size", "learning_rate", "temperature", "hidden_weight", "max_length", "seed",
+                "text"}  # fmt: skip  (distill.DistillConfig's fields, and training text files)
 INT8_KEYS = {
     "activations", "calibration", "op_types", "per_channel", "symmetric_weights", "smooth_alpha",
     "keep", "keep_as", "max_keep", "search_margin", "calibration_texts", "weight_rounding", "embedding_rows",
@@ -44,6 +46,8 @@ class Variant:
     task: str
     method: str  # "export" for fp32, else a quantization method
     options: dict = field(default_factory=dict)
+    teacher: str = ""  # a distilled model: the recipe model it is a student of, whose fp32 artifact gates it
+    distill: dict = field(default_factory=dict)  # and how it is distilled (DISTILL_KEYS)
 
     @property
     def key(self) -> str:
@@ -51,7 +55,8 @@ class Variant:
 
     def fingerprint(self, origin: str) -> str:
         """Changes when the recipe entry, what it is built from (``origin``) or onnxforge's own code changes."""
-        text = json.dumps([self.source, self.task, self.method, self.options, origin, code_digest()], sort_keys=True)
+        text = json.dumps([self.source, self.task, self.method, self.options, self.teacher, self.distill, origin,
+                           code_digest()], sort_keys=True)  # fmt: skip
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -72,6 +77,8 @@ def parse(path: str | Path) -> list[Variant]:
     variants = []
     for model, entry in data.items():
         _known(file, model, entry, MODEL_KEYS)
+        if "teacher" in entry:
+            entry = _student_entry(file, model, entry, data)
         get_task(entry.get("task", ""))
         if "fp32" not in entry.get("variants", {}):
             raise ValueError(f"{file}: [{model}] needs a variants.fp32 table (every other variant starts from it)")
@@ -87,8 +94,21 @@ def parse(path: str | Path) -> list[Variant]:
                 from .quantization.gate import Gate, check_gate
 
                 check_gate(entry["task"], Gate(options["gate"]))
-            variants.append(Variant(model, name, entry["source"], entry["task"], method, options))
+            variants.append(Variant(model, name, entry["source"], entry["task"], method, options,
+                                    entry.get("teacher", ""), entry.get("distill", {})))  # fmt: skip
     return variants
+
+
+def _student_entry(file: Path, model: str, entry: dict, data: dict) -> dict:
+    """A distilled model's entry with its teacher's source and task (it names neither itself)."""
+    teacher = data.get(entry["teacher"])
+    if not isinstance(teacher, dict) or "teacher" in teacher:
+        raise ValueError(f"{file}: [{model}] teacher {entry['teacher']!r} must be another model of this recipe, itself "
+                         "no student")  # fmt: skip
+    if "source" in entry or "task" in entry:
+        raise ValueError(f"{file}: [{model}] a student takes its source and task from its teacher; remove them")
+    _known(file, f"{model}.distill", entry.get("distill", {}), DISTILL_KEYS)
+    return {**entry, "source": teacher["source"], "task": teacher["task"]}
 
 
 def _known(file: Path, where: str, entry: object, allowed: set[str]) -> None:
@@ -112,9 +132,9 @@ def up_to_date(directory: Path, fingerprint: str) -> Manifest | None:
 def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Manifest, bool]:
     """Build one variant under ``root``; returns its manifest and whether it was (re)built."""
     from .export import ExportConfig, export
-    from .quantization import Gate, config_for, quantize
+    from .quantization import Gate, GateError, config_for, quantize
 
-    source = sources.resolve(variant.source)
+    source = sources.resolve(_student(variant) if variant.teacher else variant.source)
     origin = source.sha256
     fp32 = root / variant.model / "fp32"
     if variant.method != "export":  # a quantized variant is stale when its fp32 parent changed
@@ -126,15 +146,39 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
         return current, False
     opts = dict(variant.options)
     graph_format = opts.pop("format", "onnx")
+    gate = Gate(opts.pop("gate", {}))
     if variant.method == "export":
+        if gate.minimums and not source.distillation:
+            raise ValueError(f"{variant.key}: an fp32 variant has a gate only as a student (against its teacher)")
+        if failures := gate.failures(source.distillation["held_out"] if source.distillation else {}):
+            raise GateError(f"{variant.key}: the student misses its gate against the teacher on held-out text "
+                            f"({'; '.join(failures)}); no artifact was written")  # fmt: skip
         config = ExportConfig(opset=opts.get("opset", 18), target=opts.get("target", "cpu"), graph=opts.get("graph", "auto"))
-        manifest = export(variant.source, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
+        manifest = export(source.path, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
     else:
-        gate = Gate(opts.pop("gate", {}))
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
         config = config_for(variant.method, variant.task, settings)
-        manifest = quantize(fp32, out, config, gate, recipe=fingerprint, gguf=source.gguf)
+        teacher = root / variant.teacher / "fp32" if variant.teacher else None
+        manifest = quantize(fp32, out, config, gate, recipe=fingerprint, gguf=source.gguf, teacher=teacher)
     return reformat(out, graph_format) or manifest, True
+
+
+def _student(variant: Variant) -> Path:
+    """The student directory of a distilled model: trained once into ``$ONNXFORGE_CACHE/students`` (resuming an
+    interrupted run from its last epoch) and reused while teacher and settings stay the same."""
+    from .distill import DistillConfig, distill
+    from .sources.gguf import cache_root
+
+    settings = dict(variant.distill)
+    texts = [Path(f) for f in settings.pop("text", [])]
+    config = DistillConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    teacher = sources.resolve(variant.source)
+    key = json.dumps([teacher.sha256, variant.task, variant.distill, [sha256_file(f) for f in texts]], sort_keys=True)
+    out = cache_root() / "students" / f"{variant.model}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not (out / sources.DISTILLATION).is_file():
+        print(f"  · distilling {variant.model} from {teacher.label}", file=sys.stderr, flush=True)
+        distill(variant.source, out, variant.task, config, texts)
+    return out
 
 
 def reformat(directory: Path, graph_format: str) -> Manifest | None:
@@ -158,15 +202,17 @@ def build(recipe: str | Path, root: str | Path = "artifacts", only: list[str] | 
         missing = sorted(set(only) - {v.key for v in variants})
         if missing:
             raise ValueError(f"{recipe}: no such variants {missing}; it has {[v.key for v in variants]}")
-    selected = [v for v in variants if not only or v.key in only or (v.name == "fp32" and _needed(v, only))]
+    selected = [v for v in variants if not only or v.key in only or (v.name == "fp32" and _needed(v, only, variants))]
     results = []
-    for variant in sorted(selected, key=lambda v: (v.model, v.method != "export")):
+    for variant in sorted(selected, key=lambda v: (bool(v.teacher), v.model, v.method != "export")):  # teachers first
         print(f"▸ {variant.key}", file=sys.stderr, flush=True)
         manifest, built = build_variant(variant, Path(root), force)
         results.append((variant, manifest, built))
     return results
 
 
-def _needed(fp32: Variant, only: list[str]) -> bool:
-    """fp32 is built when a quantized variant of the same model is asked for (it starts from it)."""
-    return any(key.split("/")[0] == fp32.model for key in only)
+def _needed(fp32: Variant, only: list[str], variants: list[Variant]) -> bool:
+    """fp32 is built when a quantized variant of the same model is asked for (it starts from it), or any variant of
+    a student of it (its gate's reference)."""
+    models = {key.split("/")[0] for key in only}
+    return fp32.model in models or any(v.teacher == fp32.model and v.model in models for v in variants)

@@ -80,8 +80,30 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         settings = {}
     config = config_for(args.to, task, settings)
     manifest = quantize(args.input, args.output, config, Gate(_gate(args.gate)), texts=_lines(args.evaluation),
-                        calibration=_lines(args.calibration), gguf=args.gguf)  # fmt: skip
+                        calibration=_lines(args.calibration), gguf=args.gguf, teacher=args.teacher)  # fmt: skip
     print(summary_rows([(str(args.output), _formatted(args, manifest), "built")]))
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from .distill import DistillConfig, distill
+
+    config = DistillConfig(layers=_layers(args.layers), epochs=args.epochs, batch_size=args.batch_size,
+                           learning_rate=args.learning_rate, temperature=args.temperature,
+                           hidden_weight=args.hidden_weight, max_length=args.max_length, seed=args.seed)  # fmt: skip
+    record = distill(args.teacher, args.output, args.task, config, args.text)
+    untrained = record["held_out_untrained"]
+    rows = [[name, fmt(untrained[name]), fmt(value)] for name, value in record["held_out"].items() if name in untrained]
+    print(f"{args.output}: layers {record['layers']} of {record['teacher_layers']}, {record['texts']} texts, "
+          f"{record['steps']} steps, {record['training_seconds']:.0f} s; held-out figures vs the teacher:")  # fmt: skip
+    print(render(["figure", "untrained", "distilled"], rows))
+
+
+def _layers(text: str | None) -> tuple[int, ...]:
+    """``--layers 0,2,4`` → (0, 2, 4); none → () (every other layer)."""
+    try:
+        return tuple(int(part) for part in text.split(",")) if text else ()
+    except ValueError:
+        raise ValueError(f"--layers takes teacher layer numbers separated by commas (e.g. 0,2,4), got {text!r}") from None
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -314,8 +336,26 @@ def parser() -> argparse.ArgumentParser:
                                              "holds keep its own blocks exactly")
     s.add_argument("--calibration", type=Path, help="calibration/search texts, one per line")
     s.add_argument("--evaluation", type=Path, help="held-out texts for the gate, one per line")
+    s.add_argument("--teacher", type=Path, help="for a distilled student: its teacher's fp32 artifact, which the gate "
+                                                "measures against instead of the input")
     _format_option(s)
     s.set_defaults(run=cmd_quantize)
+
+    s = sub.add_parser("distill", help="train a student with a subset of a model's layers to reproduce it")
+    s.add_argument("teacher", help="packaged model name or local Hugging Face directory")
+    s.add_argument("--task", default="embed", help="embed (default), classify or token-classify")
+    s.add_argument("-o", "--output", required=True, type=Path, help="the student's Hugging Face directory")
+    s.add_argument("--layers", help="teacher layers the student keeps, e.g. 0,2,4 (default: every other one)")
+    s.add_argument("--text", action="append", default=[], type=Path, metavar="FILE",
+                   help="more training text, one per line (repeatable); the corpus's calibration half is always used")
+    s.add_argument("--epochs", type=int, default=6)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--learning-rate", type=float, default=1e-4)
+    s.add_argument("--temperature", type=float, default=2.0, help="soft labels (classify, token-classify)")
+    s.add_argument("--hidden-weight", type=float, default=0.0, help="weight of matching each kept layer's output")
+    s.add_argument("--max-length", type=int, default=128, help="tokens per training text")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(run=cmd_distill)
 
     s = sub.add_parser("inspect", help="show an artifact's manifest as a table")
     s.add_argument("artifact", type=Path)

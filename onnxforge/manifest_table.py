@@ -15,10 +15,26 @@ def _size_mb(manifest: Manifest) -> str:
     return f"{sum(f.bytes for f in manifest.files.values()) / 1e6:.1f} MB"
 
 
+def _figures(values: dict) -> str:
+    return ", ".join(f"{k} {fmt(v)}" for k, v in values.items() if isinstance(v, float))
+
+
 def _quality(manifest: Manifest) -> str:
+    """The gate's figures and verdict, naming the reference when it is not the fp32 parent (a student's teacher);
+    for a student's fp32, the distillation's held-out figures against its teacher."""
     q = manifest.quality
-    figures = ", ".join(f"{k} {fmt(v)}" for k, v in q.items() if isinstance(v, float))
-    return f"{figures} ({'pass' if q.get('passed') else 'FAIL'})" if q else ""
+    if not q:
+        held_out = (manifest.source.get("distillation") or {}).get("held_out")
+        return f"vs teacher: {_figures(held_out)}" if held_out else ""
+    named = "" if q.get("reference", "fp32") == "fp32" else f"vs {q['reference']}: "
+    return f"{named}{_figures(q)} ({'pass' if q.get('passed') else 'FAIL'})"
+
+
+def _distillation_rows(record: dict) -> list[list[str]]:
+    trained = (f"layers {record['layers']} of {record['teacher_layers']} of {record['teacher']['model']}, "
+               f"{record['texts']:,} texts, {record['steps']:,} steps, {record['training_seconds']:.0f} s")  # fmt: skip
+    held_out = f"vs teacher: {_figures(record['held_out'])} (untrained: {_figures(record['held_out_untrained'])})"
+    return [["source.distillation", trained], ["", held_out]]
 
 
 def _bytes(manifest: Manifest) -> str:
@@ -37,7 +53,7 @@ def summary_rows(items: list[tuple[str, Manifest, str]]) -> str:
             fmt(parity.get("max_abs_diff")), fmt(parity.get("min_cosine"), 7), _quality(m) or "n/a (reference)",
         ])  # fmt: skip
     headers = ["artifact", "task", "weights", "size", "MB emb/attn/ffn/head/other", "build", "parity max|Δ|",
-               "parity min cos", "quality vs fp32"]  # fmt: skip
+               "parity min cos", "quality (vs fp32 unless named)"]  # fmt: skip
     return render(headers, rows)
 
 
@@ -75,6 +91,8 @@ def manifest_rows(m: Manifest) -> list[list[str]]:
     """``onnxforge inspect``'s rows: identity, signature, every manifest section, files and this machine."""
     rows = [["name", f"{m.name}/{m.variant}"], ["task", m.task], ["source", m.source.get("model")],
             ["size", _size_mb(m)], ["targets", ", ".join(m.targets)]]  # fmt: skip
+    if "distillation" in m.source:
+        rows += _distillation_rows(m.source["distillation"])
     rows += [[f"input {t.name}", f"{t.dtype} {t.shape}"] for t in m.inputs]
     rows += [[f"output {t.name}", f"{t.dtype} {t.shape}"] for t in m.outputs]
     sections = {"preprocess": {k: v for k, v in asdict(m.preprocess).items() if v is not None}}

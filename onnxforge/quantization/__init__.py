@@ -75,12 +75,14 @@ def _candidate(reference: Loaded, model: Path) -> Loaded:
 def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = None,
              gate: Gate | None = None,
              texts: list[str] | None = None, calibration: list[str] | None = None, variant: str | None = None,
-             recipe: str | None = None, gguf: Path | None = None) -> Manifest:  # fmt: skip
+             recipe: str | None = None, gguf: Path | None = None, teacher: str | Path | None = None) -> Manifest:  # fmt: skip
     """Quantize the artifact at ``src_dir`` into ``out_dir``; raises :class:`GateError` if the gate is missed.
 
     ``texts``: held-out evaluation text (default: the shipped corpus's evaluation split); ``calibration``:
     calibration and search text (default: its calibration split). The two must not overlap. ``gguf``: the file the
-    artifact was exported from, whose blocks weight-only quantization keeps (see :mod:`.gguf_blocks`).
+    artifact was exported from, whose blocks weight-only quantization keeps (see :mod:`.gguf_blocks`). ``teacher``:
+    for a distilled student, the fp32 artifact of its teacher, which the gate (and search) measure against instead of
+    ``src_dir``: the figures then say what the student costs against the model the user chose.
     """
     config, gate = config or Int8Config(), gate or Gate()
     src, out = Path(src_dir), Path(out_dir)
@@ -91,6 +93,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
     held_out, calib = texts or split.evaluation, calibration or split.calibration
     if overlap := set(held_out) & set(calib):
         raise ValueError(f"{len(overlap)} texts are in both the calibration and the evaluation set")
+    judge = _teacher(teacher, reference, held_out[:64]) if teacher else reference
     report: dict[str, object] = {}
     precision: dict[str, object] = {}  # what the config does not say: the GGUF blocks kept
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as tmp:
@@ -118,7 +121,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
             with step(f"int8 weights of {base.name}'s decoder"):
                 decoder, shared = quantize_tied(src / base.model_file, model, src / base.encoder_file,
                                                 Path(tmp) / "tied.onnx", DECODER_INT8)  # fmt: skip
-            _int8(reference, Path(tmp) / "tied.onnx", encoder, config, gate, calib, [], Path(tmp), report)
+            _int8(reference, Path(tmp) / "tied.onnx", encoder, config, gate, calib, [], Path(tmp), report, judge)
             precision["computed_positions"] = compute_positions(encoder) + compute_positions(model)
             if shared:  # the vocabulary: one copy, read by both graphs
                 write_shared([encoder, model], shared)
@@ -126,11 +129,11 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
             precision["shared_table"] = bool(shared)
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
-            config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report)
+            config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report, judge)
         copy_files(src, stage, skip=graph_and_data_files(base))
         candidate = _candidate(reference, model)
         with step(f"quality gate on {len(held_out)} held-out texts"):
-            figures = measure(base.task, reference, candidate, held_out)
+            figures = measure(base.task, judge, candidate, held_out)
         if failures := gate.failures(figures):
             shown = ", ".join(f"{k}={v:.5f}" for k, v in figures.items() if isinstance(v, float))
             raise GateError(f"{base.name} {out.name} missed its gate ({'; '.join(failures)}); figures: {shown}."
@@ -140,7 +143,8 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
             report["speed_vs_fp32"] = speed_vs(reference.session, candidate.session, feeds)
         manifest = replace(
             base, variant=variant or out.name, precision={**config.describe(), **precision},
-            quality={**gate.record(figures), "measured_on": this_cpu().record(), **report},
+            quality={**gate.record(figures, _reference_name(judge) if teacher else "fp32"),
+                     "measured_on": this_cpu().record(), **report},
             graph={**base.graph, "fused_ops": fused_ops(op_counts(model)), "bytes": byte_groups(model)},
             parity={"inherited_from": base.variant, **base.parity}, build=tool_versions(base.build.get("opset"), recipe),
             files={},
@@ -148,6 +152,22 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
         publish(stage, manifest, out)
     verify(out)
     return manifest
+
+
+def _teacher(path: str | Path, student: Loaded, texts: list[str]) -> Loaded:
+    """The teacher's fp32 artifact, refused unless it does the student's task and tokenizes ``texts`` as it does."""
+    teacher = open_artifact(Path(path), providers="cpu")
+    if teacher.manifest.task != student.manifest.task:
+        raise ValueError(f"{path}: a teacher must do the student's task ({student.manifest.task}); it does "
+                         f"{teacher.manifest.task}")  # fmt: skip
+    if [e.ids for e in teacher.text_encoder().encode(texts)] != [e.ids for e in student.text_encoder().encode(texts)]:
+        raise ValueError(f"{path}: the teacher's tokenizer splits text unlike the student's; it cannot be its teacher")
+    return teacher
+
+
+def _reference_name(judge: Loaded) -> str:
+    """How the manifest names a teacher reference: 'teacher <name>/<variant>'."""
+    return f"teacher {judge.manifest.name}/{judge.manifest.variant}"
 
 
 def _grams(reference: Loaded, graph: Path, calib: list[str], config: WeightOnlyConfig) -> dict[str, np.ndarray]:
@@ -163,8 +183,9 @@ def _grams(reference: Loaded, graph: Path, calib: list[str], config: WeightOnlyC
 
 
 def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: Gate, calib: list[str],
-          search_texts: list[str], tmp: Path, report: dict[str, object]) -> Int8Config:  # fmt: skip
-    """int8 of ``src`` into ``model``, searching for nodes to keep apart when ``config.max_keep`` allows."""
+          search_texts: list[str], tmp: Path, report: dict[str, object], judge: Loaded) -> Int8Config:  # fmt: skip
+    """int8 of ``src`` into ``model``, searching for nodes to keep apart when ``config.max_keep`` allows; ``judge``:
+    the artifact the search's figures compare against (``reference`` itself, or a student's teacher)."""
     base = reference.manifest
     feeds = text_feeds(reference, calib[: config.calibration_texts], same_width=config.activations == "static")
     with step(f"prepare int8 {base.name}: {config.activations}, smooth_alpha={config.smooth_alpha}"):
@@ -173,16 +194,16 @@ def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: G
         with step(f"int8 {base.name}"):
             finish(prepared, model, config, feeds)
         return config
-    wanted = expected(base.task, reference, search_texts)
+    wanted = expected(base.task, judge, search_texts)
     search_gate = gate.tightened(config.search_margin)
 
-    def judge(path: Path) -> tuple[dict[str, float], bool]:
-        figures = measure(base.task, reference, _candidate(reference, path), search_texts, wanted)
+    def verdict(path: Path) -> tuple[dict[str, float], bool]:
+        figures = measure(base.task, judge, _candidate(reference, path), search_texts, wanted)
         return figures, not search_gate.failures(figures)
 
     with step(f"int8 {base.name}, nothing kept apart, judged on {len(search_texts)} calibration texts"):
         finish(prepared, model, config, feeds)
-        figures, passed = judge(model)
+        figures, passed = verdict(model)
     if passed:  # no ranking needed: every node int8 is the fastest candidate
         report["search"] = [asdict(Step(0, figures, True))]
         return config
@@ -190,7 +211,7 @@ def _int8(reference: Loaded, src: Path, model: Path, config: Int8Config, gate: G
         ranking = sensitivity(prepared, config, text_feeds(reference, calib[:SENSITIVITY_TEXTS]))
     report["sensitivity"] = [{"node": n, "error": round(e, 6)} for n, e in ranking[:12]]
     with step(f"greedy search on {len(search_texts)} calibration texts: keep up to {config.max_keep} nodes apart"):
-        config, steps = greedy(prepared, config, [n for n, _ in ranking], feeds, judge, model,
+        config, steps = greedy(prepared, config, [n for n, _ in ranking], feeds, verdict, model,
                                tried=[Step(0, figures, False)])  # fmt: skip
     report["search"] = [asdict(s) for s in steps]
     return config

