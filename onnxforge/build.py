@@ -165,7 +165,7 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
 
 def _student(variant: Variant) -> Path:
     """The student directory of a distilled model: trained once into ``$ONNXFORGE_CACHE/students`` (resuming an
-    interrupted run from its last epoch) and reused while teacher and settings stay the same."""
+    interrupted run from its last epoch) and reused while teacher, settings, text and training code stay the same."""
     from .distill import DistillConfig, distill
     from .sources.gguf import cache_root
 
@@ -173,7 +173,8 @@ def _student(variant: Variant) -> Path:
     texts = [Path(f) for f in settings.pop("text", [])]
     config = DistillConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     teacher = sources.resolve(variant.source)
-    key = json.dumps([teacher.sha256, variant.task, variant.distill, [sha256_file(f) for f in texts]], sort_keys=True)
+    code = [sha256_file(f) for f in sorted((Path(__file__).parent / "distill").glob("*.py"))]  # training changed: again
+    key = json.dumps([teacher.sha256, variant.task, variant.distill, [sha256_file(f) for f in texts], code], sort_keys=True)
     out = cache_root() / "students" / f"{variant.model}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not (out / sources.DISTILLATION).is_file():
         print(f"  · distilling {variant.model} from {teacher.label}", file=sys.stderr, flush=True)

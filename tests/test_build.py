@@ -17,7 +17,8 @@ def _recipe(tmp_path, text):
 def test_default_recipe_parses():
     keys = [v.key for v in parse(ROOT / "artifacts.toml")]
     assert keys == ["minilm-l6/fp32", "minilm-l6/int8", "minilm-l6/int8-fast", "minilm-l6/fp16",
-                    "minilm-l6/web",                     "smollm2-135m/fp32", "smollm2-135m/int4", "smollm2-135m/int8"]  # fmt: skip
+                    "minilm-l6/web", "minilm-l6-student/fp32", "minilm-l6-student/int8",
+                    "smollm2-135m/fp32", "smollm2-135m/int4", "smollm2-135m/int8"]  # fmt: skip
 
 
 @pytest.mark.parametrize("text,message", [

@@ -18,6 +18,14 @@ def _mutation():
     return module
 
 
+def test_the_pareto_front_keeps_the_rows_nothing_beats_on_speed_and_recall():
+    from bench.report import pareto
+
+    rows = [{"system": name, "sentences_per_s": speed, "recall_at_10": recall}
+            for name, speed, recall in [("a", 10, 1.0), ("b", 20, 0.9), ("c", 15, 0.85), ("d", 20, 0.8), ("e", 5, 1.0)]]  # fmt: skip
+    assert [row["system"] for row in pareto(rows)] == ["b", "a"]  # c is beaten by b, d ties b's speed, e a's recall
+
+
 def test_mutation_fails_above_its_baseline_and_every_module_has_one():
     mutation = _mutation()
     assert mutation.verdict_of(3, 0, 3) == "ok"
