@@ -134,7 +134,8 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
     from .export import ExportConfig, export
     from .quantization import Gate, GateError, config_for, quantize
 
-    source = sources.resolve(_student(variant) if variant.teacher else variant.source)
+    reference = _student(variant) if variant.teacher else variant.source  # as given: the manifest keeps its label
+    source = sources.resolve(reference)
     origin = source.sha256
     fp32 = root / variant.model / "fp32"
     if variant.method != "export":  # a quantized variant is stale when its fp32 parent changed
@@ -154,7 +155,7 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
             raise GateError(f"{variant.key}: the student misses its gate against the teacher on held-out text "
                             f"({'; '.join(failures)}); no artifact was written")  # fmt: skip
         config = ExportConfig(opset=opts.get("opset", 18), target=opts.get("target", "cpu"), graph=opts.get("graph", "auto"))
-        manifest = export(source.path, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
+        manifest = export(reference, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
     else:
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
         config = config_for(variant.method, variant.task, settings)
