@@ -19,6 +19,7 @@ import numpy as np
 
 from onnxforge import corpus
 from onnxforge.quantization.fidelity import embedding_fidelity
+from onnxforge.sources import resolve
 
 from . import cold_start, report, runs, scale, serve_generate, serve_load, translate, web
 from .decoder import markdown as decoder_markdown
@@ -37,26 +38,27 @@ def _worker(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def encoder_flops(texts: list[str], directory: Path | None = None) -> float:
-    """Useful fp32 FLOPs over ``texts`` (real tokens only: projections, FFN and attention) of MiniLM, or of the model
-    whose config.json is in ``directory`` (a distilled student has fewer layers)."""
+def token_counts(texts: list[str]) -> list[int]:
+    """Real tokens per text under MiniLM's tokenizer (every system here shares it)."""
     from tokenizers import Tokenizer
 
-    from onnxforge.sources import resolve
-
-    source = resolve(MINILM)
-    config = source.config
-    if directory is not None and (directory / "config.json").is_file():
-        config = json.loads((directory / "config.json").read_text())
-    layers, hidden, inner = config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
-    tokenizer = Tokenizer.from_file(str(source.path / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(resolve(MINILM).path / "tokenizer.json"))
     tokenizer.no_padding()  # the packaged tokenizer.json pads to 128: count real tokens only
     tokenizer.enable_truncation(max_length=256)
-    total = 0.0
-    for encoding in tokenizer.encode_batch(texts):
-        t = len(encoding.ids)
-        total += layers * (8 * t * hidden**2 + 4 * t * hidden * inner + 4 * t * t * hidden)
-    return total
+    return [len(encoding.ids) for encoding in tokenizer.encode_batch(texts)]
+
+
+def encoder_flops(tokens: list[int], config: dict) -> float:
+    """Useful fp32 FLOPs of the encoder ``config`` describes over texts of ``tokens`` real tokens each (projections,
+    FFN and attention): a distilled student counts its own layers."""
+    layers, hidden, inner = config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
+    return sum(layers * (8 * t * hidden**2 + 4 * t * hidden * inner + 4 * t * t * hidden) for t in tokens)
+
+
+def _config(path: Path | None, default: dict) -> dict:
+    """The config.json in a system's directory, else ``default`` (MiniLM's)."""
+    found = path / "config.json" if path is not None else None
+    return json.loads(found.read_text()) if found is not None and found.is_file() else default
 
 
 def _size_mb(path: Path | None) -> float | None:
@@ -67,6 +69,7 @@ def _size_mb(path: Path | None) -> float | None:
 
 def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> list[dict]:
     texts = corpus.split(corpus.load()).evaluation[: QUICK_SENTENCES if quick else 1024]
+    tokens, minilm = token_counts(texts), resolve(MINILM).config
     rows = []
     with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
         text_file = Path(tmp) / "texts.json"
@@ -85,7 +88,8 @@ def run_encoders(quick: bool, threads: int, providers: str, machine: dict) -> li
             reference = vectors if reference is None else reference
             row.update(embedding_fidelity(reference, vectors))
             row["size_mb"] = _size_mb(system.path())
-            row["gflops"] = encoder_flops(texts, system.path()) / 1e9 * row["sentences_per_s"] / len(texts)
+            flops = encoder_flops(tokens, _config(system.path(), minilm))
+            row["gflops"] = flops / 1e9 * row["sentences_per_s"] / len(texts)
             row["gemm_pct"] = 100 * row["gflops"] / machine["gemm_fp32_gflops"]
             rows.append(row)
     for row in rows:

@@ -151,17 +151,21 @@ def build_variant(variant: Variant, root: Path, force: bool = False) -> tuple[Ma
     if variant.method == "export":
         if gate.minimums and not source.distillation:
             raise ValueError(f"{variant.key}: an fp32 variant has a gate only as a student (against its teacher)")
-        if failures := gate.failures(source.distillation["held_out"] if source.distillation else {}):
+        if source.distillation and (failures := gate.failures(source.distillation["held_out"])):
             raise GateError(f"{variant.key}: the student misses its gate against the teacher on held-out text "
                             f"({'; '.join(failures)}); no artifact was written")  # fmt: skip
         config = ExportConfig(opset=opts.get("opset", 18), target=opts.get("target", "cpu"), graph=opts.get("graph", "auto"))
         manifest = export(reference, out, variant.task, name=variant.model, config=config, recipe=fingerprint)
     else:
-        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
-        config = config_for(variant.method, variant.task, settings)
+        config = config_for(variant.method, variant.task, _tuples(opts))
         teacher = root / variant.teacher / "fp32" if variant.teacher else None
         manifest = quantize(fp32, out, config, gate, recipe=fingerprint, gguf=source.gguf, teacher=teacher)
     return reformat(out, graph_format) or manifest, True
+
+
+def _tuples(settings: dict) -> dict:
+    """Recipe settings as a config takes them: TOML arrays become tuples (configs are frozen)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
 
 
 def _student(variant: Variant) -> Path:
@@ -172,7 +176,7 @@ def _student(variant: Variant) -> Path:
 
     settings = dict(variant.distill)
     texts = [Path(f) for f in settings.pop("text", [])]
-    config = DistillConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    config = DistillConfig(**_tuples(settings))
     teacher = sources.resolve(variant.source)
     code = [sha256_file(f) for f in sorted((Path(__file__).parent / "distill").glob("*.py"))]  # training changed: again
     key = json.dumps([teacher.sha256, variant.task, variant.distill, [sha256_file(f) for f in texts], code], sort_keys=True)

@@ -15,8 +15,9 @@ def _size_mb(manifest: Manifest) -> str:
     return f"{sum(f.bytes for f in manifest.files.values()) / 1e6:.1f} MB"
 
 
-def _figures(values: dict) -> str:
-    return ", ".join(f"{k} {fmt(v)}" for k, v in values.items() if isinstance(v, float))
+def _figures(values: dict, digits: int = 4) -> str:
+    """'name value, …' for the float figures of ``values``."""
+    return ", ".join(f"{k} {fmt(v, digits)}" for k, v in values.items() if isinstance(v, float))
 
 
 def _quality(manifest: Manifest) -> str:
@@ -59,7 +60,7 @@ def summary_rows(items: list[tuple[str, Manifest, str]]) -> str:
 
 def _search_rows(steps: list[dict]) -> list[list[str]]:
     return [[f"quality.search[{s['kept']} kept apart]",
-             ", ".join(f"{k} {fmt(v, 5)}" for k, v in s["figures"].items() if isinstance(v, float))
+             _figures(s["figures"], 5)
              + ("  pass" if s["passed"] else "  fail")] for s in steps]  # fmt: skip
 
 
