@@ -23,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MODEL_KEYS = {"source", "task", "variants", "teacher", "distill"}
-DISTILL_KEYS = {"layers", "epochs", "batch_size", "learning_rate", "temperature", "hidden_weight", "max_length", "seed",
+DISTILL_KEYS = {"layers", "ffn_keep", "epochs", "batch_size", "learning_rate", "temperature", "hidden_weight", "max_length", "seed",
                 "text"}  # fmt: skip  (distill.DistillConfig's fields, and training text files)
 INT8_KEYS = {
     "activations", "calibration", "op_types", "per_channel", "symmetric_weights", "smooth_alpha",

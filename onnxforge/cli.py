@@ -87,13 +87,15 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 def cmd_distill(args: argparse.Namespace) -> None:
     from .distill import DistillConfig, distill
 
-    config = DistillConfig(layers=_layers(args.layers), epochs=args.epochs, batch_size=args.batch_size,
+    config = DistillConfig(layers=_layers(args.layers), ffn_keep=args.ffn_keep, epochs=args.epochs, batch_size=args.batch_size,
                            learning_rate=args.learning_rate, temperature=args.temperature,
                            hidden_weight=args.hidden_weight, max_length=args.max_length, seed=args.seed)  # fmt: skip
     record = distill(args.teacher, args.output, args.task, config, args.text)
     untrained = record["held_out_untrained"]
     rows = [[name, fmt(untrained[name]), fmt(value)] for name, value in record["held_out"].items() if name in untrained]
-    print(f"{args.output}: layers {record['layers']} of {record['teacher_layers']}, {record['texts']} texts, "
+    kept, of = record["ffn_neurons"]
+    neurons = f"feed-forward neurons {kept}/{of}, " if kept != of else ""
+    print(f"{args.output}: layers {record['layers']} of {record['teacher_layers']}, {neurons}{record['texts']} texts, "
           f"{record['steps']} steps, {record['training_seconds']:.0f} s; held-out figures vs the teacher:")  # fmt: skip
     print(render(["figure", "untrained", "distilled"], rows))
 
@@ -348,7 +350,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", help="teacher layers the student keeps, e.g. 0,2,4 (default: every other one)")
     s.add_argument("--text", action="append", default=[], type=Path, metavar="FILE",
                    help="more training text, one per line (repeatable); the corpus's calibration half is always used")
-    s.add_argument("--epochs", type=int, default=6)
+    s.add_argument("--ffn-keep", type=float, default=1.0, metavar="FRACTION",
+                   help="each feed-forward block keeps this fraction of its neurons, chosen and re-fitted to the "
+                        "teacher on calibration text before training (default 1: not pruned)")  # fmt: skip
+    s.add_argument("--epochs", type=int, default=6, help="training epochs (0: the student as made, untrained)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--learning-rate", type=float, default=1e-4)
     s.add_argument("--temperature", type=float, default=2.0, help="soft labels (classify, token-classify)")

@@ -1,8 +1,10 @@
-"""Distill stage: a teacher model → a student with a subset of its layers, trained on unlabelled text to reproduce
-the teacher's outputs, written as a Hugging Face directory that export takes like any other source.
+"""Distill stage: a teacher model → a student with a subset of its layers and/or narrower feed-forward blocks,
+trained on unlabelled text to reproduce the teacher's outputs, written as a Hugging Face directory that export takes
+like any other source.
 
 ``distill(teacher, out_dir, task, DistillConfig(layers=(0, 2, 4)))``. The student starts as the teacher's own
-layers (:mod:`.student`); the loss is the task's (:data:`objectives.OBJECTIVES`); training text is the corpus's
+layers (:mod:`.student`), each feed-forward block narrowed and re-fitted to the teacher when ``ffn_keep`` < 1
+(:mod:`.prune`); the loss is the task's (:data:`objectives.OBJECTIVES`); training text is the corpus's
 calibration half plus any text files named, never its held-out half, on which the student is then measured against
 the teacher. The directory's ``distillation.json`` records what was done; its manifest carries it onward. Each epoch
 ends with a checkpoint beside ``out_dir``; a run interrupted there continues from it. Needs the ``build`` extra.
@@ -10,6 +12,7 @@ ends with a checkpoint beside ``out_dir``; a run interrupted there continues fro
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -30,6 +33,7 @@ from ..quantization.gate import FIGURES
 from ..tasks import get_task
 from .losses import hidden_loss
 from .objectives import OBJECTIVES, Batch, Objective
+from .prune import ALIGN, FFNS, kept_count, prune_ffn
 from .student import every_other, keep_layers
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".ot", ".pt")
@@ -38,7 +42,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".ot", ".
 @dataclass(frozen=True)
 class DistillConfig:
     layers: tuple[int, ...] = ()  # teacher layers the student keeps, in order; () = every other one (0, 2, 4, …)
-    epochs: int = 6
+    ffn_keep: float = 1.0  # < 1: each feed-forward block keeps this fraction of its neurons (.prune), before training
+    epochs: int = 6  # 0: the student as made (layers kept, pruned), untrained
     batch_size: int = 32
     learning_rate: float = 1e-4
     temperature: float = 2.0  # soft labels of classify / token-classify
@@ -47,9 +52,10 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.temperature <= 0 or self.max_length < 2:
-            raise ValueError(f"distillation needs epochs, batch_size >= 1, learning_rate, temperature > 0 and "
+        if self.epochs < 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.temperature <= 0 or self.max_length < 2:
+            raise ValueError(f"distillation needs epochs >= 0, batch_size >= 1, learning_rate, temperature > 0 and "
                              f"max_length >= 2; got {self}")  # fmt: skip
+        kept_count(ALIGN, self.ffn_keep)  # a fraction outside (0, 1] is refused here, before any work
 
 
 def training_texts(files: list[Path] = ()) -> list[str]:
@@ -81,8 +87,14 @@ def distill(teacher: str | Path, out_dir: str | Path, task: str = "embed", confi
     key = _run_key(src.sha256, task, config, layers, texts)
     # texts of similar length batched together (little padding); the batches' order is shuffled per epoch
     batches = _batches(tokenizer, sorted(texts, key=len), config.max_length, config.batch_size)
-    with step(f"teacher outputs on {len(texts)} training texts"), torch.no_grad():
-        targets = None if config.hidden_weight else [_forward(model, b, objective, setup) for b in batches]
+    if config.ffn_keep < 1:
+        with step(f"prune feed-forward blocks to {config.ffn_keep:g} of their neurons"):
+            prune_ffn(student, model, layers, config.ffn_keep, batches)
+    made = copy.deepcopy(student)
+    targets = None  # with hidden states matched, the teacher runs per batch instead
+    if config.epochs and not config.hidden_weight:
+        with step(f"teacher outputs on {len(texts)} training texts"), torch.no_grad():
+            targets = [_forward(model, b, objective, setup) for b in batches]
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate)
     state = _resume(work / "checkpoint.pt", key, student, optimizer)
     for epoch in range(state["epoch"], config.epochs):
@@ -98,9 +110,10 @@ def distill(teacher: str | Path, out_dir: str | Path, task: str = "embed", confi
         held = _held_out(objective, setup, tokenizer, evaluation, config)
         wanted = held(model)
         figures = {"texts": len(evaluation), **FIGURES[task].compare(wanted, held(student))}
-        untrained = FIGURES[task].compare(wanted, held(keep_layers(model, layers)))
+        untrained = FIGURES[task].compare(wanted, held(made))
     record = {
         "teacher": src.as_record(), "task": task, "layers": list(layers), "teacher_layers": model.config.num_hidden_layers,
+        "ffn_neurons": [_ffn_size(student), _ffn_size(model)],
         "config": {**asdict(config), "layers": list(layers)}, "texts": len(texts), "text_sha256": _digest(texts),
         "steps": len(batches) * config.epochs, "loss_by_epoch": state["losses"], "training_seconds": state["seconds"],
         "held_out": figures, "held_out_untrained": untrained,
@@ -108,6 +121,12 @@ def distill(teacher: str | Path, out_dir: str | Path, task: str = "embed", confi
     _write(out, src.path, student, tokenizer, record)
     shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def _ffn_size(model: torch.nn.Module) -> int | None:
+    """Neurons per feed-forward block, where the architecture is one :data:`.prune.FFNS` knows."""
+    ffn = FFNS.get(model.config.model_type)
+    return getattr(model.config, ffn.size_key) if ffn else None
 
 
 def _batches(tokenizer: object, texts: list[str], max_length: int, size: int) -> list[Batch]:
