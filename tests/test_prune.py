@@ -13,7 +13,7 @@ from torch import nn
 from onnxforge import corpus
 from onnxforge.distill import DistillConfig, distill
 from onnxforge.distill.objectives import OBJECTIVES
-from onnxforge.distill.prune import FFNS, kept_count, surgeon
+from onnxforge.distill.prune import FFNS, kept_count, narrow, surgeon
 from onnxforge.quantization.fidelity import embedding_fidelity
 from onnxforge.runtime import load
 from tests.tiny_models import make_encoder
@@ -71,18 +71,13 @@ def test_the_surgeon_removes_neurons_as_refitting_each_candidate_would(seed):
 
 def _largest(model: nn.Module, keep: int) -> nn.Module:
     """The naive baseline: each block keeps the neurons of largest |up| · |down| weight, unchanged."""
-    from onnxforge.distill.prune import _replace
     from onnxforge.distill.student import layer_stack
 
     ffn = FFNS[model.config.model_type]
-    with torch.no_grad():
-        for block in model.get_submodule(layer_stack(model)):
-            up, down = block.get_submodule(ffn.up), block.get_submodule(ffn.down)
-            kept = torch.topk(up.weight.norm(dim=1) * down.weight.norm(dim=0), keep).indices
-            narrow_up, narrow_down = nn.Linear(up.in_features, keep), nn.Linear(keep, down.out_features)
-            narrow_up.weight.copy_(up.weight[kept]), narrow_up.bias.copy_(up.bias[kept])
-            narrow_down.weight.copy_(down.weight[:, kept]), narrow_down.bias.copy_(down.bias)
-            _replace(block, ffn.up, narrow_up), _replace(block, ffn.down, narrow_down)
+    for block in model.get_submodule(layer_stack(model)):
+        up, down = block.get_submodule(ffn.up), block.get_submodule(ffn.down)
+        kept = torch.topk(up.weight.norm(dim=1) * down.weight.norm(dim=0), keep).indices
+        narrow(block, ffn, kept, down.weight[:, kept], down.bias)
     return model
 
 

@@ -90,7 +90,7 @@ def distill(teacher: str | Path, out_dir: str | Path, task: str = "embed", confi
     if config.ffn_keep < 1:
         with step(f"prune feed-forward blocks to {config.ffn_keep:g} of their neurons"):
             prune_ffn(student, model, layers, config.ffn_keep, batches)
-    made = copy.deepcopy(student)
+    made = copy.deepcopy(student) if config.epochs else student  # untrained, for the held-out comparison
     targets = None  # with hidden states matched, the teacher runs per batch instead
     if config.epochs and not config.hidden_weight:
         with step(f"teacher outputs on {len(texts)} training texts"), torch.no_grad():
@@ -109,8 +109,9 @@ def distill(teacher: str | Path, out_dir: str | Path, task: str = "embed", confi
     with step(f"student vs teacher on {len(evaluation)} held-out texts"):
         held = _held_out(objective, setup, tokenizer, evaluation, config)
         wanted = held(model)
-        figures = {"texts": len(evaluation), **FIGURES[task].compare(wanted, held(student))}
-        untrained = FIGURES[task].compare(wanted, held(made))
+        got = held(student)
+        figures = {"texts": len(evaluation), **FIGURES[task].compare(wanted, got)}
+        untrained = FIGURES[task].compare(wanted, got if made is student else held(made))
     record = {
         "teacher": src.as_record(), "task": task, "layers": list(layers), "teacher_layers": model.config.num_hidden_layers,
         "ffn_neurons": [_ffn_size(student), _ffn_size(model)],

@@ -87,21 +87,24 @@ def prune_ffn(student: nn.Module, teacher: nn.Module, layers: tuple[int, ...], f
             x, neurons = got[i, "up_in"], got[i, "down_in"]
             target = wanted[layers[i], "down_out"] + wanted[layers[i], "up_in"] - x  # the teacher's sum, less ours
             kept, fit = surgeon(neurons, target, keep)
-            up, down = block.get_submodule(ffn.up), block.get_submodule(ffn.down)
-            narrow_up, narrow_down = nn.Linear(up.in_features, keep), nn.Linear(keep, down.out_features)
-            narrow_up.weight.copy_(up.weight[kept])
-            narrow_up.bias.copy_(up.bias[kept])
-            narrow_down.weight.copy_(fit[:-1].T)
-            narrow_down.bias.copy_(fit[-1])
-            _replace(block, ffn.up, narrow_up)
-            _replace(block, ffn.down, narrow_down)
+            narrow(block, ffn, kept, fit[:-1].T, fit[-1])
     setattr(student.config, ffn.size_key, keep)
     return student
 
 
-def _replace(block: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attribute = name.rpartition(".")
-    setattr(block.get_submodule(parent), attribute, module)
+def narrow(block: nn.Module, ffn: Ffn, kept: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor) -> None:
+    """Replace ``block``'s two projections by ones over the ``kept`` neurons only: the up projection's rows of them,
+    and an output projection of the weights and bias given."""
+    up, down = block.get_submodule(ffn.up), block.get_submodule(ffn.down)
+    narrow_up, narrow_down = nn.Linear(up.in_features, len(kept)), nn.Linear(len(kept), down.out_features)
+    with torch.no_grad():
+        narrow_up.weight.copy_(up.weight[kept])
+        narrow_up.bias.copy_(up.bias[kept])
+        narrow_down.weight.copy_(down_weight)
+        narrow_down.bias.copy_(down_bias)
+    for name, module in ((ffn.up, narrow_up), (ffn.down, narrow_down)):
+        parent, _, attribute = name.rpartition(".")
+        setattr(block.get_submodule(parent), attribute, module)
 
 
 class _Enough(Exception):
