@@ -44,6 +44,20 @@ def test_the_surgeon_finds_the_neurons_a_target_is_made_of():
     assert kept.tolist() == [0, 1, 4, 7] and fit[0].abs().max() == pytest.approx(0.05, abs=0.01)
 
 
+
+def test_the_kept_neurons_are_refitted_by_the_same_ridge_regression_the_choice_used():
+    # a ridge large enough to matter: the final weights must be the ridge solution over the kept columns, with the
+    # penalty counted once (ridge × the mean diagonal of the whole design's Gram matrix, bias column included)
+    rng = np.random.default_rng(4)
+    inputs = torch.tensor(rng.normal(size=(200, 8)))
+    targets = inputs[:, :5] @ torch.tensor(rng.normal(size=(5, 2))) + 0.3 * torch.tensor(rng.normal(size=(200, 2)))
+    kept, fit = surgeon(inputs, targets, 5, ridge=0.2)
+    design = torch.cat([inputs, torch.ones(200, 1, dtype=inputs.dtype)], 1)
+    penalty = 0.2 * (design.T @ design).diagonal().mean()
+    columns = design[:, [*kept.tolist(), 8]]
+    wanted = torch.linalg.solve(columns.T @ columns + penalty * torch.eye(6, dtype=columns.dtype), columns.T @ targets)
+    np.testing.assert_allclose(fit.numpy(), wanted.numpy(), rtol=1e-9, atol=1e-12)
+
 def _backward_elimination(inputs: torch.Tensor, targets: torch.Tensor, keep: int) -> list[int]:
     """The reference: drop, one at a time, the column whose removal leaves the smallest least-squares error, each
     candidate re-fitted from scratch."""

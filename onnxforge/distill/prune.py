@@ -46,7 +46,8 @@ def kept_count(neurons: int, fraction: float) -> int:
 def surgeon(inputs: torch.Tensor, targets: torch.Tensor, keep: int, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """Columns of ``inputs`` (tokens × neurons) to keep and the weights ((keep + 1) × outputs, bias last) that best
     map them to ``targets`` by least squares: neurons removed one at a time, each the one whose removal raises the
-    fit's error least (w·w / [H⁻¹]ⱼⱼ), the others' weights and H⁻¹ updated after each; then an exact re-fit."""
+    fit's error least (w·w / [H⁻¹]ⱼⱼ), the others' weights and H⁻¹ updated after each; then the kept ones re-fitted
+    (with the same ridge)."""
     neurons = inputs.shape[1]
     biased = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], 1).double()
     hessian = _regularised(biased.T @ biased, ridge)
@@ -63,7 +64,7 @@ def surgeon(inputs: torch.Tensor, targets: torch.Tensor, keep: int, ridge: float
         alive[j] = False
     kept = torch.nonzero(alive[:neurons]).flatten()
     rows = torch.cat([kept, torch.tensor([neurons])])
-    return kept, torch.linalg.solve(_regularised(hessian[rows][:, rows], ridge), biased[:, rows].T @ targets.double())
+    return kept, torch.linalg.solve(hessian[rows][:, rows], biased[:, rows].T @ targets.double())  # ridge already in
 
 
 def _regularised(hessian: torch.Tensor, ridge: float) -> torch.Tensor:
