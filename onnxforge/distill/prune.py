@@ -52,7 +52,8 @@ def surgeon(inputs: torch.Tensor, targets: torch.Tensor, keep: int, ridge: float
     biased = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], 1).double()
     hessian = _regularised(biased.T @ biased, ridge)
     inverse = torch.linalg.inv(hessian)
-    weights = inverse @ (biased.T @ targets.double())
+    moment = biased.T @ targets.double()
+    weights = inverse @ moment
     alive = torch.ones(neurons + 1, dtype=torch.bool)
     for _ in range(neurons - keep):
         cost = weights.pow(2).sum(1) / inverse.diagonal()
@@ -64,7 +65,7 @@ def surgeon(inputs: torch.Tensor, targets: torch.Tensor, keep: int, ridge: float
         alive[j] = False
     kept = torch.nonzero(alive[:neurons]).flatten()
     rows = torch.cat([kept, torch.tensor([neurons])])
-    return kept, torch.linalg.solve(hessian[rows][:, rows], biased[:, rows].T @ targets.double())  # ridge already in
+    return kept, torch.linalg.solve(hessian[rows][:, rows], moment[rows])  # the ridge is in hessian already
 
 
 def _regularised(hessian: torch.Tensor, ridge: float) -> torch.Tensor:
