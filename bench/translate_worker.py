@@ -32,8 +32,9 @@ def _onnxforge(model: str, threads: int, beams: int, new_tokens: int):
     from onnxforge.runtime import load
 
     pipeline = load(model, providers="cpu", threads=threads)
-    for session in (pipeline.model.encoder, pipeline.model.decoder):
-        session.run = _timed(session.run)
+    for session in (pipeline.model.encoder, pipeline.model.decoder, pipeline.model.stepper):
+        if session is not None:  # the step graph, where the artifact has one
+            session.run = _timed(session.run)
     decoding = pipeline.decoding(new_tokens, beams, early_stopping=False)
     return lambda batch: pipeline.token_ids(batch, decoding, batch_size=len(batch))
 

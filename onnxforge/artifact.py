@@ -106,6 +106,8 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     model_file: str = "model.onnx"
     encoder_file: str | None = None  # text2text: the encoder graph, run once per input before model_file decodes
+    # text2text: the decoder's later steps over the caches (the runtime's; model_file takes the first step, and Optimum)
+    step_file: str | None = None
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -140,13 +142,17 @@ EXTERNAL_DATA_SUFFIX = ".data"
 
 
 def graph_files(manifest: Manifest) -> list[str]:
-    """The ONNX graphs an artifact runs: its model file, after its encoder's where it has one."""
-    return [name for name in (manifest.encoder_file, manifest.model_file) if name]
+    """The ONNX graphs an artifact runs: its model file, after its encoder's where it has one, then its step file."""
+    return [name for name in (manifest.encoder_file, manifest.model_file, manifest.step_file) if name]
+
+
+# Weights several graphs of an artifact read, stored once (a text2text artifact's vocabulary and decoders).
+SHARED_FILE = "shared_table.onnx_data"
 
 
 def graph_and_data_files(manifest: Manifest) -> tuple[str, ...]:
     """The graphs and the weight files that may sit beside them: what a stage that rewrites the graphs replaces."""
-    return tuple(name + suffix for name in graph_files(manifest) for suffix in ("", EXTERNAL_DATA_SUFFIX))
+    return (*(name + suffix for name in graph_files(manifest) for suffix in ("", EXTERNAL_DATA_SUFFIX)), SHARED_FILE)
 
 
 def sha256_file(path: Path) -> str:

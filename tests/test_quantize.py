@@ -268,7 +268,8 @@ def test_a_tied_vocabulary_is_stored_once_and_both_graphs_gather_the_projection_
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxforge.quantization.shared_table import SHARED_FILE, quantize_tied, write_shared
+    from onnxforge.export.graph import SHARED_FILE, write_shared
+    from onnxforge.quantization.shared_table import quantize_tied
     from onnxforge.quantization.weights import WeightOnlyConfig
 
     rng = np.random.default_rng(2)

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from onnxforge import corpus
+from onnxforge.artifact import graph_files
+from onnxforge.export.families import FAMILIES
 from onnxforge.export.graph import graphs
 from onnxforge.runtime import load
 from tests.decoding import cut_at_end
@@ -65,9 +67,15 @@ def test_export_parity_figures(build, family):
     assert parity["max_abs_diff"] < 1e-4 and parity["encoder_max_abs_diff"] < 1e-4
     assert parity["greedy_identical"] and parity["beam4_identical"] and parity["beam4_lp2_ngram3_identical"]
     assert manifest.encoder_file == "encoder_model.onnx" and manifest.model_file == "decoder_model_merged.onnx"
-    assert {"encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json"} <= set(manifest.files)
-    for graph in (manifest.encoder_file, manifest.model_file):  # plain onnxruntime loads both graphs
+    hand_built = FAMILIES[family].fused_graph  # BART-style decoders built from the weights, with a step graph
+    assert manifest.graph["builder"] == ("onnxforge" if hand_built else "optimum")
+    assert manifest.step_file == ("decoder_step.onnx" if hand_built else None)
+    assert {*graph_files(manifest), "tokenizer.json"} <= set(manifest.files)
+    for graph in graph_files(manifest):  # plain onnxruntime loads every graph
         ort.InferenceSession(str(out / graph), providers=["CPUExecutionProvider"])
+    if hand_built:  # a few fused nodes a layer, not the traced graph's shape arithmetic
+        step = onnx.load(out / manifest.step_file)
+        assert "If" not in {n.op_type for n in step.graph.node} and len(step.graph.node) < 20 * (json.loads((out / "config.json").read_text())["decoder_layers"] + 1)
 
 
 SEARCHES = [
@@ -226,11 +234,12 @@ def _check_language_over_cli_and_server(out, text, wanted, capsys) -> None:
         assert refused.status_code == 400 and "xx_XX" in refused.text
 
 
-def test_optimum_ortmodel_loads_the_artifact(build):
+@pytest.mark.parametrize("family", ["t5", "marian"])  # Optimum's traced decoders, and ours
+def test_optimum_ortmodel_loads_the_artifact(build, family):
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
     from transformers import AutoTokenizer
 
-    _, out, _ = build("t5")
+    _, out, _ = build(family)
     model = ORTModelForSeq2SeqLM.from_pretrained(out)
     batch = AutoTokenizer.from_pretrained(out)(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=False)
     theirs = model.generate(**batch, max_new_tokens=24, do_sample=False)[:, 1:].tolist()
@@ -250,12 +259,17 @@ def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path
     settings = {"activations": "per-token", "weight_rounding": "gptq"}
     int8 = quantize(out, out.parent / "int8", config_for("int8", "translate", settings), Gate({"chrf": 60.0}))
     assert int8.precision["activations"] == "uint8-per-token" and int8.precision["weight_rounding"] == "gptq"
-    assert int8.precision["decoder"]["method"] == "weight-only blockwise" and int8.quality["passed"]
+    assert int8.precision["decoder"]["activations"] == "per-token int8" and int8.quality["passed"]
     assert {"chrf", "token_agreement", "exact_match"} <= set(int8.quality)
-    assert len(int8.precision["computed_positions"]) == 2  # Marian's sinusoids, one table in each graph
-    for graph, integer_op in (("encoder_model.onnx", "MatMulIntegerToFloat"), ("decoder_model_merged.onnx", "MatMulNBits")):
-        assert int8.files[graph].bytes < 0.75 * fp32.files[graph].bytes
-        assert integer_op in {n.op_type for g in graphs(onnx.load(out.parent / "int8" / graph).graph) for n in g.node}
+    assert len(int8.precision["computed_positions"]) == 3  # Marian's sinusoids, one table in each graph
+    weight_bytes = lambda manifest: sum(e.bytes for name, e in manifest.files.items() if name.endswith((".onnx", "_data")))
+    assert weight_bytes(int8) < 0.4 * weight_bytes(fp32)
+    for graph in graph_files(int8):
+        model = onnx.load(out.parent / "int8" / graph)
+        weights = {t.name for t in model.graph.initializer}
+        nodes = [n for g in graphs(model.graph) for n in g.node]
+        assert "MatMulIntegerToFloat" in {n.op_type for n in nodes}, graph  # every weight product on u8·s8
+        assert not [n.name for n in nodes if n.op_type == "MatMul" and n.input[1] in weights], graph
     _check_one_vocabulary(out.parent / "int8", source, int8)
     fp16 = quantize(out, out.parent / "fp16", Fp16Config(), Gate({"chrf": 90.0, "token_agreement": 0.8}))
     assert fp16.quality["chrf"] > 90
@@ -269,32 +283,38 @@ def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path
 
 
 def _check_one_vocabulary(directory, source, int8) -> None:
-    """The tied vocabulary is stored once: both graphs name the same bytes in the shared file and hold no table of
-    their own; the encoder's rows are the projection's blocks (fp32's table within half a block step); Optimum's
-    ORTModelForSeq2SeqLM loads the artifact and decodes as the runtime does."""
+    """Each weight is stored once: the decoders name the same bytes in the shared file (the merged one also holds its
+    cross-attention projections), the encoder names the vocabulary there, and no graph keeps a table of its own; the
+    encoder's rows are the projection's int8 columns (fp32's table within half a step, where the pair rule left the
+    value alone); Optimum's ORTModelForSeq2SeqLM loads the artifact and decodes as the runtime does."""
     from onnx import numpy_helper
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
     from transformers import AutoTokenizer
 
-    from onnxforge.quantization.shared_table import SHARED_FILE
+    from onnxforge.export.graph import SHARED_FILE
 
     vocab = _transformers_table(source)
     assert int8.precision["shared_table"] and SHARED_FILE in int8.files
-    named = []
-    for graph in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+    named = {}
+    for graph in graph_files(int8):
         model = onnx.load(directory / graph, load_external_data=False)
-        external = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        named[graph] = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
         inline = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
         assert not [t.name for t in inline if np.prod(t.dims) >= vocab.size], graph  # no copy of the table left
-        named.append(external)
-    assert named[0] == named[1] and len(named[0]) == 2
-    assert vocab.size <= int8.files[SHARED_FILE].bytes < 1.1 * vocab.size  # one byte a value, and the block scales
+    encoder, merged, step = (named[name] for name in graph_files(int8))
+    (codes_name,) = encoder  # the projection's codes (its scales too, where they fill a page)
+    assert encoder < step and step == merged and codes_name.endswith("/weight_int8")
+    stored = sum(np.prod(t.dims) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+                 for t in onnx.load(directory / int8.step_file, load_external_data=False).graph.initializer
+                 if t.name in step)  # fmt: skip
+    assert stored <= int8.files[SHARED_FILE].bytes < stored + 4096 * len(step)  # once each, page-aligned
     encoder = onnx.load(directory / "encoder_model.onnx")  # with the shared file: rows as the encoder gathers them
     weights = {t.name: numpy_helper.to_array(t) for t in encoder.graph.initializer}
-    blocks, scales = (weights[name] for name in sorted(named[0], key=lambda name: weights[name].dtype != np.uint8))
-    rows = ((blocks.astype(np.float32) - 128) * scales.reshape(len(blocks), -1, 1)).reshape(len(blocks), -1)
-    steps = np.repeat(scales.reshape(len(blocks), -1), blocks.shape[-1], axis=1)
-    assert np.all(np.abs(rows - vocab) <= steps / 2 + 1e-6) and not np.array_equal(rows, vocab)
+    codes, scales = weights[codes_name], weights[codes_name.replace("/weight_int8", "/weight_scale")]
+    steps = scales.reshape(-1, 1) * 127
+    rows = codes.T.astype(np.float32) * steps
+    within = np.abs(rows - vocab) <= steps / 2 + 1e-6
+    assert within.mean() > 0.99 and np.abs(rows - vocab).max() < 2 * steps.max() and not np.array_equal(rows, vocab)
     texts = TEXTS[:3]
     model = ORTModelForSeq2SeqLM.from_pretrained(directory)
     batch = AutoTokenizer.from_pretrained(directory)(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
@@ -381,12 +401,13 @@ def test_bad_words_of_several_tokens_are_refused_by_name(build, tmp_path):
     assert 7 in text2text_settings(copy).suppressed_token_ids
 
 
-def test_cross_attention_cache_is_computed_once(build):
+@pytest.mark.parametrize("family", ["t5", "marian"])  # the merged decoder's later steps, and the step graph
+def test_cross_attention_cache_is_computed_once(build, family):
     """Later steps read the first step's cross-attention caches: their logits are transformers' for the same target,
     and fed zeros instead, the logits change."""
     from transformers import AutoModelForSeq2SeqLM
 
-    source, out, _ = build("t5")
+    source, out, _ = build(family)
     pipeline = load(out, providers="cpu")
     feeds = pipeline.encoder.tokenizer.encode(TEXTS[0])
     ids, mask = np.array([feeds.ids]), np.ones((1, len(feeds.ids)), dtype=np.int64)
@@ -403,6 +424,38 @@ def test_cross_attention_cache_is_computed_once(build):
     _, fresh = pipeline.model.start(hidden, mask, start)
     fresh.cross = {name: np.zeros_like(value) for name, value in fresh.cross.items()}
     assert np.abs(pipeline.model.step(fresh, token) - kept).max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["marian", "mbart"])  # post-norm and pre-norm decoders built from the weights
+def test_a_built_decoder_reads_a_whole_target_at_once(build, family):
+    """Several target tokens in one first step (a forced prefix, Optimum without a cache) attend causally: every
+    position's logits are transformers' for the same target."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    source, out, _ = build(family)
+    pipeline = load(out, providers="cpu")
+    ids = np.array([pipeline.encoder.tokenizer.encode(TEXTS[1]).ids])
+    mask = np.ones_like(ids)
+    target = np.array([[pipeline.start, *ids[0, :5]]])
+    model = pipeline.model
+    empty = np.zeros((1, model.heads, 0, model.head_dim), np.float32)
+    feeds = {"input_ids": target, "encoder_hidden_states": model.encode(ids, mask), "encoder_attention_mask": mask,
+             "use_cache_branch": np.array([False])} | {name: empty for name in model.own + model.cross}  # fmt: skip
+    (logits,) = model.decoder.run(["logits"], feeds)
+    with torch.no_grad():
+        wanted = AutoModelForSeq2SeqLM.from_pretrained(source).eval()(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            decoder_input_ids=torch.from_numpy(target)).logits.numpy()  # fmt: skip
+    np.testing.assert_allclose(logits, wanted, atol=1e-4)
+
+
+def test_decoders_are_built_only_where_the_builder_implements_the_config():
+    from onnxforge.export import seq2seq_graph
+
+    assert seq2seq_graph.supported({"model_type": "marian", "activation_function": "swish"})  # OPUS-MT's
+    assert seq2seq_graph.supported({"model_type": "bart", "activation_function": "gelu"})
+    assert not seq2seq_graph.supported({"model_type": "marian", "activation_function": "quick_gelu"})  # traced instead
+    assert not seq2seq_graph.supported({"model_type": "t5"})  # relative positions: Optimum's graphs
 
 
 def test_beam_top_k_of_wide_rows_matches_a_full_stable_sort():

@@ -250,9 +250,9 @@ SEQ2SEQ: dict[str, Seq2SeqFamily] = {
     "t5": Seq2SeqFamily("T5Config", {**T5_LAYERS, "decoder_start_token_id": 0}, "$A <|im_end|>"),
     "bart": Seq2SeqFamily("BartConfig", {**SEQ2SEQ_LAYERS, "bos_token_id": 1, "decoder_start_token_id": 2,
                                          "forced_bos_token_id": None}, "<|im_start|> $A <|im_end|>"),
-    # scaled token embeddings, as OPUS-MT's: beside the unit sinusoidal positions unscaled ones were not learnt
-    "marian": Seq2SeqFamily("MarianConfig", {**SEQ2SEQ_LAYERS, "decoder_start_token_id": 0, "scale_embedding": True},
-                            "$A <|im_end|>"),
+    # scaled token embeddings and swish, as OPUS-MT's: beside the unit sinusoidal positions unscaled ones were not learnt
+    "marian": Seq2SeqFamily("MarianConfig", {**SEQ2SEQ_LAYERS, "decoder_start_token_id": 0, "scale_embedding": True,
+                                             "activation_function": "swish"}, "$A <|im_end|>"),
     "mt5": Seq2SeqFamily("MT5Config", {**T5_LAYERS, "decoder_start_token_id": 0, "feed_forward_proj": "gated-gelu",
                                        "tie_word_embeddings": False}, "$A <|im_end|>"),
     # pre-norm layers, a target that starts with eos, a language to force first and a common word never to say

@@ -22,7 +22,7 @@ from ..runtime import open_graphs
 from ..runtime.session import SessionConfig
 from ..tasks import get_task
 from ..versions import tool_versions
-from . import generate_parity, llama_graph, longrope, parity, seq2seq, seq2seq_parity
+from . import generate_parity, llama_graph, longrope, parity, seq2seq, seq2seq_graph, seq2seq_parity
 from .families import FAMILIES, attention_implementation
 from .generation import generation_settings
 from .graph import byte_groups, fused_ops, op_counts, signature
@@ -40,7 +40,7 @@ PARITY_TEXTS = 96
 class ExportConfig:
     opset: int = 18
     target: str = "cpu"  # fusions for "cpu" or "cuda"
-    graph: str = "auto"  # generate: "auto" builds the fused graph where export.llama_graph covers the family; "optimum"
+    graph: str = "auto"  # "auto" builds our decoder graph where llama_graph/seq2seq_graph covers the family; "optimum"
     tolerance: Tolerance = field(default_factory=Tolerance)
     parity_texts: list[str] | None = None  # default: the held-out split of the shipped corpus
 
@@ -112,13 +112,16 @@ GRAPHS = ("auto", "optimum")
 
 
 def _builder(task: str, model_config: dict, graph: str, target: str) -> str:
-    """"onnxforge" (our fused decoder graph) or "optimum" (traced export, then onnxruntime's fusions).
+    """"onnxforge" (our decoder graphs: export.llama_graph, export.seq2seq_graph) or "optimum" (traced export, then
+    onnxruntime's fusions).
 
-    The fused graph is fp32 GroupQueryAttention, which onnxruntime runs on CPU; CUDA's kernel wants fp16.
+    The fused graphs are fp32 attention kernels for the CPU; CUDA's want fp16.
     """
     if graph not in GRAPHS:
         raise ValueError(f"unknown graph {graph!r}; supported: {', '.join(GRAPHS)}")
-    if get_task(task).generative and graph == "auto" and target == "cpu" and llama_graph.supported(model_config):
+    spec = get_task(task)
+    builds = llama_graph.supported if spec.generative else seq2seq_graph.supported if spec.seq2seq else None
+    if graph == "auto" and target == "cpu" and builds is not None and builds(model_config):
         return "onnxforge"
     return "optimum"
 
@@ -159,7 +162,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     model_file = seq2seq.DECODER if spec.seq2seq else "model.onnx"
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-export-") as tmp:
         builder = _builder(task, src.config, config.graph, config.target)
-        if builder == "onnxforge":
+        if builder == "onnxforge" and not spec.seq2seq:
             with step(f"build the fused decoder graph of {src.label} ({model_type}) from its weights"):
                 llama_graph.build(src.path, stage / model_file, config.opset)
                 fused = fused_ops(op_counts(stage / model_file))
@@ -173,7 +176,8 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
                     longrope.switch_by_length(raw, src.path)
             with step(f"fuse for {config.target}"):
                 if spec.seq2seq:
-                    fused = seq2seq.build(src.path, Path(tmp), stage, model_type, config.target, src.config)
+                    fused = seq2seq.build(src.path, Path(tmp), stage, model_type, config.target, src.config,
+                                          hand_built=builder == "onnxforge")  # fmt: skip
                 else:
                     fused = optimize(raw, stage / model_file, model_type, config.target, src.config)
         _copy_text_files(src.path, stage)
@@ -188,6 +192,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
             targets=["CUDAExecutionProvider"] if config.target == "cuda" else ["CPUExecutionProvider"],
             build=tool_versions(config.opset, recipe), model_file=model_file,
             encoder_file=seq2seq.ENCODER if spec.seq2seq else None,
+            step_file=seq2seq_graph.STEP if spec.seq2seq and builder == "onnxforge" else None,
         )  # fmt: skip
         parity_texts = _passages(texts) if spec.generative else texts
         with step(f"parity vs PyTorch on {len(parity_texts)} real texts"):

@@ -20,7 +20,7 @@ KINDS = {"encoder": "embed, classify, token-classify, answer, fill-mask", "decod
 class Family:
     kind: str  # a key of KINDS
     fusion: str | None  # onnxruntime.transformers optimizer model type; None: left as traced
-    fused_graph: bool = False  # export.llama_graph builds it on CPU where the config fits
+    fused_graph: bool = False  # export.llama_graph (decoders) or seq2seq_graph builds it on CPU where the config fits
     gguf: str | None = None  # export from a GGUF file of this architecture (tests/test_gguf_blocks.py writes one)
     mechanisms: tuple[str, ...] = ()  # what the export reproduces beyond a plain pre-norm transformer
     # fairseq's convention: position ids start after the padding index, so padding_idx + 1 fewer positions are usable
@@ -76,9 +76,9 @@ FAMILIES: dict[str, Family] = {
     # encoder-decoders
     "t5": Family("seq2seq", "t5", mechanisms=("relative position buckets", "RMSNorm")),
     "mt5": Family("seq2seq", "t5", mechanisms=("relative position buckets", "RMSNorm", "gated GELU")),
-    "bart": Family("seq2seq", "bart", mechanisms=("learned positions",)),
-    "mbart": Family("seq2seq", "bart", mechanisms=("learned positions", "target language token")),
-    "marian": Family("seq2seq", "bart", mechanisms=("sinusoidal positions",)),
+    "bart": Family("seq2seq", "bart", fused_graph=True, mechanisms=("learned positions",)),
+    "mbart": Family("seq2seq", "bart", fused_graph=True, mechanisms=("learned positions", "target language token")),
+    "marian": Family("seq2seq", "bart", fused_graph=True, mechanisms=("sinusoidal positions",)),
 }  # fmt: skip
 # Families transformers has and onnxforge refuses, with what each lacks here (the error names it)
 REFUSED = {

@@ -6,9 +6,11 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-from ..artifact import EXTERNAL_DATA_SUFFIX, TensorSpec
+from ..artifact import EXTERNAL_DATA_SUFFIX, SHARED_FILE, TensorSpec
 
 MS = "com.microsoft"
 
@@ -17,6 +19,73 @@ FUSED_OPS = (
     "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu",
     "Gelu", "RotaryEmbedding", "QAttention", "QEmbedLayerNormalization", "MatMulNBits", "MatMulIntegerToFloat",
 )  # fmt: skip
+
+
+class Builder:
+    """Nodes and weights of a graph written op by op (the decoder graphs built from weights)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.weights: list[onnx.TensorProto] = []
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: list[str] | int, name: str, domain: str = "", **attrs) -> list[str]:
+        names = [f"{name}/out{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=name, domain=domain, **attrs))
+        return names
+
+
+
+ALIGN = 4096  # each tensor starts on a page: onnxruntime can map it instead of copying
+
+
+def shared_names(paths: list[Path]) -> tuple[str, ...]:
+    """Initializers of at least a page that two or more of the graphs at ``paths`` hold, with equal bytes."""
+    seen: dict[str, list[bytes]] = {}
+    for path in paths:
+        for tensor in onnx.load(str(path)).graph.initializer:
+            data = _stored_bytes(tensor)
+            if len(data) >= ALIGN:
+                seen.setdefault(tensor.name, []).append(data)
+    return tuple(sorted(name for name, copies in seen.items() if len(copies) > 1 and len(set(copies)) == 1))
+
+
+def write_shared(paths: list[Path], names: tuple[str, ...]) -> None:
+    """Save the graphs at ``paths`` with the initializers ``names`` stored once, in :data:`SHARED_FILE` beside
+    them, each page-aligned; every graph that holds a name must hold the same bytes under it."""
+    models = [onnx.load(str(path)) for path in paths]
+    first: dict[str, onnx.TensorProto] = {}
+    for model in models:
+        for tensor in model.graph.initializer:
+            first.setdefault(tensor.name, tensor)
+    data = {name: _stored_bytes(first[name]) for name in names}
+    entries, offset = {}, 0
+    with open(paths[0].parent / SHARED_FILE, "wb") as out:
+        for name in names:
+            offset = -(-offset // ALIGN) * ALIGN
+            out.seek(offset)
+            out.write(data[name])
+            entries[name] = {"location": SHARED_FILE, "offset": str(offset), "length": str(len(data[name]))}
+            offset += len(data[name])
+    for model, path in zip(models, paths):
+        for tensor in model.graph.initializer:
+            if tensor.name in entries:
+                if _stored_bytes(tensor) != data[tensor.name]:
+                    raise ValueError(f"{path.name} holds other bytes under {tensor.name}")
+                tensor.ClearField("raw_data")
+                tensor.data_location = TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for key, value in entries[tensor.name].items():
+                    tensor.external_data.add(key=key, value=value)
+        path.write_bytes(model.SerializeToString())  # as it is: onnx.save would re-check the external file
+
+
+def _stored_bytes(tensor: onnx.TensorProto) -> bytes:
+    """A loaded tensor's bytes as an external-data file holds them (4-bit values packed two to a byte)."""
+    return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
 
 
 # Protobuf cannot serialize a message over 2 GiB: a graph whose weights pass this goes out with external data.

@@ -16,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from .families import FAMILIES
-from .graph import MS, save
+from .graph import MS, Builder, save
 
 
 def supported(config: dict) -> bool:
@@ -64,35 +63,20 @@ def uses_rope(config: dict, layer: int) -> bool:
     return bool(config.get("no_rope_layers", [1] * (layer + 1))[layer])
 
 
-class _Graph:
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.weights: list[onnx.TensorProto] = []
-
-    def weight(self, name: str, array: np.ndarray) -> str:
-        self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], outputs: list[str] | int, name: str, domain: str = "", **attrs) -> list[str]:
-        names = [f"{name}/out{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=name, domain=domain, **attrs))
-        return names
-
-
 def _rotary_caches(config: dict, head_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
     inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     angles = np.outer(np.arange(int(config["max_position_embeddings"]), dtype=np.float64), inv_freq)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def _norm(g: _Graph, x: str, weight: np.ndarray, eps: float, name: str) -> str:
+def _norm(g: Builder, x: str, weight: np.ndarray, eps: float, name: str) -> str:
     """RMS norm over the last axis of ``x``."""
     (normed,) = g.op("SimplifiedLayerNormalization", [x, g.weight(f"{name}.weight", weight)], 1, name, axis=-1,
                      epsilon=eps, stash_type=1)  # fmt: skip
     return normed
 
 
-def _head_norm(g: _Graph, x: str, weight: np.ndarray, head_dim: int, eps: float, name: str) -> str:
+def _head_norm(g: Builder, x: str, weight: np.ndarray, head_dim: int, eps: float, name: str) -> str:
     """RMS norm over each head's slice of ``x`` (batch, sequence, heads x head_dim), back in that shape; over all of
     it where ``weight`` spans every head (OLMo 2)."""
     if weight.size != head_dim:
@@ -103,7 +87,7 @@ def _head_norm(g: _Graph, x: str, weight: np.ndarray, head_dim: int, eps: float,
     return flat
 
 
-def _mlp(g: _Graph, x: str, state: dict, p: str, n: str, activation: str, out_scale: float) -> str:
+def _mlp(g: Builder, x: str, state: dict, p: str, n: str, activation: str, out_scale: float) -> str:
     """The gated MLP: one packed gate/up MatMul, Split, the activation on the gate, × up, the down MatMul (its weight
     times ``out_scale``, Granite's residual multiplier)."""
     gate_up_w = np.concatenate([state[f"{p}.mlp.gate_proj.weight"], state[f"{p}.mlp.up_proj.weight"]]).T
@@ -143,7 +127,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     scale = float(config.get("attention_multiplier") or (pre_attn**-0.5 if pre_attn else 0.0))
     interleaved = row.rotary_interleaved
     norm = (lambda w: w + np.float32(1.0)) if row.norm_plus_one else (lambda w: w)  # Gemma's (1 + w) RMSNorm scale
-    g = _Graph()
+    g = Builder()
     rope_theta = float(config.get("rope_theta", 10000.0))
     local_theta = float(config.get("rope_local_base_freq") or rope_theta)  # Gemma 3's local layers rotate with their own
     caches: dict[float, tuple[str, str]] = {}

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from ..artifact import Preprocess
 from ..sources import tokenizer_of
+from . import seq2seq_graph
 from .generation import id_set
+from .graph import fused_ops, op_counts, shared_names, write_shared
 from .optimize import optimize
 
 ENCODER = "encoder_model.onnx"
@@ -26,12 +28,21 @@ GENERATION_FIELDS = ("num_beams", "length_penalty", "no_repeat_ngram_size", "ear
 LANGUAGE_TOKEN = re.compile(r"[a-z]{2}_[A-Z]{2}")  # mBART's (en_XX, de_DE, …)
 
 
-def build(model_dir: Path, traced: Path, stage: Path, model_type: str, target: str, config: dict) -> dict[str, int]:
+def build(model_dir: Path, traced: Path, stage: Path, model_type: str, target: str, config: dict,
+          hand_built: bool = False) -> dict[str, int]:  # fmt: skip
     """Fuse optimum's three traced graphs in ``traced`` and write the encoder and the merged decoder into ``stage``;
-    returns the fused operators of both."""
+    ``hand_built``: the decoders are built from the weights instead (``seq2seq_graph``: the merged decoder and the
+    step graph). Returns the fused operators of the graphs written."""
     from optimum.onnx import merge_decoders
 
     fused = optimize(traced / ENCODER, stage / ENCODER, model_type, target, config)
+    if hand_built:
+        graphs = [stage / DECODER, stage / seq2seq_graph.STEP]
+        seq2seq_graph.build(model_dir, *graphs)
+        write_shared(graphs, shared_names(graphs))  # the two decoders' weights, stored once
+        for op, count in fused_ops(op_counts(stage / DECODER)).items():
+            fused[op] = fused.get(op, 0) + count
+        return fused
     for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
         for op, count in optimize(traced / name, traced / f"fused-{name}", model_type, target, config).items():
             fused[op] = fused.get(op, 0) + count

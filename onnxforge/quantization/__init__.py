@@ -18,7 +18,7 @@ import onnx
 from .. import corpus
 from ..artifact import Manifest, copy_files, graph_and_data_files, graph_files, publish, staging, verify
 from ..cpu import this_cpu
-from ..export.graph import byte_groups, fused_ops, op_counts
+from ..export.graph import byte_groups, fused_ops, op_counts, shared_names, write_shared
 from ..progress import step
 from ..runtime import open_artifact
 from ..runtime.base import Loaded
@@ -31,8 +31,10 @@ from .gate import Gate, GateError, check_gate, expected, measure
 from .gguf_blocks import kept_record
 from .int8 import Int8Config, finish, prepare
 from .positions import compute_positions
+from .saturation import PAIR_WEIGHT_LIMIT
 from .search import Step, greedy, sensitivity
-from .shared_table import quantize_tied, write_shared
+from .seq2seq_int8 import quantize_decoders
+from .shared_table import quantize_tied
 from .smooth import weight_matmuls
 from .speed import decode_feeds, speed_vs
 from .weights import WeightOnlyConfig, quantize_weights
@@ -65,11 +67,12 @@ def config_for(method: str, task: str, settings: dict[str, object]) -> Config:
 
 
 def _candidate(reference: Loaded, model: Path) -> Loaded:
-    """A candidate graph with the reference's tokenizer and manifest, on CPU (and its encoder beside it, if any)."""
+    """A candidate graph with the reference's tokenizer and manifest, on CPU (and its encoder and step graphs beside
+    it, if any)."""
     cpu = SessionConfig(providers="cpu")
-    encoder = reference.manifest.encoder_file
-    return replace(reference, session=create_session(model, cpu),
-                   encoder=create_session(model.parent / encoder, cpu) if encoder else None)  # fmt: skip
+    encoder, step = (create_session(model.parent / name, cpu) if name else None
+                     for name in (reference.manifest.encoder_file, reference.manifest.step_file))  # fmt: skip
+    return replace(reference, session=create_session(model, cpu), encoder=encoder, step=step)
 
 
 def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = None,
@@ -96,6 +99,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
     judge = _teacher(teacher, reference, held_out[:64]) if teacher else reference
     report: dict[str, object] = {}
     precision: dict[str, object] = {}  # what the config does not say: the GGUF blocks kept
+    shared: tuple[str, ...] | None = None  # initializers the graphs hold alike, stored once (shared_table.py)
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as tmp:
         model = stage / base.model_file
         graphs = graph_files(base)
@@ -117,19 +121,29 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
             if config.max_keep:
                 raise ValueError(f"{base.name}: the int8 search keeps nodes of single-graph models apart; a {base.task} "
                                  "artifact's encoder takes a fixed Int8Config (max_keep=0)")  # fmt: skip
-            encoder = stage / base.encoder_file
-            with step(f"int8 weights of {base.name}'s decoder"):
-                decoder, shared = quantize_tied(src / base.model_file, model, src / base.encoder_file,
-                                                Path(tmp) / "tied.onnx", DECODER_INT8)  # fmt: skip
-            _int8(reference, Path(tmp) / "tied.onnx", encoder, config, gate, calib, [], Path(tmp), report, judge)
-            precision["computed_positions"] = compute_positions(encoder) + compute_positions(model)
-            if shared:  # the vocabulary: one copy, read by both graphs
-                write_shared([encoder, model], shared)
-            precision["decoder"] = decoder.describe()
-            precision["shared_table"] = bool(shared)
+            encoder, tied = stage / base.encoder_file, Path(tmp) / "tied.onnx"
+            if base.step_file:  # onnxforge's decoder graphs: per-token int8, every weight shared
+                with step(f"per-token int8 of {base.name}'s decoders"):
+                    quantize_decoders([(src / name, stage / name) for name in (base.model_file, base.step_file)],
+                                      src / base.encoder_file, tied)  # fmt: skip
+                precision["decoder"] = {"weights": "int8", "activations": "per-token int8", "weight_pair_limit": PAIR_WEIGHT_LIMIT}
+            else:
+                with step(f"int8 weights of {base.name}'s decoder"):
+                    decoder, shared = quantize_tied(src / base.model_file, model, src / base.encoder_file, tied,
+                                                    DECODER_INT8)  # fmt: skip
+                precision["decoder"] = decoder.describe()
+            _int8(reference, tied, encoder, config, gate, calib, [], Path(tmp), report, judge)
+            paths = [stage / name for name in graph_files(base)]
+            precision["computed_positions"] = [name for path in paths for name in compute_positions(path)]
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
             config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report, judge)
+        if base.step_file:  # onnxforge's decoder graphs name their weights alike (and int8 the vocabulary's)
+            shared = shared_names([stage / name for name in graph_files(base)])
+        if shared:  # one copy of each, read by every graph
+            write_shared([stage / name for name in graph_files(base)], shared)
+        if base.encoder_file:
+            precision["shared_table"] = bool(shared)
         copy_files(src, stage, skip=graph_and_data_files(base))
         candidate = _candidate(reference, model)
         with step(f"quality gate on {len(held_out)} held-out texts"):

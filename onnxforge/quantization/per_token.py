@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..export.graph import onnx_opset
+from ..export.graph import graphs, onnx_opset
 from .gptq import column_scales
 from .saturation import QMAX, UINT8_MAX, column_levels, limit_pairs
 
@@ -46,46 +46,49 @@ def unsigned_shift(low: np.ndarray, rows: np.ndarray, margin: float = 1.5) -> np
 
 
 def per_token_int8(model: onnx.ModelProto, names: set[str], shifts: dict[str, np.ndarray] | None = None) -> None:
-    """Rewrite the float weight MatMuls named in ``names`` in place; ``shifts`` by MatMul input name
-    (:func:`unsigned_shift`), the others signed."""
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    found = {n.name for n in graph.node if n.op_type == "MatMul" and n.name in names and n.input[1] in initializers}
+    """Rewrite the float weight MatMuls named in ``names`` in place, in the graph or its subgraphs (a merged
+    decoder's ``If``; the weights are the main graph's); ``shifts`` by MatMul input name (:func:`unsigned_shift`),
+    the others signed."""
+    top = model.graph
+    initializers = {t.name: t for t in top.initializer}
+    found = {n.name for g in graphs(top) for n in g.node
+             if n.op_type == "MatMul" and n.name in names and n.input[1] in initializers}  # fmt: skip
     if missing := names - found:
         raise ValueError(f"not float weight MatMuls of this graph: {', '.join(sorted(missing))}")
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, index))
     shared = {"step_unsigned": np.array(1 / UINT8_MAX, np.float32), "zero_point_unsigned": np.array(0, np.uint8),
               "step_signed": np.array(1 / QMAX, np.float32), "zero_point_signed": np.array(QMAX + 1, np.uint8),
               "tiny": np.array(1e-30, np.float32), "last_axis": np.array([-1], np.int64),
               "one": np.array(1.0, np.float32)}  # fmt: skip
-    graph.initializer.extend(numpy_helper.from_array(v, f"per_token/{k}") for k, v in shared.items())
+    top.initializer.extend(numpy_helper.from_array(v, f"per_token/{k}") for k, v in shared.items())
     reduce = ({"inputs": ["per_token/last_axis"], "attrs": {"keepdims": 1}} if onnx_opset(model) >= 18
               else {"inputs": [], "attrs": {"keepdims": 1, "axes": [-1]}})  # fmt: skip
-    nodes = []
-    for node in graph.node:
-        if node.name not in found:
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
-        stored = initializers.get(node.input[1] + LEVELS_SUFFIX)
-        levels = column_levels(weight) if stored is None else numpy_helper.to_array(stored)
-        shift = (shifts or {}).get(node.input[0])
-        rewritten, offset = _rewrite(node, weight, levels, shift, graph, reduce)
-        nodes.extend(rewritten)
-        if offset is not None and not _fold_into_bias(node.output[0], readers, offset, initializers):
-            graph.initializer.append(numpy_helper.from_array(offset, f"{node.name}/shift_product"))
-            rewritten[-1].output[0] = f"{node.name}/rescaled"
-            nodes.append(helper.make_node("Sub", [f"{node.name}/rescaled", f"{node.name}/shift_product"],
-                                          [node.output[0]], name=f"{node.name}/unshift"))  # fmt: skip
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    for graph in reversed(list(graphs(top))):  # subgraphs before the graph holding them (rewriting copies nodes)
+        readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        for node in graph.node:
+            for index, name in enumerate(node.input):
+                readers.setdefault(name, []).append((node, index))
+        nodes = []
+        for node in graph.node:
+            if node.name not in found:
+                nodes.append(node)
+                continue
+            weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+            stored = initializers.get(node.input[1] + LEVELS_SUFFIX)
+            levels = column_levels(weight) if stored is None else numpy_helper.to_array(stored)
+            shift = (shifts or {}).get(node.input[0])
+            rewritten, offset = _rewrite(node, weight, levels, shift, top, reduce)
+            nodes.extend(rewritten)
+            if offset is not None and not _fold_into_bias(node.output[0], readers, offset, initializers):
+                top.initializer.append(numpy_helper.from_array(offset, f"{node.name}/shift_product"))
+                rewritten[-1].output[0] = f"{node.name}/rescaled"
+                nodes.append(helper.make_node("Sub", [f"{node.name}/rescaled", f"{node.name}/shift_product"],
+                                              [node.output[0]], name=f"{node.name}/unshift"))  # fmt: skip
+        del graph.node[:]
+        graph.node.extend(nodes)
+    used = {i for g in graphs(top) for n in g.node for i in n.input} | {o.name for o in top.output}
+    kept = [t for t in top.initializer if t.name in used]
+    del top.initializer[:]
+    top.initializer.extend(kept)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 

@@ -23,9 +23,6 @@ from ..export.graph import graphs
 from .tables import constant, gathered_tables, quantized_rows, replace_gathers
 from .weights import WeightOnlyConfig, fitting_block, quantize_weights
 
-SHARED_FILE = "shared_table.onnx_data"
-ALIGN = 4096  # each tensor starts on a page: onnxruntime can map it instead of copying
-
 
 def tied_projection(model: onnx.ModelProto) -> tuple[str, str] | None:
     """(float table, projection MatMul) of a float graph whose gathered vocabulary table is its logits
@@ -88,38 +85,35 @@ def _block_rows(model: onnx.ModelProto, blocks: str, scales: str, block: int, wi
     ]
 
 
-def write_shared(paths: list[Path], names: tuple[str, ...]) -> None:
-    """Save the graphs at ``paths`` with the initializers ``names`` stored once, in :data:`SHARED_FILE` beside
-    them, each page-aligned; every graph must hold the same bytes under each name."""
-    models = [onnx.load(str(path)) for path in paths]
-    first = {t.name: t for t in models[0].graph.initializer}
-    data = {name: numpy_helper.to_array(first[name]).tobytes() for name in names}
-    entries, offset = {}, 0
-    with open(paths[0].parent / SHARED_FILE, "wb") as out:
-        for name in names:
-            offset = -(-offset // ALIGN) * ALIGN
-            out.seek(offset)
-            out.write(data[name])
-            entries[name] = {"location": SHARED_FILE, "offset": str(offset), "length": str(len(data[name]))}
-            offset += len(data[name])
-    for model, path in zip(models, paths):
-        for tensor in model.graph.initializer:
-            if tensor.name in entries:
-                if numpy_helper.to_array(tensor).tobytes() != data[tensor.name]:
-                    raise ValueError(f"{path.name} holds other bytes under {tensor.name}")
-                tensor.ClearField("raw_data")
-                tensor.data_location = TensorProto.EXTERNAL
-                del tensor.external_data[:]
-                for key, value in entries[tensor.name].items():
-                    tensor.external_data.add(key=key, value=value)
-        path.write_bytes(model.SerializeToString())  # as it is: onnx.save would re-check the external file
+def gather_from_columns(model: onnx.ModelProto, table: str, codes: str, scales: str, steps: int,
+                        source: onnx.ModelProto | None = None) -> None:  # fmt: skip
+    """Every Gather of float ``table`` in ``model`` reads its rows from the columns of a per-token int8 projection
+    (``codes`` K × vocabulary, one ``scales`` entry per column, times ``steps``) instead, copied in from ``source``
+    when they live there; the float table is dropped."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    width = int(initializers[table].dims[1])
+    if source is not None:
+        model.graph.initializer.extend(t for t in source.graph.initializer if t.name in (codes, scales))
+    steps_name = constant(model, f"column_steps_{steps}", np.array(steps, np.float32))
+    last = constant(model, "rows_last_axis", np.array([-1], np.int64))
+    n = lambda op, inputs, out, base, **kw: helper.make_node(op, inputs, [f"{base}/{out}"], name=f"{base}/{out}", **kw)
+    replace_gathers(model, table, width, lambda flat, base: [
+        n("Gather", [codes, flat], "columns", base, axis=1),
+        n("Transpose", [f"{base}/columns"], "codes", base, perm=[1, 0]),
+        n("Cast", [f"{base}/codes"], "codes_f", base, to=TensorProto.FLOAT),
+        n("Gather", [scales, flat], "steps", base),
+        n("Mul", [f"{base}/steps", steps_name], "scales", base),
+        n("Unsqueeze", [f"{base}/scales", last], "scales1", base),
+        n("Mul", [f"{base}/codes_f", f"{base}/scales1"], "rows", base),
+    ])  # fmt: skip
+    model.graph.initializer.remove(initializers[table])
 
 
 def quantize_tied(decoder_src: Path, decoder_dst: Path, encoder_src: Path, encoder_dst: Path,
                   config: WeightOnlyConfig) -> tuple[WeightOnlyConfig, tuple[str, str] | None]:  # fmt: skip
     """Weight-only int8 of a text2text decoder (``config``, its block cut to one that divides every K) whose tables
     read the projection's blocks, and a copy of the float encoder at ``encoder_dst`` whose equal table reads them too;
-    returns the config used and the (blocks, scales) both graphs hold, for :func:`write_shared`. Untied: the decoder
+    returns the config used and the (blocks, scales) both graphs hold, for ``export.graph.write_shared``. Untied: the decoder
     quantized as usual, the encoder copied, None."""
     fp32 = onnx.load(str(decoder_src))
     config = replace(config, block_size=fitting_block(fp32, config.block_size))

@@ -36,10 +36,11 @@ def open_artifact(
 
 
 def open_graphs(directory: Path, manifest: Manifest, config: SessionConfig) -> Loaded:
-    """Sessions for the graphs ``manifest`` lists in ``directory`` (its model file, and its encoder file if any),
-    files taken as they are."""
-    encoder = create_session(directory / manifest.encoder_file, config) if manifest.encoder_file else None
-    return Loaded(directory, manifest, create_session(directory / manifest.model_file, config), encoder)
+    """Sessions for the graphs ``manifest`` lists in ``directory`` (its model file, and its encoder and step files if
+    any), files taken as they are."""
+    encoder, step = (create_session(directory / name, config) if name else None
+                     for name in (manifest.encoder_file, manifest.step_file))  # fmt: skip
+    return Loaded(directory, manifest, create_session(directory / manifest.model_file, config), encoder, step)
 
 
 def needs_exact_integers(manifest: Manifest) -> bool:

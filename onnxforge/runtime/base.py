@@ -29,6 +29,7 @@ class Loaded:
     manifest: Manifest
     session: ort.InferenceSession
     encoder: ort.InferenceSession | None = None  # text2text artifacts: the session of manifest.encoder_file
+    step: ort.InferenceSession | None = None  # and of manifest.step_file, where the artifact has one
 
     @property
     def provider(self) -> str:

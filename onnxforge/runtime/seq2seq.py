@@ -4,7 +4,9 @@ target token with its caches handed on.
 The decoder graph (Optimum's merged decoder) takes ``past_key_values.{i}.decoder.*`` (self-attention, growing one
 position per step) and ``past_key_values.{i}.encoder.*`` (cross-attention over the source). On the first step
 (``use_cache_branch`` false) it computes the cross-attention keys and values from the encoder's states; every later
-step takes them back unchanged, so they are computed once per input, not once per step. Rows of a batch are
+step takes them back unchanged, so they are computed once per input, not once per step. Where the artifact has a
+step graph (onnxforge's own decoder graphs, ``export.seq2seq_graph``), later steps run it instead: the same layers
+reading the cross-attention caches directly, without the merged graph's ``If``, which copies them. Rows of a batch are
 independent sequences (beams flattened into the batch); :meth:`Seq2Seq.select` keeps or reorders them.
 """
 
@@ -41,9 +43,10 @@ class Caches:
 
 
 class Seq2Seq:
-    """Batched encode, first decoder step and later steps over the two sessions; thread-safe (no state kept)."""
+    """Batched encode, first decoder step and later steps over the sessions; thread-safe (no state kept)."""
 
-    def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession) -> None:
+    def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession,
+                 step: ort.InferenceSession | None = None) -> None:  # fmt: skip
         inputs = {i.name: i for i in decoder.get_inputs()}
         past = [name for name in inputs if name.startswith(PAST)]
         needed = {"input_ids", "encoder_hidden_states", "encoder_attention_mask", BRANCH}
@@ -51,6 +54,9 @@ class Seq2Seq:
             raise ValueError(f"not a merged encoder-decoder graph with caches: inputs are {sorted(inputs)}")
         self.encoder = encoder
         self.decoder = decoder
+        self.stepper = step
+        if step is not None and (missing := {i.name for i in step.get_inputs()} - set(inputs)):
+            raise ValueError(f"the step graph takes inputs the merged decoder lacks: {sorted(missing)}")
         self.own = [name for name in past if ".decoder." in name]
         self.cross = [name for name in past if ".encoder." in name]
         if len(self.own) != len(self.cross):
@@ -85,9 +91,12 @@ class Seq2Seq:
         """One more token per row (``tokens``: (rows,)): logits (rows, vocab); ``caches`` grow in place."""
         rows = len(tokens)
         feeds = {"input_ids": tokens.reshape(rows, 1).astype(np.int64, copy=False),
-                 "encoder_hidden_states": np.zeros((rows, 1, self.width), dtype=self.hidden_dtype),
-                 "encoder_attention_mask": caches.source_mask, BRANCH: np.array([True])}  # fmt: skip
-        feeds |= caches.own | caches.cross
-        logits, *present = self.decoder.run(self.step_outputs, feeds)
+                 "encoder_attention_mask": caches.source_mask, **caches.own, **caches.cross}  # fmt: skip
+        if self.stepper is not None:
+            logits, *present = self.stepper.run(self.step_outputs, feeds)
+        else:
+            feeds |= {"encoder_hidden_states": np.zeros((rows, 1, self.width), dtype=self.hidden_dtype),
+                      BRANCH: np.array([True])}  # fmt: skip
+            logits, *present = self.decoder.run(self.step_outputs, feeds)
         caches.own = dict(zip(self.own, present))
         return logits[:, -1]

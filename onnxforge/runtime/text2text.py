@@ -71,7 +71,7 @@ class Text2Text(Pipeline):
         pre = loaded.manifest.preprocess
         if pre.decoder_start_token_id is None or not pre.eos_token_ids:
             raise ArtifactError(f"{loaded.directory}: manifest lacks decoder_start_token_id / eos_token_ids; re-export it")
-        self.model = Seq2Seq(loaded.encoder, loaded.session)
+        self.model = Seq2Seq(loaded.encoder, loaded.session, loaded.step)
         self.encoder = loaded.text_encoder()
         self.start = pre.decoder_start_token_id
         self.eos = frozenset(pre.eos_token_ids)

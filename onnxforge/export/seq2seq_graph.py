@@ -1,0 +1,274 @@
+"""Decoder graphs built from the weights for BART-style encoder-decoders (``fused_graph`` seq2seq rows of
+``export.families``: Marian, BART, mBART): ~12 nodes a layer instead of Optimum's ~150.
+
+Two graphs share every weight (by name, so quantization treats them alike and one file can hold them):
+
+- ``decoder_model_merged.onnx``, Optimum's merged-decoder interface (``use_cache_branch``; Optimum's
+  ORTModelForSeq2SeqLM loads it). An ``If`` computes the cross-attention keys and values from
+  ``encoder_hidden_states`` on the first step and hands the given ones on at later steps, which copies them once
+  per step: the runtime runs this graph for the first step only.
+- ``decoder_step.onnx``, the later steps: the same layers reading the cross-attention caches directly (no ``If``, no
+  ``encoder_hidden_states``), outputs the logits and the grown self-attention caches.
+
+Each layer: packed QKV MatMul → MultiHeadAttention over the self-attention cache (causal among new tokens) → output
+MatMul → SkipLayerNormalization → query MatMul → MultiHeadAttention over the cross caches (source padding masked) →
+output MatMul → SkipLayerNormalization → fc1 → activation (bias fused) → fc2 → SkipLayerNormalization. Post-norm
+(Marian, BART) and pre-norm (mBART: a norm before each block and one after the last) come from which norms the
+weights hold; positions are sinusoidal (Marian) or learned with BART's offset, both gathered from the model's table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .families import FAMILIES
+from .graph import MS, Builder, save
+
+STEP = "decoder_step.onnx"
+EPSILON = 1e-5  # BART-family LayerNorms (torch's default)
+# the MLP's activation → how its bias and it are applied: (op, domain), fused with the bias where onnxruntime has it
+ACTIVATIONS = {"gelu": ("BiasGelu", MS), "gelu_new": ("FastGelu", MS), "relu": ("Relu", ""), "swish": ("Sigmoid", ""),
+               "silu": ("Sigmoid", "")}  # fmt: skip
+CACHE_KINDS = ("decoder", "encoder")  # self-attention, cross-attention
+
+
+def supported(config: dict) -> bool:
+    """Families this builder covers (``fused_graph`` seq2seq rows), with an activation it implements."""
+    row = FAMILIES.get(config.get("model_type", ""))
+    if row is None or row.kind != "seq2seq" or not row.fused_graph:
+        return False
+    return config.get("activation_function", "gelu") in ACTIVATIONS
+
+
+def _cache(i: int, kind: str, tensor: str, prefix: str = "past_key_values") -> str:
+    return f"{prefix}.{i}.{kind}.{tensor}"
+
+
+class _Decoder:
+    """The layers over a :class:`Builder`; cross-attention keys and values read from ``cross(i, tensor)``."""
+
+    def __init__(self, state: dict[str, np.ndarray], config: dict) -> None:
+        self.state, self.config = state, config
+        self.width, self.heads = int(config["d_model"]), int(config["decoder_attention_heads"])
+        self.layers = int(config["decoder_layers"])
+        self.pre_norm = (
+            "model.decoder.layer_norm.weight" in state
+        )  # mBART: norms before blocks, one after the last
+
+    def norm_names(self) -> list[str]:
+        """Every LayerNorm in the order the residual stream meets them."""
+        per_layer = ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm")
+        names = [f"model.decoder.layers.{i}.{n}" for i in range(self.layers) for n in per_layer]
+        return names + ["model.decoder.layer_norm"] if self.pre_norm else names
+
+    def build(self, g: Builder, cross) -> None:
+        s, n_heads = self.state, self.heads
+        x = self._embed(g)
+        norms = self.norm_names()
+        (mask,) = g.op("Cast", ["encoder_attention_mask"], 1, "/source_mask/Cast", to=TensorProto.INT32)
+        if self.pre_norm:
+            normed = self._layer_norm(g, x, norms[0])
+        else:
+            normed = x
+        residual, k = x, 0
+
+        def add_norm(out: str, bias: str, name: str) -> None:  # residual + out + bias, then the next norm
+            nonlocal normed, residual, k
+            norm = norms[k + 1] if self.pre_norm else norms[k]
+            outputs = g.op("SkipLayerNormalization", [out, residual, self._w(g, f"{norm}.weight"), self._w(g, f"{norm}.bias"),
+                                                      self._w(g, bias)], 4, f"/{norm}", domain=MS, epsilon=EPSILON)  # fmt: skip
+            normed, residual = (outputs[0], outputs[3]) if self.pre_norm else (outputs[0], outputs[0])
+            k += 1
+
+        for i in range(self.layers):
+            p, n = f"model.decoder.layers.{i}", f"/model/decoder/layers.{i}"
+            attn = f"{p}.self_attn"
+            qkv_w = np.concatenate([s[f"{attn}.{t}_proj.weight"] for t in "qkv"]).T
+            qkv_b = np.concatenate([s[f"{attn}.{t}_proj.bias"] for t in "qkv"])
+            (qkv,) = g.op(
+                "MatMul", [normed, g.weight(f"{attn}.qkv.weight", qkv_w)], 1, f"{n}/self_attn/qkv_proj/MatMul"
+            )
+            q, k_, v = g.op("Split", [qkv], 3, f"{n}/self_attn/Split", axis=-1, num_outputs=3)
+            (out,) = g.op("MultiHeadAttention", [q, k_, v, g.weight(f"{attn}.qkv.bias", qkv_b), "", "",
+                                                  _cache(i, "decoder", "key"), _cache(i, "decoder", "value")],
+                          [f"{n}/self_attn/out", _cache(i, "decoder", "key", "present"), _cache(i, "decoder", "value", "present")],
+                          f"{n}/self_attn/MultiHeadAttention", domain=MS, num_heads=n_heads, unidirectional=1)[:1]  # fmt: skip
+            (o,) = g.op(
+                "MatMul", [out, self._t(g, f"{attn}.out_proj.weight")], 1, f"{n}/self_attn/out_proj/MatMul"
+            )
+            add_norm(o, f"{attn}.out_proj.bias", f"{n}/self_attn")
+            attn = f"{p}.encoder_attn"
+            (q,) = g.op(
+                "MatMul", [normed, self._t(g, f"{attn}.q_proj.weight")], 1, f"{n}/encoder_attn/q_proj/MatMul"
+            )
+            (q,) = g.op("Add", [q, self._w(g, f"{attn}.q_proj.bias")], 1, f"{n}/encoder_attn/q_proj/Add")
+            (out,) = g.op("MultiHeadAttention", [q, cross(i, "key"), cross(i, "value"), "", mask], 1,
+                          f"{n}/encoder_attn/MultiHeadAttention", domain=MS, num_heads=n_heads)  # fmt: skip
+            (o,) = g.op(
+                "MatMul", [out, self._t(g, f"{attn}.out_proj.weight")], 1, f"{n}/encoder_attn/out_proj/MatMul"
+            )
+            add_norm(o, f"{attn}.out_proj.bias", f"{n}/encoder_attn")
+            (h,) = g.op("MatMul", [normed, self._t(g, f"{p}.fc1.weight")], 1, f"{n}/fc1/MatMul")
+            h = self._activation(g, h, f"{p}.fc1.bias", f"{n}/activation")
+            (h,) = g.op("MatMul", [h, self._t(g, f"{p}.fc2.weight")], 1, f"{n}/fc2/MatMul")
+            add_norm(h, f"{p}.fc2.bias", f"{n}/fc2")
+        head = s.get("lm_head.weight", s["model.decoder.embed_tokens.weight"])
+        (logits,) = g.op("MatMul", [normed, g.weight("lm_head.weight", head.T)], 1, "/lm_head/MatMul")
+        g.op(
+            "Add",
+            [logits, g.weight("final_logits_bias", s["final_logits_bias"].reshape(-1))],
+            ["logits"],
+            "/lm_head/Add",
+        )
+
+    def cross_projections(self, g: Builder, hidden: str, suffix: str) -> list[str]:
+        """Each layer's cross-attention keys and values of ``hidden`` (batch, source, width), as (batch, heads,
+        source, head size): the names ``present.{i}.encoder.{key,value}`` + ``suffix``."""
+        made, head = [], self.width // self.heads
+        shape = g.weight("cross_heads_shape", np.array([0, 0, 2 * self.heads, head]))
+        for i in range(self.layers):
+            attn, n = f"model.decoder.layers.{i}.encoder_attn", f"/model/decoder/layers.{i}/encoder_attn"
+            w = np.concatenate([self.state[f"{attn}.k_proj.weight"], self.state[f"{attn}.v_proj.weight"]]).T
+            b = np.concatenate([self.state[f"{attn}.k_proj.bias"], self.state[f"{attn}.v_proj.bias"]])
+            (kv,) = g.op("MatMul", [hidden, g.weight(f"{attn}.kv.weight", w)], 1, f"{n}/kv_proj/MatMul")
+            (kv,) = g.op("Add", [kv, g.weight(f"{attn}.kv.bias", b)], 1, f"{n}/kv_proj/Add")
+            (kv,) = g.op("Reshape", [kv, shape], 1, f"{n}/kv/Reshape")
+            (kv,) = g.op("Transpose", [kv], 1, f"{n}/kv/Transpose", perm=[0, 2, 1, 3])
+            names = [_cache(i, "encoder", t, "present") + suffix for t in ("key", "value")]
+            made += g.op("Split", [kv], names, f"{n}/kv/Split", axis=1, num_outputs=2)
+        return made
+
+    def _embed(self, g: Builder) -> str:
+        """Token embeddings (scaled where the config says) plus positions from the past length on, normed (BART)."""
+        s, c = self.state, self.config
+        (x,) = g.op("Gather", [g.weight("model.decoder.embed_tokens.weight", s["model.decoder.embed_tokens.weight"]),
+                               "input_ids"], 1, "/model/decoder/embed_tokens/Gather")  # fmt: skip
+        if c.get("scale_embedding"):
+            scale = g.weight("embed_scale", np.array(np.sqrt(self.width), np.float32))
+            (x,) = g.op("Mul", [x, scale], 1, "/model/decoder/embed_scale/Mul")
+        table = s["model.decoder.embed_positions.weight"]
+        offset = len(table) - int(c["max_position_embeddings"])  # BART's learned table starts 2 rows in
+        # positions past .. past + new - 1, counted up from ones (a Range here trips onnxruntime's GatherToSlice)
+        (past,) = g.op("Shape", [_cache(0, "decoder", "key")], 1, "/positions/past", start=2, end=3)
+        (new,) = g.op("Shape", ["input_ids"], 1, "/positions/new", start=1, end=2)
+        (ones,) = g.op(
+            "ConstantOfShape",
+            [new],
+            1,
+            "/positions/ones",
+            value=helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        )
+        (count,) = g.op(
+            "CumSum", [ones, g.weight("positions_axis", np.array(0, np.int64))], 1, "/positions/count"
+        )
+        (start,) = g.op(
+            "Add",
+            [past, g.weight("positions_offset", np.array([offset - 1], np.int64))],
+            1,
+            "/positions/start",
+        )
+        (ids,) = g.op("Add", [count, start], 1, "/positions/ids")
+        (pos,) = g.op("Gather", [g.weight("model.decoder.embed_positions.weight", table), ids], 1,
+                      "/model/decoder/embed_positions/Gather")  # fmt: skip
+        (x,) = g.op("Add", [x, pos], 1, "/model/decoder/embed_positions/Add")
+        if "model.decoder.layernorm_embedding.weight" in s:
+            x = self._layer_norm(g, x, "model.decoder.layernorm_embedding")
+        return x
+
+    def _layer_norm(self, g: Builder, x: str, name: str) -> str:
+        (out,) = g.op("LayerNormalization", [x, self._w(g, f"{name}.weight"), self._w(g, f"{name}.bias")], 1, f"/{name}",
+                      axis=-1, epsilon=EPSILON)  # fmt: skip
+        return out
+
+    def _activation(self, g: Builder, h: str, bias: str, name: str) -> str:
+        op, domain = ACTIVATIONS[self.config.get("activation_function", "gelu")]
+        if domain:  # BiasGelu, FastGelu: the bias inside
+            (out,) = g.op(op, [h, self._w(g, bias)], 1, f"{name}/{op}", domain=domain)
+            return out
+        (h,) = g.op("Add", [h, self._w(g, bias)], 1, f"{name}/Add")
+        (out,) = g.op(op, [h], 1, f"{name}/{op}")
+        if op == "Sigmoid":  # swish/SiLU = h × sigmoid(h)
+            (out,) = g.op("Mul", [h, out], 1, f"{name}/Mul")
+        return out
+
+    def _w(self, g: Builder, name: str) -> str:
+        """A weight by its state-dict name, added once."""
+        if name not in self._added(g):
+            g.weight(name, self.state[name])
+        return name
+
+    def _t(self, g: Builder, name: str) -> str:
+        """A Linear's weight transposed (in × out, for MatMul), by its state-dict name."""
+        if name not in self._added(g):
+            g.weight(name, self.state[name].T)
+        return name
+
+    @staticmethod
+    def _added(g: Builder) -> set[str]:
+        return {t.name for t in g.weights}
+
+
+def build(model_dir: Path, merged: Path, step: Path, opset: int = 18) -> None:
+    """Write the merged decoder (``merged``, Optimum's interface) and the later-step decoder (``step``) of the
+    Hugging Face encoder-decoder at ``model_dir``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    config = AutoConfig.from_pretrained(model_dir).to_dict()
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch.float32)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    decoder = _Decoder(state, config)
+    vocab, head = int(state["final_logits_bias"].shape[-1]), decoder.width // decoder.heads
+    value = helper.make_tensor_value_info
+    lengths = {"past_key_values": "past_decoder_sequence_length", "present": "decoder_sequence_length"}
+    caches = {prefix: [value(_cache(i, kind, t, prefix), TensorProto.FLOAT,
+                             ["batch_size", decoder.heads, length if kind == "decoder" else "encoder_sequence_length", head])
+                       for i in range(decoder.layers) for kind in CACHE_KINDS for t in ("key", "value")]
+              for prefix, length in lengths.items()}  # fmt: skip
+    ids = value("input_ids", TensorProto.INT64, ["batch_size", "decoder_sequence_length"])
+    source_mask = value(
+        "encoder_attention_mask", TensorProto.INT64, ["batch_size", "encoder_sequence_length"]
+    )
+    logits = value("logits", TensorProto.FLOAT, ["batch_size", "decoder_sequence_length", vocab])
+    own = lambda values: [v for v in values if ".decoder." in v.name]
+
+    g = Builder()
+    decoder.build(g, lambda i, t: _cache(i, "encoder", t))
+    _save(
+        g, "decoder_step", [ids, source_mask, *caches["past_key_values"]], [logits, *own(caches["present"])], step, opset
+    )
+
+    # merged: the cross caches come out of an If, computed on the first step, handed on later
+    g = Builder()
+    computed = Builder()
+    made = decoder.cross_projections(computed, "encoder_hidden_states", "/computed")
+    given = Builder()
+    kept = [given.op("Identity", [name.removesuffix("/computed").replace("present.", "past_key_values.", 1)], [f"{name}/given"],
+                     f"{name}/given")[0] for name in made]  # fmt: skip
+    names = [_cache(i, "encoder", t, "present") for i in range(decoder.layers) for t in ("key", "value")]
+    branch = lambda b, outs, label: helper.make_graph(
+        b.nodes, label, [], [value(o, TensorProto.FLOAT, None) for o in outs]
+    )
+    g.nodes.append(helper.make_node("If", ["use_cache_branch"], names, name="/cross_caches/If",
+                                    then_branch=branch(given, kept, "given"), else_branch=branch(computed, made, "computed")))  # fmt: skip
+    g.weights += computed.weights
+    decoder.build(g, lambda i, t: _cache(i, "encoder", t, "present"))
+    hidden = value(
+        "encoder_hidden_states", TensorProto.FLOAT, ["batch_size", "encoder_sequence_length", decoder.width]
+    )
+    branch_flag = value("use_cache_branch", TensorProto.BOOL, [1])
+    _save(g, "decoder_merged", [source_mask, ids, hidden, *caches["past_key_values"], branch_flag], [logits, *caches["present"]],
+          merged, opset)  # fmt: skip
+
+
+def _save(g: Builder, label: str, inputs: list, outputs: list, path: Path, opset: int) -> None:
+    graph = helper.make_graph(g.nodes, label, inputs, outputs, g.weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)],
+                              producer_name="onnxforge")  # fmt: skip
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    save(model, path)
