@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from onnxforge.runtime.beam_search import BeamSettings, beam_search
+from onnxforge.runtime.beam_search import BeamSettings, beam_search, log_softmax
 from onnxforge.runtime.constraints import Constraints, banned_by_ngrams
 from tests.decoding import cut_at_end
 
@@ -54,9 +54,9 @@ def _ours(model, beams: int, budget: int, settings: BeamSettings, rules: Constra
         nonlocal encoded, mask, targets
         encoded, mask = encoded[torch.from_numpy(rows)], mask[torch.from_numpy(rows)]
         targets = [targets[r] + [int(t)] for r, t in zip(rows, tokens)]
-        return logits_of(targets)
+        return log_softmax(logits_of(targets))
 
-    return beam_search(logits_of(targets), step, START, frozenset({EOS}), budget, settings, rules)
+    return beam_search(log_softmax(logits_of(targets)), step, START, frozenset({EOS}), budget, settings, rules)
 
 
 def _theirs(model, beams: int, budget: int, **options) -> list[list[int]]:

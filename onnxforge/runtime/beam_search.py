@@ -18,7 +18,7 @@ import numpy as np
 from .constraints import Constraints
 
 LOST = -1.0e9  # transformers' score for "not a candidate"
-Step = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (rows to keep, their next tokens) → logits (rows, vocab)
+Step = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (rows to keep, their next tokens) → log-probabilities (rows, vocab)
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,16 @@ def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take_along_axis(values, index.reshape(index.shape + (1,) * (values.ndim - 2)), axis=1)
 
 
-def beam_search(first_logits: np.ndarray, step: Step, start: int, eos: frozenset[int], max_new_tokens: int,
+def beam_search(first_log_probs: np.ndarray, step: Step, start: int, eos: frozenset[int], max_new_tokens: int,
                 settings: BeamSettings, rules: Constraints) -> list[list[int]]:  # fmt: skip
     """The best hypothesis (tokens after the start token, end token excluded) per input.
 
-    ``first_logits``: (inputs * num_beams, vocab), the first step's logits, beams of an input next to each other.
-    ``step(rows, tokens)``: reorders the caches to ``rows`` (flat indices), feeds ``tokens``, returns the logits.
+    ``first_log_probs``: (inputs * num_beams, vocab), the :func:`log_softmax` of the first step's logits, beams of an
+    input next to each other. ``step(rows, tokens)``: reorders the caches to ``rows`` (flat indices), feeds
+    ``tokens``, returns the log-probabilities (a step graph computes them, see ``runtime.seq2seq``).
     """
     beams, penalty = settings.num_beams, settings.length_penalty
-    inputs, vocab = len(first_logits) // beams, first_logits.shape[1]
+    inputs, vocab = len(first_log_probs) // beams, first_log_probs.shape[1]
     max_length = 1 + max_new_tokens
     keep = max(2, 1 + len(eos)) * beams
     top_beams = np.arange(keep) < beams
@@ -82,9 +83,9 @@ def beam_search(first_logits: np.ndarray, step: Step, start: int, eos: frozenset
     finished = np.zeros((inputs, beams), dtype=bool)
     lengths = np.zeros((inputs, beams), dtype=np.int64)  # generated tokens of each kept hypothesis
     improvable = np.ones((inputs, 1), dtype=bool)
-    logits, length = first_logits, 1
+    log_probs, length = first_log_probs, 1
     while True:
-        log_probs = rules.apply(running[:, :, :length].reshape(inputs * beams, length), log_softmax(logits), max_length)
+        log_probs = rules.apply(running[:, :, :length].reshape(inputs * beams, length), log_probs, max_length)
         totals = (log_probs.reshape(inputs, beams, vocab) + running_scores[:, :, None]).reshape(inputs, beams * vocab)
         picked = _top(totals, keep)
         top_scores = _take(totals, picked)
@@ -112,7 +113,7 @@ def beam_search(first_logits: np.ndarray, step: Step, start: int, eos: frozenset
         improvable &= _could_improve(running_scores, scores, finished, length, max_length, settings)
         if not improvable.any() or (finished.all() and settings.early_stopping is True) or ended.all():
             break
-        logits = step(rows, running[:, :, length - 1].reshape(-1))
+        log_probs = step(rows, running[:, :, length - 1].reshape(-1))
     return [until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos) for i in range(inputs)]
 
 

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from .beam_search import log_softmax
+
 PAST = "past_key_values."
 PRESENT = "present."
 BRANCH = "use_cache_branch"
+LOG_PROBS = "log_probs"  # a step graph's log-softmax of its logits, for beam search
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Seq2Seq:
         self.encoder = encoder
         self.decoder = decoder
         self.stepper = step
+        self.graph_log_probs = step is not None and LOG_PROBS in {o.name for o in step.get_outputs()}
         if step is not None and (missing := {i.name for i in step.get_inputs()} - set(inputs)):
             raise ValueError(f"the step graph takes inputs the merged decoder lacks: {sorted(missing)}")
         self.own = [name for name in past if ".decoder." in name]
@@ -87,16 +91,19 @@ class Seq2Seq:
         own = dict(zip(self.own, present[: len(self.own)]))
         return logits[:, -1], Caches(own, dict(zip(self.cross, present[len(self.own) :])), mask)
 
-    def step(self, caches: Caches, tokens: np.ndarray) -> np.ndarray:
-        """One more token per row (``tokens``: (rows,)): logits (rows, vocab); ``caches`` grow in place."""
+    def step(self, caches: Caches, tokens: np.ndarray, log_probs: bool = False) -> np.ndarray:
+        """One more token per row (``tokens``: (rows,)): logits (rows, vocab), or their log-softmax (beam search:
+        the step graph's own, multi-threaded, where it has one); ``caches`` grow in place."""
         rows = len(tokens)
         feeds = {"input_ids": tokens.reshape(rows, 1).astype(np.int64, copy=False),
                  "encoder_attention_mask": caches.source_mask, **caches.own, **caches.cross}  # fmt: skip
         if self.stepper is not None:
-            logits, *present = self.stepper.run(self.step_outputs, feeds)
+            in_graph = log_probs and self.graph_log_probs
+            scores, *present = self.stepper.run([LOG_PROBS if in_graph else "logits", *self.step_outputs[1:]], feeds)
         else:
+            in_graph = False
             feeds |= {"encoder_hidden_states": np.zeros((rows, 1, self.width), dtype=self.hidden_dtype),
                       BRANCH: np.array([True])}  # fmt: skip
-            logits, *present = self.decoder.run(self.step_outputs, feeds)
+            scores, *present = self.decoder.run(self.step_outputs, feeds)
         caches.own = dict(zip(self.own, present))
-        return logits[:, -1]
+        return scores[:, -1] if in_graph or not log_probs else log_softmax(scores[:, -1])

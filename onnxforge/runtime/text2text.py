@@ -14,7 +14,7 @@ import numpy as np
 
 from ..artifact import ArtifactError
 from .base import Loaded, Pipeline
-from .beam_search import BeamSettings, beam_search
+from .beam_search import BeamSettings, beam_search, log_softmax
 from .constraints import Constraints
 from .generate import Request
 from .seq2seq import Seq2Seq
@@ -160,9 +160,9 @@ class Text2Text(Pipeline):
         def step(rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
             nonlocal caches
             caches = caches.select(rows, same_source=True)
-            return self.model.step(caches, tokens)
+            return self.model.step(caches, tokens, log_probs=True)
 
-        return beam_search(logits, step, self.start, self.eos, budget, decoding.beams, self._constraints(decoding))
+        return beam_search(log_softmax(logits), step, self.start, self.eos, budget, decoding.beams, self._constraints(decoding))
 
     def _sampled(self, hidden: np.ndarray, mask: np.ndarray, decoding: Decoding, budget: int) -> Iterator[tuple[int, int]]:
         """(row, token) as each row's next token is picked (greedy or sampled); finished rows leave the batch."""
