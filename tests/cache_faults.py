@@ -133,11 +133,11 @@ class CacheFaults:
                 lengths = lengths + 1
             return step(decoder, rows, lengths, tokens)
 
-        def faulty_seq2seq_step(model: Seq2Seq, caches: Caches, tokens: np.ndarray) -> np.ndarray:
+        def faulty_seq2seq_step(model: Seq2Seq, caches: Caches, tokens: np.ndarray, log_probs: bool = False) -> np.ndarray:
             if not _in_export():
                 _break_seq2seq(self.fault, caches)
                 self.fired += 1
-            return seq2seq_step(model, caches, tokens)
+            return seq2seq_step(model, caches, tokens, log_probs)
 
         return (faulty_forward, roomier_empty if self.fault == "shift" else empty, faulty_step,
                 faulty_seq2seq_step)  # fmt: skip
