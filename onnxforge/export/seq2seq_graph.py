@@ -56,9 +56,7 @@ class _Decoder:
         self.state, self.config = state, config
         self.width, self.heads = int(config["d_model"]), int(config["decoder_attention_heads"])
         self.layers = int(config["decoder_layers"])
-        self.pre_norm = (
-            "model.decoder.layer_norm.weight" in state
-        )  # mBART: norms before blocks, one after the last
+        self.pre_norm = "model.decoder.layer_norm.weight" in state  # mBART: norms before blocks, one after the last
 
     def norm_names(self) -> list[str]:
         """Every LayerNorm in the order the residual stream meets them."""
@@ -71,10 +69,7 @@ class _Decoder:
         x = self._embed(g)
         norms = self.norm_names()
         (mask,) = g.op("Cast", ["encoder_attention_mask"], 1, "/source_mask/Cast", to=TensorProto.INT32)
-        if self.pre_norm:
-            normed = self._layer_norm(g, x, norms[0])
-        else:
-            normed = x
+        normed = self._layer_norm(g, x, norms[0]) if self.pre_norm else x
         residual, k = x, 0
 
         def add_norm(out: str, bias: str, name: str) -> None:  # residual + out + bias, then the next norm
@@ -156,22 +151,11 @@ class _Decoder:
         # positions past .. past + new - 1, counted up from ones (a Range here trips onnxruntime's GatherToSlice)
         (past,) = g.op("Shape", [_cache(0, "decoder", "key")], 1, "/positions/past", start=2, end=3)
         (new,) = g.op("Shape", ["input_ids"], 1, "/positions/new", start=1, end=2)
-        (ones,) = g.op(
-            "ConstantOfShape",
-            [new],
-            1,
-            "/positions/ones",
-            value=helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-        )
-        (count,) = g.op(
-            "CumSum", [ones, g.weight("positions_axis", np.array(0, np.int64))], 1, "/positions/count"
-        )
-        (start,) = g.op(
-            "Add",
-            [past, g.weight("positions_offset", np.array([offset - 1], np.int64))],
-            1,
-            "/positions/start",
-        )
+        one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+        (ones,) = g.op("ConstantOfShape", [new], 1, "/positions/ones", value=one)
+        (count,) = g.op("CumSum", [ones, g.weight("positions_axis", np.array(0, np.int64))], 1, "/positions/count")
+        first = g.weight("positions_offset", np.array([offset - 1], np.int64))
+        (start,) = g.op("Add", [past, first], 1, "/positions/start")
         (ids,) = g.op("Add", [count, start], 1, "/positions/ids")
         (pos,) = g.op("Gather", [g.weight("model.decoder.embed_positions.weight", table), ids], 1,
                       "/model/decoder/embed_positions/Gather")  # fmt: skip
