@@ -18,11 +18,13 @@ import numpy as np
 import onnxruntime as ort
 
 from .beam_search import log_softmax
+from .text import length_sorted_batches
 
 PAST = "past_key_values."
 PRESENT = "present."
 BRANCH = "use_cache_branch"
 LOG_PROBS = "log_probs"  # a step graph's log-softmax of its logits, for beam search
+ENCODER_PADDING = 0.25  # the padding the encoder runs a group of sources with, at most (as embeddings are batched)
 
 
 @dataclass
@@ -77,8 +79,23 @@ class Seq2Seq:
         self.width = int(hidden.shape[2])
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The encoder's last hidden states for right-padded ``ids`` (batch, source)."""
-        return self.encoder.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+        """The encoder's last hidden states for right-padded ``ids`` (batch, source); zeros at padded positions.
+
+        A decoding batch keeps sources of any length together (each decoder step reads every weight once for all of
+        them), but the encoder pays for every padded position in every layer: it runs groups of similar length,
+        each cut to its own longest source. A source's states do not depend on the padding after it."""
+        lengths = mask.sum(axis=1)
+        groups = list(length_sorted_batches(lengths, len(ids), ENCODER_PADDING))
+        if len(groups) == 1:
+            return self.encoder.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+        hidden = None
+        for rows in groups:
+            width = int(lengths[rows].max())
+            (states,) = self.encoder.run(["last_hidden_state"], {"input_ids": ids[rows, :width], "attention_mask": mask[rows, :width]})
+            if hidden is None:
+                hidden = np.zeros((*ids.shape, states.shape[-1]), dtype=states.dtype)
+            hidden[rows, :width] = states
+        return hidden
 
     def start(self, hidden: np.ndarray, mask: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, Caches]:
         """The first decoder step: logits (rows, vocab) after ``tokens`` (rows, n), and the caches it made."""
