@@ -133,11 +133,12 @@ class CacheFaults:
                 lengths = lengths + 1
             return step(decoder, rows, lengths, tokens)
 
-        def faulty_seq2seq_step(model: Seq2Seq, caches: Caches, tokens: np.ndarray, log_probs: bool = False) -> np.ndarray:
+        def faulty_seq2seq_step(model: Seq2Seq, caches: Caches, tokens: np.ndarray, log_probs: bool = False,
+                                reorder: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
             if not _in_export():
                 _break_seq2seq(self.fault, caches)
                 self.fired += 1
-            return seq2seq_step(model, caches, tokens, log_probs)
+            return seq2seq_step(model, caches, tokens, log_probs, reorder)
 
         return (faulty_forward, roomier_empty if self.fault == "shift" else empty, faulty_step,
                 faulty_seq2seq_step)  # fmt: skip

@@ -155,12 +155,10 @@ class Text2Text(Pipeline):
         # the first step once per input, its logits and caches then copied to each of the input's beams
         logits, caches = self.model.start(hidden, mask, np.full((len(hidden), 1), self.start, dtype=np.int64))
         rows = np.repeat(np.arange(len(hidden)), beams)
-        logits, caches = logits[rows], caches.select(rows, same_source=False)
+        logits, caches = logits[rows], caches.select(rows)
 
         def step(rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-            nonlocal caches
-            caches = caches.select(rows, same_source=True)
-            return self.model.step(caches, tokens, log_probs=True)
+            return self.model.step(caches, tokens, log_probs=True, reorder=rows)
 
         return beam_search(log_softmax(logits), step, self.start, self.eos, budget, decoding.beams, self._constraints(decoding))
 
@@ -183,7 +181,7 @@ class Text2Text(Pipeline):
             if length == budget or not going.any():
                 return
             if not going.all():
-                caches = caches.select(np.flatnonzero(going), same_source=False)
+                caches = caches.select(np.flatnonzero(going))
             alive, sequences = alive[going], np.concatenate([sequences[going], tokens[going, None]], axis=1)
             logits = self.model.step(caches, tokens[going])
 
