@@ -1,5 +1,5 @@
-"""The two graphs of a text2text artifact: the encoder, run once per batch, and the merged decoder, run once per
-target token with its caches handed on.
+"""The graphs of a text2text artifact: the encoder, run once per batch, and the decoder (the merged graph, and a
+step graph where there is one), run once per target token with its caches handed on.
 
 The decoder graph (Optimum's merged decoder) takes ``past_key_values.{i}.decoder.*`` (self-attention, growing one
 position per step) and ``past_key_values.{i}.encoder.*`` (cross-attention over the source). On the first step
@@ -7,7 +7,8 @@ position per step) and ``past_key_values.{i}.encoder.*`` (cross-attention over t
 step takes them back unchanged, so they are computed once per input, not once per step. Where the artifact has a
 step graph (onnxforge's own decoder graphs, ``export.seq2seq_graph``), later steps run it instead: the same layers
 reading the cross-attention caches directly, without the merged graph's ``If``, which copies them. Rows of a batch are
-independent sequences (beams flattened into the batch); :meth:`Seq2Seq.select` keeps or reorders them.
+independent sequences (beams flattened into the batch); :meth:`Caches.select` keeps them (finished rows dropped,
+beams made) and :meth:`Caches.reorder` moves beams among the rows of their source.
 """
 
 from __future__ import annotations
