@@ -42,38 +42,31 @@ class Builder:
 ALIGN = 4096  # each tensor starts on a page: onnxruntime can map it instead of copying
 
 
-def shared_names(paths: list[Path]) -> tuple[str, ...]:
-    """Initializers of at least a page that two or more of the graphs at ``paths`` hold, with equal bytes."""
-    seen: dict[str, list[bytes]] = {}
-    for path in paths:
-        for tensor in onnx.load(str(path)).graph.initializer:
-            data = _stored_bytes(tensor)
-            if len(data) >= ALIGN:
-                seen.setdefault(tensor.name, []).append(data)
-    return tuple(sorted(name for name, copies in seen.items() if len(copies) > 1 and len(set(copies)) == 1))
-
-
-def write_shared(paths: list[Path], names: tuple[str, ...]) -> None:
+def write_shared(paths: list[Path], names: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """Save the graphs at ``paths`` with the initializers ``names`` stored once, in :data:`SHARED_FILE` beside
-    them, each page-aligned; every graph that holds a name must hold the same bytes under it."""
+    them, each page-aligned; every graph that holds a name must hold the same bytes under it. ``names`` None: every
+    initializer of at least a page that two or more of the graphs hold with equal bytes. Returns the names stored."""
     models = [onnx.load(str(path)) for path in paths]
-    first: dict[str, onnx.TensorProto] = {}
+    copies: dict[str, list[bytes]] = {}
     for model in models:
         for tensor in model.graph.initializer:
-            first.setdefault(tensor.name, tensor)
-    data = {name: _stored_bytes(first[name]) for name in names}
+            copies.setdefault(tensor.name, []).append(_stored_bytes(tensor))
+    if names is None:
+        names = tuple(sorted(name for name, held in copies.items()
+                             if len(held) > 1 and len(set(held)) == 1 and len(held[0]) >= ALIGN))  # fmt: skip
     entries, offset = {}, 0
     with open(paths[0].parent / SHARED_FILE, "wb") as out:
         for name in names:
+            data = copies[name][0]
             offset = -(-offset // ALIGN) * ALIGN
             out.seek(offset)
-            out.write(data[name])
-            entries[name] = {"location": SHARED_FILE, "offset": str(offset), "length": str(len(data[name]))}
-            offset += len(data[name])
+            out.write(data)
+            entries[name] = {"location": SHARED_FILE, "offset": str(offset), "length": str(len(data))}
+            offset += len(data)
     for model, path in zip(models, paths):
         for tensor in model.graph.initializer:
             if tensor.name in entries:
-                if _stored_bytes(tensor) != data[tensor.name]:
+                if _stored_bytes(tensor) != copies[tensor.name][0]:
                     raise ValueError(f"{path.name} holds other bytes under {tensor.name}")
                 tensor.ClearField("raw_data")
                 tensor.data_location = TensorProto.EXTERNAL
@@ -81,6 +74,7 @@ def write_shared(paths: list[Path], names: tuple[str, ...]) -> None:
                 for key, value in entries[tensor.name].items():
                     tensor.external_data.add(key=key, value=value)
         path.write_bytes(model.SerializeToString())  # as it is: onnx.save would re-check the external file
+    return names
 
 
 def _stored_bytes(tensor: onnx.TensorProto) -> bytes:

@@ -16,7 +16,7 @@ from ..artifact import Preprocess
 from ..sources import tokenizer_of
 from . import seq2seq_graph
 from .generation import id_set
-from .graph import fused_ops, op_counts, shared_names, write_shared
+from .graph import fused_ops, op_counts, write_shared
 from .optimize import optimize
 
 ENCODER = "encoder_model.onnx"
@@ -39,7 +39,7 @@ def build(model_dir: Path, traced: Path, stage: Path, model_type: str, target: s
     if hand_built:
         graphs = [stage / DECODER, stage / seq2seq_graph.STEP]
         seq2seq_graph.build(model_dir, *graphs)
-        write_shared(graphs, shared_names(graphs))  # the two decoders' weights, stored once
+        write_shared(graphs)  # the two decoders' weights, stored once
         for op, count in fused_ops(op_counts(stage / DECODER)).items():
             fused[op] = fused.get(op, 0) + count
         return fused

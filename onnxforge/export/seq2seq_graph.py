@@ -181,20 +181,12 @@ class _Decoder:
         return out
 
     def _w(self, g: Builder, name: str) -> str:
-        """A weight by its state-dict name, added once."""
-        if name not in self._added(g):
-            g.weight(name, self.state[name])
-        return name
+        """A weight by its state-dict name (each is read by one node; a second copy would fail the graph check)."""
+        return g.weight(name, self.state[name])
 
     def _t(self, g: Builder, name: str) -> str:
         """A Linear's weight transposed (in × out, for MatMul), by its state-dict name."""
-        if name not in self._added(g):
-            g.weight(name, self.state[name].T)
-        return name
-
-    @staticmethod
-    def _added(g: Builder) -> set[str]:
-        return {t.name for t in g.weights}
+        return g.weight(name, self.state[name].T)
 
 
 def build(model_dir: Path, merged: Path, step: Path, opset: int = 18) -> None:

@@ -18,7 +18,7 @@ import onnx
 from .. import corpus
 from ..artifact import Manifest, copy_files, graph_and_data_files, graph_files, publish, staging, verify
 from ..cpu import this_cpu
-from ..export.graph import byte_groups, fused_ops, op_counts, shared_names, write_shared
+from ..export.graph import byte_groups, fused_ops, op_counts, write_shared
 from ..progress import step
 from ..runtime import open_artifact
 from ..runtime.base import Loaded
@@ -103,6 +103,7 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-quantize-") as tmp:
         model = stage / base.model_file
         graphs = graph_files(base)
+        paths = [stage / graph for graph in graphs]
         model.parent.mkdir(parents=True, exist_ok=True)  # a graph in a folder (transformers.js's onnx/)
         if isinstance(config, Fp16Config):
             with step(f"fp16 {base.name}, {len(config.block)} fragile op types kept fp32"):
@@ -133,15 +134,14 @@ def quantize(src_dir: str | Path, out_dir: str | Path, config: Config | None = N
                                                     DECODER_INT8)  # fmt: skip
                 precision["decoder"] = decoder.describe()
             _int8(reference, tied, encoder, config, gate, calib, [], Path(tmp), report, judge)
-            paths = [stage / name for name in graph_files(base)]
             precision["computed_positions"] = [name for path in paths for name in compute_positions(path)]
         else:
             search = calib[: len(held_out)]  # as many as the gate's: recall@k depends on the set's size
             config = _int8(reference, src / base.model_file, model, config, gate, calib, search, Path(tmp), report, judge)
         if base.step_file:  # onnxforge's decoder graphs name their weights alike (and int8 the vocabulary's)
-            shared = shared_names([stage / name for name in graph_files(base)])
-        if shared:  # one copy of each, read by every graph
-            write_shared([stage / name for name in graph_files(base)], shared)
+            shared = write_shared(paths)  # one copy of each, read by every graph
+        elif shared:
+            write_shared(paths, shared)
         if base.encoder_file:
             precision["shared_table"] = bool(shared)
         copy_files(src, stage, skip=graph_and_data_files(base))

@@ -7,7 +7,7 @@ row, weights within the pair rule, exact on every x86 kernel) at 1.3–2.5× tha
 512 × 2,048 and 2,048 × 512). Every weight MatMul of the merged decoder and of the step graph is rewritten alike:
 the two graphs name their weights alike, so they hold the same bytes under the same names. A tied vocabulary keeps
 one copy, the projection's int8 columns (one scale each): the decoder's and the encoder's tables gather their rows
-from them. ``export.graph.shared_names`` then finds what the graphs share.
+from them. ``export.graph.write_shared`` then stores what the graphs share once.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def quantize_decoders(decoders: list[tuple[Path, Path]], encoder_src: Path, enco
     vocabulary table, where tied to the projection, reads the projection's columns too."""
     models = [onnx.load(str(src)) for src, _ in decoders]
     tie = tied_projection(models[-1])  # the step graph: no subgraph to search
+    if tie is not None:
+        values = next(numpy_helper.to_array(t) for t in models[-1].graph.initializer if t.name == tie[0])
     encoder = onnx.load(str(encoder_src))
     for model in models:
         weights = {t.name for t in model.graph.initializer}
@@ -40,7 +42,6 @@ def quantize_decoders(decoders: list[tuple[Path, Path]], encoder_src: Path, enco
             gather_from_columns(model, table, f"{projection}/weight_int8", f"{projection}/weight_scale", QMAX)
         quantized_rows(model, 8)  # a table of its own, if any
     if tie is not None:
-        values = _table(decoders[-1][0], tie[0])
         initializers = {t.name: t for t in encoder.graph.initializer}
         for name in gathered_tables(encoder, min_rows=1):
             if np.array_equal(numpy_helper.to_array(initializers[name]), values):
@@ -50,6 +51,3 @@ def quantize_decoders(decoders: list[tuple[Path, Path]], encoder_src: Path, enco
         onnx.save(model, str(dst))
     onnx.save(encoder, str(encoder_dst))
 
-
-def _table(path: Path, name: str) -> np.ndarray:
-    return numpy_helper.to_array(next(t for t in onnx.load(str(path)).graph.initializer if t.name == name))
