@@ -40,13 +40,14 @@ class Caches:
     def reorder(self, rows: np.ndarray) -> None:
         """The self-attention caches of ``rows``, in place (beams among the rows of their source). Written into
         memory kept from step to step: fresh arrays each step cost a page fault per 4 kB, a fifth of a beam search
-        at 16 sources x 4 beams."""
+        at 16 sources x 4 beams. ``mode="clip"`` (``rows`` are in range, they come from the beams) spares
+        numpy's buffered copy, which ``out=`` takes under the default ``mode="raise"``: 3x slower."""
         for name, value in self.own.items():
             size = len(rows) * value[0].size
             if name not in self.spare or self.spare[name].size < size:
                 self.spare[name] = np.empty(2 * size, dtype=value.dtype)  # room for the next steps' longer caches
             out = self.spare[name][:size].reshape((len(rows), *value.shape[1:]))
-            self.own[name] = np.take(value, rows, axis=0, out=out)
+            self.own[name] = np.take(value, rows, axis=0, out=out, mode="clip")
 
     def select(self, rows: np.ndarray) -> Caches:
         """New caches of ``rows`` (in that order, repeats allowed): each source's beams, or finished rows dropped.
