@@ -8,7 +8,9 @@ Two graphs share every weight (by name, so quantization treats them alike and on
   ``encoder_hidden_states`` on the first step and hands the given ones on at later steps, which copies them once
   per step: the runtime runs this graph for the first step only.
 - ``decoder_step.onnx``, the later steps: the same layers reading the cross-attention caches directly (no ``If``, no
-  ``encoder_hidden_states``), outputs the logits and the grown self-attention caches.
+  ``encoder_hidden_states``), outputs the logits and the grown self-attention caches. Its cross caches and source
+  mask have one row per source (``sources``); the rows are each source's beams, next to each other, and read them
+  as one row of queries.
 
 Each layer: packed QKV MatMul → MultiHeadAttention over the self-attention cache (causal among new tokens) → output
 MatMul → SkipLayerNormalization → query MatMul → MultiHeadAttention over the cross caches (source padding masked) →
@@ -30,6 +32,7 @@ from .graph import MS, Builder, save
 
 STEP = "decoder_step.onnx"
 LOG_PROBS = "log_probs"  # the step graph's log-softmax of its logits (runtime.seq2seq reads it for beam search)
+SOURCES = "sources"  # the step graph's batch dimension of the cross caches and source mask (beams share them)
 EPSILON = 1e-5  # BART-family LayerNorms (torch's default)
 # the MLP's activation → how its bias and it are applied: (op, domain), fused with the bias where onnxruntime has it
 ACTIVATIONS = {"gelu": ("BiasGelu", MS), "gelu_new": ("FastGelu", MS), "relu": ("Relu", ""), "swish": ("Sigmoid", ""),
@@ -64,9 +67,16 @@ class _Decoder:
         names = [f"model.decoder.layers.{i}.{n}" for i in range(self.layers) for n in per_layer]
         return names + ["model.decoder.layer_norm"] if self.pre_norm else names
 
-    def build(self, g: Builder, cross) -> None:
+    def build(self, g: Builder, cross, per_source: bool = False) -> None:
+        """The layers, logits last. ``per_source``: the cross caches and source mask hold one row per source and the
+        rows are its beams, next to each other; each source's beams attend to its caches as queries of one row."""
         s, n_heads = self.state, self.heads
         x = self._embed(g)
+        if per_source:
+            (sources,) = g.op("Shape", [cross(0, "key")], 1, "/beams/sources", start=0, end=1)
+            (by_source,) = g.op("Concat", [sources, g.weight("beams_shape", np.array([-1, self.width], np.int64))], 1,
+                                "/beams/by_source", axis=0)  # fmt: skip
+            (by_row,) = g.op("Shape", [x], 1, "/beams/by_row")
         norms = self.norm_names()
         (mask,) = g.op("Cast", ["encoder_attention_mask"], 1, "/source_mask/Cast", to=TensorProto.INT32)
         normed = self._layer_norm(g, x, norms[0]) if self.pre_norm else x
@@ -102,8 +112,12 @@ class _Decoder:
                 "MatMul", [normed, self._t(g, f"{attn}.q_proj.weight")], 1, f"{n}/encoder_attn/q_proj/MatMul"
             )
             (q,) = g.op("Add", [q, self._w(g, f"{attn}.q_proj.bias")], 1, f"{n}/encoder_attn/q_proj/Add")
+            if per_source:
+                (q,) = g.op("Reshape", [q, by_source], 1, f"{n}/encoder_attn/by_source")
             (out,) = g.op("MultiHeadAttention", [q, cross(i, "key"), cross(i, "value"), "", mask], 1,
                           f"{n}/encoder_attn/MultiHeadAttention", domain=MS, num_heads=n_heads)  # fmt: skip
+            if per_source:
+                (out,) = g.op("Reshape", [out, by_row], 1, f"{n}/encoder_attn/by_row")
             (o,) = g.op(
                 "MatMul", [out, self._t(g, f"{attn}.out_proj.weight")], 1, f"{n}/encoder_attn/out_proj/MatMul"
             )
@@ -202,26 +216,28 @@ def build(model_dir: Path, merged: Path, step: Path, opset: int = 18) -> None:
     vocab, head = int(state["final_logits_bias"].shape[-1]), decoder.width // decoder.heads
     value = helper.make_tensor_value_info
     lengths = {"past_key_values": "past_decoder_sequence_length", "present": "decoder_sequence_length"}
-    caches = {prefix: [value(_cache(i, kind, t, prefix), TensorProto.FLOAT,
-                             ["batch_size", decoder.heads, length if kind == "decoder" else "encoder_sequence_length", head])
-                       for i in range(decoder.layers) for kind in CACHE_KINDS for t in ("key", "value")]
-              for prefix, length in lengths.items()}  # fmt: skip
+
+    def caches(prefix: str, sources: str = "batch_size") -> list:  # ``sources``: the cross caches' batch dimension
+        return [value(_cache(i, kind, t, prefix), TensorProto.FLOAT,
+                      ["batch_size", decoder.heads, lengths[prefix], head] if kind == "decoder"
+                      else [sources, decoder.heads, "encoder_sequence_length", head])
+                for i in range(decoder.layers) for kind in CACHE_KINDS for t in ("key", "value")]  # fmt: skip
+
     ids = value("input_ids", TensorProto.INT64, ["batch_size", "decoder_sequence_length"])
-    source_mask = value(
-        "encoder_attention_mask", TensorProto.INT64, ["batch_size", "encoder_sequence_length"]
-    )
+    source_mask = lambda sources: value("encoder_attention_mask", TensorProto.INT64, [sources, "encoder_sequence_length"])
     logits = value("logits", TensorProto.FLOAT, ["batch_size", "decoder_sequence_length", vocab])
     own = lambda values: [v for v in values if ".decoder." in v.name]
 
     g = Builder()
-    decoder.build(g, lambda i, t: _cache(i, "encoder", t))
+    decoder.build(g, lambda i, t: _cache(i, "encoder", t), per_source=True)
     # beam search's scores: onnxruntime's threaded log-softmax, not numpy's single-threaded one (~7 ms a step at 64
     # rows x 32,000); greedy steps fetch only the logits
     g.op("LogSoftmax", ["logits"], [LOG_PROBS], "/log_probs/LogSoftmax", axis=-1)
     log_probs = value(LOG_PROBS, TensorProto.FLOAT, ["batch_size", "decoder_sequence_length", vocab])
     _save(
-        g, "decoder_step", [ids, source_mask, *caches["past_key_values"]], [logits, log_probs, *own(caches["present"])], step, opset
-    )
+        g, "decoder_step", [ids, source_mask(SOURCES), *caches("past_key_values", SOURCES)], [logits, log_probs, *own(caches("present"))],
+        step, opset,
+    )  # fmt: skip
 
     # merged: the cross caches come out of an If, computed on the first step, handed on later
     g = Builder()
@@ -242,7 +258,7 @@ def build(model_dir: Path, merged: Path, step: Path, opset: int = 18) -> None:
         "encoder_hidden_states", TensorProto.FLOAT, ["batch_size", "encoder_sequence_length", decoder.width]
     )
     branch_flag = value("use_cache_branch", TensorProto.BOOL, [1])
-    _save(g, "decoder_merged", [source_mask, ids, hidden, *caches["past_key_values"], branch_flag], [logits, *caches["present"]],
+    _save(g, "decoder_merged", [source_mask("batch_size"), ids, hidden, *caches("past_key_values"), branch_flag], [logits, *caches("present")],
           merged, opset)  # fmt: skip
 
 

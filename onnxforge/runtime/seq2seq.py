@@ -25,6 +25,7 @@ PAST = "past_key_values."
 PRESENT = "present."
 BRANCH = "use_cache_branch"
 LOG_PROBS = "log_probs"  # a step graph's log-softmax of its logits, for beam search
+SOURCES = "sources"  # a step graph's batch dimension of cross caches that beams share (one row per source)
 ENCODER_PADDING = 0.25  # the padding the encoder runs a group of sources with, at most (as embeddings are batched)
 
 
@@ -49,11 +50,13 @@ class Caches:
             out = self.spare[name][:size].reshape((len(rows), *value.shape[1:]))
             self.own[name] = np.take(value, rows, axis=0, out=out, mode="clip")
 
-    def select(self, rows: np.ndarray) -> Caches:
+    def select(self, rows: np.ndarray, cross: bool = True) -> Caches:
         """New caches of ``rows`` (in that order, repeats allowed): each source's beams, or finished rows dropped.
-        (Beams moving among the rows of their source: :meth:`reorder`, which leaves the cross-attention caches,
-        identical across them.)"""
+        ``cross=False``: the cross-attention caches and source mask stay as they are (one row per source, a step
+        graph that reads them so). (Beams moving among the rows of their source: :meth:`reorder`.)"""
         own = {name: value[rows] for name, value in self.own.items()}
+        if not cross:
+            return Caches(own, self.cross, self.source_mask)
         return Caches(own, {name: value[rows] for name, value in self.cross.items()}, self.source_mask[rows])
 
 
@@ -71,6 +74,10 @@ class Seq2Seq:
         self.decoder = decoder
         self.stepper = step
         self.graph_log_probs = step is not None and LOG_PROBS in {o.name for o in step.get_outputs()}
+        # beams read their source's cross caches in place, not copies of them
+        self.per_source = step is not None and next(
+            i.shape[0] == SOURCES for i in step.get_inputs() if i.name == "encoder_attention_mask"
+        )
         if step is not None and (missing := {i.name for i in step.get_inputs()} - set(inputs)):
             raise ValueError(f"the step graph takes inputs the merged decoder lacks: {sorted(missing)}")
         self.own = [name for name in past if ".decoder." in name]
@@ -117,6 +124,10 @@ class Seq2Seq:
         logits, *present = self.decoder.run(self.first_outputs, feeds)
         own = dict(zip(self.own, present[: len(self.own)]))
         return logits[:, -1], Caches(own, dict(zip(self.cross, present[len(self.own) :])), mask)
+
+    def beams(self, caches: Caches, beams: int) -> Caches:
+        """Caches for ``beams`` rows per source, next to each other, from one row per source."""
+        return caches.select(np.repeat(np.arange(len(caches.source_mask)), beams), cross=not self.per_source)
 
     def step(self, caches: Caches, tokens: np.ndarray, log_probs: bool = False, reorder: np.ndarray | None = None) -> np.ndarray:
         """One more token per row (``tokens``: (rows,)): logits (rows, vocab), or their log-softmax (beam search:

@@ -154,8 +154,7 @@ class Text2Text(Pipeline):
             return [[] for _ in ids]
         # the first step once per input, its logits and caches then copied to each of the input's beams
         logits, caches = self.model.start(hidden, mask, np.full((len(hidden), 1), self.start, dtype=np.int64))
-        rows = np.repeat(np.arange(len(hidden)), beams)
-        logits, caches = logits[rows], caches.select(rows)
+        logits, caches = np.repeat(logits, beams, axis=0), self.model.beams(caches, beams)
 
         def step(rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
             return self.model.step(caches, tokens, log_probs=True, reorder=rows)
