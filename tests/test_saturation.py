@@ -107,7 +107,7 @@ def _without_pair_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(int8, "REDUCED_LEVELS", QMAX)
     for name in ("quantize_dynamic", "quantize_static"):
         monkeypatch.setattr(int8, name, _full_range(getattr(int8, name)))
-    monkeypatch.setattr(int8, "saturating_products", lambda model: [])
+    monkeypatch.setattr(int8, "refuse_saturating", lambda model, path: None)
 
 
 def _saturating_model(directory: Path) -> Path:

@@ -20,6 +20,7 @@ from onnxforge import corpus
 from onnxforge.artifact import graph_files
 from onnxforge.export.families import FAMILIES
 from onnxforge.export.graph import graphs
+from onnxforge.quantization.saturation import integer_products, saturating_products
 from onnxforge.runtime import load
 from tests.decoding import cut_at_end
 from tests.tiny_models import LANGUAGES, SEQ2SEQ, make_seq2seq
@@ -270,6 +271,9 @@ def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path
         nodes = [n for g in graphs(model.graph) for n in g.node]
         assert "MatMulIntegerToFloat" in {n.op_type for n in nodes}, graph  # every weight product on u8·s8
         assert not [n.name for n in nodes if n.op_type == "MatMul" and n.input[1] in weights], graph
+        # the pair rule's audit sees every product (the If's, the projection's transposed rows) and passes them all
+        assert len(integer_products(model)) == sum(n.op_type == "MatMulIntegerToFloat" for n in nodes), graph
+        assert saturating_products(model) == [], graph
     _check_one_vocabulary(out.parent / "int8", source, int8)
     fp16 = quantize(out, out.parent / "fp16", Fp16Config(), Gate({"chrf": 90.0, "token_agreement": 0.8}))
     assert fp16.quality["chrf"] > 90
@@ -285,7 +289,7 @@ def test_int8_and_fp16_pass_their_gate_and_a_strict_gate_refuses(build, tmp_path
 def _check_one_vocabulary(directory, source, int8) -> None:
     """Each weight is stored once: the decoders name the same bytes in the shared file (the merged one also holds its
     cross-attention projections), the encoder names the vocabulary there, and no graph keeps a table of its own; the
-    encoder's rows are the projection's int8 columns (fp32's table within half a step, where the pair rule left the
+    encoder's rows are the projection's int8 codes (fp32's table within half a step, where the pair rule left the
     value alone); Optimum's ORTModelForSeq2SeqLM loads the artifact and decodes as the runtime does."""
     from onnx import numpy_helper
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
@@ -303,16 +307,16 @@ def _check_one_vocabulary(directory, source, int8) -> None:
         assert not [t.name for t in inline if np.prod(t.dims) >= vocab.size], graph  # no copy of the table left
     encoder, merged, step = (named[name] for name in graph_files(int8))
     (codes_name,) = encoder  # the projection's codes (its scales too, where they fill a page)
-    assert encoder < step and step == merged and codes_name.endswith("/weight_int8")
+    assert encoder < step and step == merged and codes_name.endswith("/weight_rows")
     stored = sum(np.prod(t.dims) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
                  for t in onnx.load(directory / int8.step_file, load_external_data=False).graph.initializer
                  if t.name in step)  # fmt: skip
     assert stored <= int8.files[SHARED_FILE].bytes < stored + 4096 * len(step)  # once each, page-aligned
     encoder = onnx.load(directory / "encoder_model.onnx")  # with the shared file: rows as the encoder gathers them
     weights = {t.name: numpy_helper.to_array(t) for t in encoder.graph.initializer}
-    codes, scales = weights[codes_name], weights[codes_name.replace("/weight_int8", "/weight_scale")]
+    codes, scales = weights[codes_name], weights[codes_name.replace("/weight_rows", "/weight_scale")]
     steps = scales.reshape(-1, 1) * 127
-    rows = codes.T.astype(np.float32) * steps
+    rows = codes.astype(np.float32) * steps
     within = np.abs(rows - vocab) <= steps / 2 + 1e-6
     assert within.mean() > 0.99 and np.abs(rows - vocab).max() < 2 * steps.max() and not np.array_equal(rows, vocab)
     texts = TEXTS[:3]

@@ -36,7 +36,7 @@ from ..export.graph import save
 from .calibration import activation_absmax, activation_gram, activation_range
 from .gptq import gptq_int8
 from .per_token import LEVELS_SUFFIX, SHIFT_SUFFIX, per_token_int8, unsigned_shift
-from .saturation import PAIR_WEIGHT_LIMIT, REDUCED_LEVELS, column_levels, saturating_products
+from .saturation import PAIR_WEIGHT_LIMIT, REDUCED_LEVELS, column_levels, refuse_saturating
 from .smooth import smooth, weight_matmuls
 from .tables import int8_rows
 
@@ -160,9 +160,7 @@ def finish(prepared: Path, dst: Path, config: Int8Config, feeds: list[dict[str, 
     model = onnx.load(str(dst))
     if config.embedding_rows and int8_rows(model):
         save(model, dst)
-    if saturating := saturating_products(model):
-        raise RuntimeError(f"{dst}: integer products that would saturate on CPUs without VNNI, so results would "
-                           f"depend on the CPU: {', '.join(saturating)}")  # fmt: skip
+    refuse_saturating(model, dst)
 
 
 def _block_int8(path: Path, names: set[str]) -> None:

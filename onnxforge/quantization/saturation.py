@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..export.graph import graphs
+
 PAIR_LIMIT = 32767  # a signed 16-bit lane holds the sum of two u8·s8 products
 UINT8_MAX = 255
 SYMMETRIC_INT8_MAX = 127  # MatMulNBits' activations at accuracy level 4
@@ -76,20 +78,21 @@ def integer_products(model: onnx.ModelProto) -> list[tuple[str, int, int]]:
       weights the stored bytes less their zero point.
 
     The activation bound is what its quantizer can write: ``zero point + 1/step`` for onnxforge's per-token
-    quantizers (inputs divided by their row's peak), 127 for MatMulNBits' own, 255 for any other uint8 activation."""
-    constants = {t.name: t for t in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
+    quantizers (inputs divided by their row's peak), 127 for MatMulNBits' own, 255 for any other uint8 activation.
+    Subgraphs (an ``If``'s branches) are searched too, and a weight may be a Transpose of a stored one (folded at
+    load)."""
+    every = list(graphs(model.graph))
+    constants = {t.name: t for graph in every for t in graph.initializer}
+    producers = {out: node for graph in every for node in graph.node for out in node.output}
     found = []
-    for node in model.graph.node:
+    for node in (node for graph in every for node in graph.node):
         if node.op_type == "MatMulNBits":
             if (weight := _nbits_weight(node, constants)) is not None:
                 found.append((node.name, SYMMETRIC_INT8_MAX, pair_peak(weight)))
             continue
         activation, weight_name = _integer_operands(node, producers)
-        if weight_name not in constants:
-            continue
-        weight = numpy_helper.to_array(constants[weight_name])
-        if weight.dtype == np.int8:  # u8·u8 runs on exact 16-bit widening kernels
+        weight = _stored(weight_name, producers, constants)
+        if weight is not None and weight.dtype == np.int8:  # u8·u8 runs on exact 16-bit widening kernels
             found.append((node.name, _activation_max(activation, producers, constants), pair_peak(weight)))
     return found
 
@@ -105,6 +108,17 @@ def _integer_operands(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]
         if all(d is not None and d.op_type == "DequantizeLinear" for d in dq):
             return dq[0].input[0], dq[1].input[0]
     return "", ""
+
+
+def _stored(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The constant ``name`` holds: an initializer, or a Transpose of one; None for a computed value."""
+    if name in constants:
+        return numpy_helper.to_array(constants[name])
+    node = producers.get(name)
+    if node is None or node.op_type != "Transpose" or node.input[0] not in constants:
+        return None
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+    return numpy_helper.to_array(constants[node.input[0]]).transpose(perm)
 
 
 def _nbits_weight(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
@@ -125,6 +139,13 @@ def saturating_products(model: onnx.ModelProto) -> list[str]:
     is exact on every x86 kernel."""
     return [f"{name} (activations ≤ {a}, weight pairs ≤ {w})" for name, a, w in integer_products(model)
             if not exact_everywhere(a, w)]  # fmt: skip
+
+
+def refuse_saturating(model: onnx.ModelProto, path: object) -> None:
+    """Raise, naming them, when ``model`` (written to ``path``) has products that would saturate without VNNI."""
+    if saturating := saturating_products(model):
+        raise RuntimeError(f"{path}: integer products that would saturate on CPUs without VNNI, so results would "
+                           f"depend on the CPU: {', '.join(saturating)}")  # fmt: skip
 
 
 def _activation_max(name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto]) -> int:
