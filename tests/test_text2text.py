@@ -75,8 +75,12 @@ def test_export_parity_figures(build, family):
     for graph in graph_files(manifest):  # plain onnxruntime loads every graph
         ort.InferenceSession(str(out / graph), providers=["CPUExecutionProvider"])
     if hand_built:  # a few fused nodes a layer, not the traced graph's shape arithmetic
+        config = json.loads((out / "config.json").read_text())
         step = onnx.load(out / manifest.step_file)
-        assert "If" not in {n.op_type for n in step.graph.node} and len(step.graph.node) < 20 * (json.loads((out / "config.json").read_text())["decoder_layers"] + 1)
+        assert "If" not in {n.op_type for n in step.graph.node} and len(step.graph.node) < 20 * (config["decoder_layers"] + 1)
+        encoder = [n.op_type for n in onnx.load(out / manifest.encoder_file).graph.node]  # built too, its norms split
+        assert encoder.count("MultiHeadAttention") == config["encoder_layers"] and "SkipLayerNormalization" not in encoder
+        assert len(encoder) < 20 * (config["encoder_layers"] + 1)
 
 
 SEARCHES = [

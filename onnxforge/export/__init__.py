@@ -162,7 +162,10 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
     model_file = seq2seq.DECODER if spec.seq2seq else "model.onnx"
     with staging(out) as stage, tempfile.TemporaryDirectory(prefix="onnxforge-export-") as tmp:
         builder = _builder(task, src.config, config.graph, config.target)
-        if builder == "onnxforge" and not spec.seq2seq:
+        if builder == "onnxforge" and spec.seq2seq:
+            with step(f"build the encoder and decoder graphs of {src.label} ({model_type}) from its weights"):
+                fused = seq2seq.build_from_weights(src.path, stage, config.opset)
+        elif builder == "onnxforge":
             with step(f"build the fused decoder graph of {src.label} ({model_type}) from its weights"):
                 llama_graph.build(src.path, stage / model_file, config.opset)
                 fused = fused_ops(op_counts(stage / model_file))
@@ -176,8 +179,7 @@ def export(source: str | Path, out_dir: str | Path, task: str = "embed", *, name
                     longrope.switch_by_length(raw, src.path)
             with step(f"fuse for {config.target}"):
                 if spec.seq2seq:
-                    fused = seq2seq.build(src.path, Path(tmp), stage, model_type, config.target, src.config,
-                                          hand_built=builder == "onnxforge")  # fmt: skip
+                    fused = seq2seq.build(src.path, Path(tmp), stage, model_type, config.target, src.config)
                 else:
                     fused = optimize(raw, stage / model_file, model_type, config.target, src.config)
         _copy_text_files(src.path, stage)

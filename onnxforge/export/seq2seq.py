@@ -4,7 +4,8 @@ Optimum traces three graphs: the encoder, the decoder's first step (which comput
 values from the encoder's states) and its later steps (which take them, and the self-attention cache, as inputs).
 Each is fused by onnxruntime's optimizer, then the two decoders are merged into one graph with an ``If`` on
 ``use_cache_branch``, so their shared weights are stored once: the artifact holds ``encoder_model.onnx`` and
-``decoder_model_merged.onnx``, the names Optimum's ``ORTModelForSeq2SeqLM`` loads.
+``decoder_model_merged.onnx``, the names Optimum's ``ORTModelForSeq2SeqLM`` loads. BART-style models are not traced:
+``seq2seq_graph`` builds their graphs from the weights (:func:`build_from_weights`).
 """
 
 from __future__ import annotations
@@ -28,27 +29,31 @@ GENERATION_FIELDS = ("num_beams", "length_penalty", "no_repeat_ngram_size", "ear
 LANGUAGE_TOKEN = re.compile(r"[a-z]{2}_[A-Z]{2}")  # mBART's (en_XX, de_DE, …)
 
 
-def build(model_dir: Path, traced: Path, stage: Path, model_type: str, target: str, config: dict,
-          hand_built: bool = False) -> dict[str, int]:  # fmt: skip
-    """Fuse optimum's three traced graphs in ``traced`` and write the encoder and the merged decoder into ``stage``;
-    ``hand_built``: the decoders are built from the weights instead (``seq2seq_graph``: the merged decoder and the
-    step graph). Returns the fused operators of the graphs written."""
+def build(model_dir: Path, traced: Path, stage: Path, model_type: str, target: str, config: dict) -> dict[str, int]:
+    """Fuse optimum's three traced graphs in ``traced`` and write the encoder and the merged decoder into ``stage``.
+    Returns the fused operators of the graphs written."""
     from optimum.onnx import merge_decoders
 
     fused = optimize(traced / ENCODER, stage / ENCODER, model_type, target, config)
-    if hand_built:
-        graphs = [stage / DECODER, stage / seq2seq_graph.STEP]
-        seq2seq_graph.build(model_dir, *graphs)
-        write_shared(graphs)  # the two decoders' weights, stored once
-        for op, count in fused_ops(op_counts(stage / DECODER)).items():
-            fused[op] = fused.get(op, 0) + count
-        return fused
     for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
         for op, count in optimize(traced / name, traced / f"fused-{name}", model_type, target, config).items():
             fused[op] = fused.get(op, 0) + count
     # strict=False: the first step also returns the cross-attention caches, which later steps only read
     merge_decoders(traced / "fused-decoder_model.onnx", traced / "fused-decoder_with_past_model.onnx",
                    save_path=stage / DECODER, strict=False)  # fmt: skip
+    return fused
+
+
+def build_from_weights(model_dir: Path, stage: Path, opset: int) -> dict[str, int]:
+    """The encoder, the merged decoder and the step graph built from the weights (``seq2seq_graph``), the two
+    decoders' weights stored once; returns the fused operators of the three."""
+    graphs = [stage / ENCODER, stage / DECODER, stage / seq2seq_graph.STEP]
+    seq2seq_graph.build(model_dir, *graphs, opset=opset)
+    write_shared(graphs[1:])
+    fused: dict[str, int] = {}
+    for graph in graphs[:2]:  # the step graph repeats the merged decoder's layers
+        for op, count in fused_ops(op_counts(graph)).items():
+            fused[op] = fused.get(op, 0) + count
     return fused
 
 
