@@ -437,20 +437,27 @@ def test_cross_attention_cache_is_computed_once(build, family):
 @pytest.mark.parametrize("family", ["t5", "marian"])
 def test_beams_read_their_sources_cross_caches(build, family):
     """A built step graph's beams read one copy of their source's cross caches (Optimum's graphs: a copy per beam),
-    and get the logits they get from copies: beams of one source are not mixed with another's."""
-    _, out, _ = build(family)
+    and every beam's logits are transformers' for its own source and token: beams of one source are not mixed
+    with another's."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    source, out, _ = build(family)
     pipeline = load(out, providers="cpu")
     model = pipeline.model
-    encoded = [model.encode(np.array([ids]), np.ones((1, len(ids)), np.int64))
-               for ids in (pipeline.encoder.tokenizer.encode(text).ids for text in TEXTS[:2])]  # fmt: skip
-    width = max(h.shape[1] for h in encoded)
-    hidden = np.concatenate([np.pad(h, ((0, 0), (0, width - h.shape[1]), (0, 0))) for h in encoded])
-    mask = np.array([[1] * h.shape[1] + [0] * (width - h.shape[1]) for h in encoded])
-    _, caches = model.start(hidden, mask, np.full((2, 1), 0, np.int64))
-    beams, copies = model.beams(caches, 3), caches.select(np.repeat(np.arange(2), 3))
+    sources = [pipeline.encoder.tokenizer.encode(text).ids for text in TEXTS[:2]]
+    width = max(map(len, sources))
+    ids = np.array([row + [pipeline.encoder.pad_id] * (width - len(row)) for row in sources])
+    mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in sources])
+    _, caches = model.start(model.encode(ids, mask), mask, np.full((2, 1), pipeline.start, np.int64))
+    beams = model.beams(caches, 3)
     assert len(next(iter(beams.cross.values()))) == (2 if family == "marian" else 6)
     tokens = np.arange(5, 11)  # a different token in every row
-    np.testing.assert_allclose(model.step(beams, tokens), model.step(copies, tokens), atol=1e-5)
+    reference = AutoModelForSeq2SeqLM.from_pretrained(source).eval()
+    with torch.no_grad():
+        wanted = np.concatenate([reference(input_ids=torch.tensor([sources[row // 3]]),
+                                           decoder_input_ids=torch.tensor([[pipeline.start, int(token)]])).logits[:, -1].numpy()
+                                 for row, token in enumerate(tokens)])  # fmt: skip
+    np.testing.assert_allclose(model.step(beams, tokens), wanted, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["marian", "mbart"])  # post-norm and pre-norm decoders built from the weights
