@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
-from onnxforge.runtime import load
+from onnxforge.runtime import load, session
 from onnxforge.runtime.session import (
     CPU,
     CUDA,
@@ -14,6 +14,7 @@ from onnxforge.runtime.session import (
     SessionConfig,
     available_cpus,
     cgroup_cpu_limit,
+    create_session,
     default_threads,
     provider_entries,
     resolve_providers,
@@ -110,3 +111,37 @@ def test_session_config_is_validated():
         SessionConfig(threads=0)
     with pytest.raises(ValueError, match="graph_optimization"):
         SessionConfig(graph_optimization="max")
+
+
+def test_cpu_sessions_keep_layer_norms_split(tmp_path, monkeypatch):
+    """Add + LayerNormalization as export writes them for the CPU stay two ops in the session (onnxruntime would fuse
+    them back into its slower SkipLayerNormalization), and still add and normalize."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "skip"], ["sum"]),
+         helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5)],
+        "norm", [vi("x", TensorProto.FLOAT, ["n", "s", 8]), vi("skip", TensorProto.FLOAT, ["n", "s", 8])],
+        [vi("y", TensorProto.FLOAT, ["n", "s", 8])],
+        [numpy_helper.from_array(np.full(8, 2.0, np.float32), "gamma"), numpy_helper.from_array(np.ones(8, np.float32), "beta")])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    optimized = tmp_path / "optimized.onnx"
+    options = session.session_options
+
+    def writing_options(config):
+        made = options(config)
+        made.optimized_model_filepath = str(optimized)
+        return made
+
+    monkeypatch.setattr(session, "session_options", writing_options)
+    x, skip = np.arange(48, dtype=np.float32).reshape(2, 3, 8), np.ones((2, 3, 8), np.float32)
+    (y,) = create_session(model.SerializeToString(), SessionConfig(providers="cpu")).run(None, {"x": x, "skip": skip})
+    ops = [node.op_type for node in onnx.load(optimized).graph.node]
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops, ops
+    total = x + skip
+    wanted = 2 * (total - total.mean(-1, keepdims=True)) / np.sqrt(total.var(-1, keepdims=True) + 1e-5) + 1
+    np.testing.assert_allclose(y, wanted, rtol=1e-5, atol=1e-5)

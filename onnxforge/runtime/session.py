@@ -26,6 +26,10 @@ ALIASES = {"cpu": [CPU], "cuda": [CUDA, CPU]}
 # TensorRT fused 4, (cuDNN flash 8), math 16, TensorRT flash 32, cross 64, causal 128; lean 256 stays off as by default
 SDPA_WITHOUT_CUDNN = 1 | 2 | 4 | 16 | 32 | 64 | 128
 THREADS_ENV = "ONNXFORGE_NUM_THREADS"
+# Fusions onnxruntime would redo at load that the CPU runs slower: its SkipLayerNormalization is 2-4x slower than
+# Add + LayerNormalization over a batch's positions, so export splits it (export.optimize) and the CPU keeps it
+# split (MiniLM int8 at 32 x 64: 247 -> 224 ms; the Marian int8 encoder at 16 x 72: 250 -> 236 ms, best of 15-30)
+CPU_UNFUSED = ("SkipLayerNormFusion",)
 Providers = str | Sequence[str]
 
 
@@ -181,7 +185,8 @@ def _label(model: Path | bytes) -> str:
 
 def _open(model: Path | bytes, names: list[str], config: SessionConfig) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
-                                    sess_options=session_options(config), providers=provider_entries(names, config))  # fmt: skip
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=session_options(config),
+                                    providers=provider_entries(names, config),
+                                    disabled_optimizers=list(CPU_UNFUSED) if names[0] == CPU else None)  # fmt: skip
     except Exception as exc:  # onnxruntime raises its own untyped errors: name the file and the cause
         raise RuntimeError(f"{_label(model)}: onnxruntime could not load the model: {exc}") from exc
