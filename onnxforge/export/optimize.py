@@ -9,7 +9,9 @@ graph runs on any CPU; onnxruntime applies its own session-level optimizations a
 For the CPU, each fused ``SkipLayerNormalization`` is split back into ``Add`` + ``LayerNormalization``: onnxruntime
 1.31's CPU kernel for it ran 2-4x slower than the two plain ops at 16 rows and more (512 wide, 2 threads: 2.6 vs 0.7
 ms on 16 x 80 tokens; 48 vs 26 us on 16 decoder rows; equal at 1 row), which made MiniLM int8 7-10 % and the Marian
-encoder ~8 % slower. The bias is added to the product first, where per-token int8 folds its shift into it.
+encoder ~8 % slower. The bias is added to the product first, where per-token int8 folds its shift into it. CPU
+sessions keep them split (``runtime.session.CPU_UNFUSED``): onnxruntime's load-time SkipLayerNormFusion would
+join them again.
 """
 
 from __future__ import annotations
