@@ -124,4 +124,6 @@ def test_the_artifacts_load_in_transformers_js_as_built(minilm_root, variant):
     test_transformers_js.py: one test file per recipe keeps its build on one test worker.)"""
     directory = minilm_root / "minilm-l6" / variant
     got = np.array(node_json(project(*JS_TESTS) / "pipeline.mjs", "embed", directory, SENTENCES[:32])["vectors"], np.float32)
-    assert cosines(load(directory).embed(SENTENCES[:32]), got).min() >= 0.9999
+    # int8: onnxruntime-node fuses Add + LayerNormalization at load and the Python runtime keeps them split; per-token
+    # int8 rounds each row again after every norm, so last-bit differences move a few codes (0.99986 seen)
+    assert cosines(load(directory).embed(SENTENCES[:32]), got).min() >= (0.9995 if variant == "int8" else 0.9999)
