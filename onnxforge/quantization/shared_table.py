@@ -91,10 +91,9 @@ def projection_rows(model: onnx.ModelProto, projection: str) -> str:
     MatMulIntegerToFloat reads them through a Transpose, which onnxruntime folds at load, before prepacking."""
     initializers = {t.name: t for t in model.graph.initializer}
     codes, rows = f"{projection}/weight_int8", f"{projection}/weight_rows"
-    if rows not in initializers:
-        model.graph.initializer.remove(initializers[codes])
-        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(initializers[codes]).T.copy(), rows))
-        model.graph.node.insert(0, helper.make_node("Transpose", [rows], [codes], name=f"{projection}/columns", perm=[1, 0]))
+    model.graph.initializer.remove(initializers[codes])
+    model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(initializers[codes]).T.copy(), rows))
+    model.graph.node.insert(0, helper.make_node("Transpose", [rows], [codes], name=f"{projection}/columns", perm=[1, 0]))
     return rows
 
 
