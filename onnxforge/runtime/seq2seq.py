@@ -27,6 +27,7 @@ BRANCH = "use_cache_branch"
 LOG_PROBS = "log_probs"  # a step graph's log-softmax of its logits, for beam search
 SOURCES = "sources"  # a step graph's batch dimension of cross caches that beams share (one row per source)
 ENCODER_PADDING = 0.25  # the padding the encoder runs a group of sources with, at most (as embeddings are batched)
+PACKS_PADDING = "onnxforge.packs_padding"  # an encoder's metadata: its layers skip padded positions (one run a batch)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Seq2Seq:
         if not past or not needed <= set(inputs):
             raise ValueError(f"not a merged encoder-decoder graph with caches: inputs are {sorted(inputs)}")
         self.encoder = encoder
+        self.packs_padding = PACKS_PADDING in encoder.get_modelmeta().custom_metadata_map
         self.decoder = decoder
         self.stepper = step
         self.graph_log_probs = step is not None and LOG_PROBS in {o.name for o in step.get_outputs()}
@@ -99,10 +101,11 @@ class Seq2Seq:
         """The encoder's last hidden states for right-padded ``ids`` (batch, source); zeros at padded positions.
 
         A decoding batch keeps sources of any length together (each decoder step reads every weight once for all of
-        them), but the encoder pays for every padded position in every layer: it runs groups of similar length,
-        each cut to its own longest source. A source's states do not depend on the padding after it."""
+        them). An encoder that packs its padding (onnxforge's own) runs the batch whole; any other pays for every
+        padded position in every layer, so it runs groups of similar length, each cut to its own longest source. A
+        source's states do not depend on the padding after it."""
         lengths = mask.sum(axis=1)
-        groups = list(length_sorted_batches(lengths, len(ids), ENCODER_PADDING))
+        groups = [ids] if self.packs_padding else list(length_sorted_batches(lengths, len(ids), ENCODER_PADDING))
         if len(groups) == 1:
             return self.encoder.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
         hidden = None
