@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,7 +22,7 @@ from onnxforge.artifact import graph_files
 from onnxforge.export.families import FAMILIES
 from onnxforge.export.graph import graphs
 from onnxforge.quantization.saturation import integer_products, saturating_products
-from onnxforge.runtime import load
+from onnxforge.runtime import SessionConfig, load
 from tests.decoding import cut_at_end
 from tests.tiny_models import LANGUAGES, SEQ2SEQ, make_seq2seq
 
@@ -409,6 +410,24 @@ def test_bad_words_of_several_tokens_are_refused_by_name(build, tmp_path):
     assert 7 in text2text_settings(copy).suppressed_token_ids
 
 
+@pytest.mark.parametrize("family", ["t5", "marian"])  # the merged decoder runs every step; a step graph relieves it
+def test_only_the_graph_run_every_token_spins(build, family):
+    """Idle threads of a graph run once a batch would spin into the per-token graph's runs on the same cores."""
+
+    def spins(session) -> bool:
+        try:
+            return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # not set: onnxruntime's default, spinning
+            return True
+
+    model = load(build(family)[1], providers="cpu").model
+    assert not spins(model.encoder)
+    assert spins(model.decoder) == (family == "t5")
+    assert model.stepper is None if family == "t5" else spins(model.stepper)
+    quiet = load(build(family)[1], config=SessionConfig(providers="cpu", spin=False)).model  # a server's setting holds
+    assert not any(spins(s) for s in (quiet.encoder, quiet.decoder, quiet.stepper) if s is not None)
+
+
 @pytest.mark.parametrize("family", ["t5", "marian"])  # the merged decoder's later steps, and the step graph
 def test_cross_attention_cache_is_computed_once(build, family):
     """Later steps read the first step's cross-attention caches: their logits are transformers' for the same target,
@@ -481,6 +500,55 @@ def test_a_built_decoder_reads_a_whole_target_at_once(build, family):
             input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
             decoder_input_ids=torch.from_numpy(target)).logits.numpy()  # fmt: skip
     np.testing.assert_allclose(logits, wanted, atol=1e-4)
+
+
+def _product_rows(path, feeds: dict, tmp_path) -> dict[str, int]:
+    """Each product node's (MatMul, or Gemm as onnxruntime fuses MatMul + Add) rows in onnxruntime's profile of one
+    run of the graph at ``path``, subgraphs' nodes included."""
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / path.stem)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return {e["name"]: next(iter(e["args"]["input_type_shape"][0].values()))[0] for e in events
+            if e.get("cat") == "Node" and e.get("args", {}).get("op_name") in ("MatMul", "Gemm")}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["marian", "mbart"])  # post-norm and pre-norm
+def test_a_built_encoder_and_first_step_project_real_positions_only(build, family, tmp_path):
+    """As CTranslate2's encoder does, the built encoder's products (and the first step's cross-attention keys and
+    values) run over the batch's real positions, not its padding; its states are transformers' there and zeros at
+    padded positions, and the runtime hands it a batch of mixed lengths in one run."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    source, out, manifest = build(family)
+    pipeline = load(out, providers="cpu")
+    sources = [pipeline.encoder.tokenizer.encode(text).ids for text in (TEXTS[0], TEXTS[5], TEXTS[1])]
+    width = max(map(len, sources))
+    ids = np.array([row + [pipeline.encoder.pad_id] * (width - len(row)) for row in sources])
+    mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in sources])
+    real = int(mask.sum())
+    assert real < mask.size
+    rows = _product_rows(out / manifest.encoder_file, {"input_ids": ids, "attention_mask": mask}, tmp_path)
+    assert len(rows) == 4 * json.loads((out / "config.json").read_text())["encoder_layers"]  # QKV, out, fc1, fc2
+    assert set(rows.values()) == {real}, rows
+    runs = []
+    encoder_run = pipeline.model.encoder.run
+    pipeline.model.encoder.run = lambda *args: runs.append(args) or encoder_run(*args)
+    states = pipeline.model.encode(ids, mask)
+    assert len(runs) == 1
+    with torch.no_grad():
+        wanted = AutoModelForSeq2SeqLM.from_pretrained(source).eval().get_encoder()(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))[0].numpy()  # fmt: skip
+    np.testing.assert_allclose(states[mask == 1], wanted[mask == 1], atol=1e-4)
+    assert not states[mask == 0].any()
+    model = pipeline.model
+    empty = np.zeros((len(ids), model.heads, 0, model.head_dim), np.float32)
+    feeds = {"input_ids": np.full((len(ids), 1), pipeline.start), "encoder_hidden_states": states, "encoder_attention_mask": mask,
+             "use_cache_branch": np.array([False])} | {name: empty for name in model.own + model.cross}  # fmt: skip
+    rows = _product_rows(out / manifest.model_file, feeds, tmp_path)
+    projections = {name: count for name, count in rows.items() if "encoder_attn/kv_proj" in name}
+    assert projections and set(projections.values()) == {real}, rows
 
 
 def test_decoders_are_built_only_where_the_builder_implements_the_config():
