@@ -37,7 +37,9 @@ def model():
 INPUTS = np.array([[5, 9, 13, 7, 2], [11, 4, 2, 0, 0], [6, 6, 8, 21, 2]])
 
 
-def _ours(model, beams: int, budget: int, settings: BeamSettings, rules: Constraints) -> list[list[int]]:
+def _ours(model, beams: int, budget: int, settings: BeamSettings, rules: Constraints,
+          searched: list[int] | None = None) -> list[list[int]]:  # fmt: skip
+    """The runtime's search; ``searched`` gets the number of inputs each step runs for."""
     ids = torch.tensor(INPUTS)
     mask = (ids != PAD).long()
     with torch.no_grad():
@@ -50,9 +52,12 @@ def _ours(model, beams: int, budget: int, settings: BeamSettings, rules: Constra
             out = model(encoder_outputs=(encoded,), attention_mask=mask, decoder_input_ids=torch.tensor(rows))
         return out.logits[:, -1].numpy()
 
-    def step(rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    def step(rows: np.ndarray, tokens: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
         nonlocal encoded, mask, targets
-        encoded, mask = encoded[torch.from_numpy(rows)], mask[torch.from_numpy(rows)]
+        assert len(rows) == beams * (len(encoded) // beams if kept is None else len(kept))
+        if searched is not None:
+            searched.append(len(rows) // beams)
+        encoded, mask = encoded[torch.from_numpy(rows)], mask[torch.from_numpy(rows)]  # rows of the inputs kept
         targets = [targets[r] + [int(t)] for r, t in zip(rows, tokens)]
         return log_softmax(logits_of(targets))
 
@@ -67,16 +72,21 @@ def _theirs(model, beams: int, budget: int, **options) -> list[list[int]]:
     return cut_at_end(out[:, 1:].tolist(), EOS)  # the start token dropped
 
 
-@pytest.mark.parametrize(("beams", "budget", "length_penalty", "early_stopping"), [
-    (4, 12, 1.0, False), (3, 10, 2.0, False), (4, 10, 0.5, True), (2, 12, 1.5, "never"), (5, 6, 1.0, False),
+@pytest.mark.parametrize(("beams", "budget", "length_penalty", "early_stopping", "inputs_leave"), [
+    (4, 12, 1.0, False, True), (3, 10, 2.0, False, True), (4, 10, 0.5, True, True), (2, 12, 1.5, "never", False),
+    (5, 6, 1.0, False, False),
 ])  # fmt: skip
-def test_beam_search_gives_transformers_tokens(model, beams, budget, length_penalty, early_stopping):
+def test_beam_search_gives_transformers_tokens(model, beams, budget, length_penalty, early_stopping, inputs_leave):
+    """Step for step transformers' tokens; an input done before the others leaves the batch (``inputs_leave``:
+    one does here), and its tokens are still transformers'."""
     settings = BeamSettings(beams, length_penalty, early_stopping)
-    ours = _ours(model, beams, budget, settings, Constraints())
+    searched: list[int] = []
+    ours = _ours(model, beams, budget, settings, Constraints(), searched)
     theirs = _theirs(model, beams, budget, length_penalty=length_penalty, early_stopping=early_stopping)
     assert ours == theirs
     lengths = {len(t) for t in theirs}
     assert min(lengths) < budget and len(lengths) > 1  # hypotheses end early, at different lengths
+    assert (min(searched) < len(INPUTS)) == inputs_leave, searched
 
 
 @pytest.mark.parametrize(("rules", "options"), [

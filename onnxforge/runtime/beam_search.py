@@ -5,7 +5,8 @@ beams are taken; those that end (an end token, or the length limit) among the fi
 hypotheses scored ``sum of log-probabilities / generated length ** length_penalty``, the others carry on. An input is
 done when no running beam could still beat its worst kept hypothesis (``early_stopping=False``: judged at the current
 length; ``"never"``: at the longest length, when the penalty favours length), or at once when it has ``num_beams``
-hypotheses and ``early_stopping=True``.
+hypotheses and ``early_stopping=True``. A done input leaves the batch (as in CTranslate2; transformers keeps it to the
+end): its best hypothesis can no longer change, and the later steps run for the inputs still searched only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from .constraints import Constraints
 
 LOST = -1.0e9  # transformers' score for "not a candidate"
-Step = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (rows to keep, their next tokens) → log-probabilities (rows, vocab)
+# (rows to keep, their next tokens, the inputs still searched or None for all) → log-probabilities (rows, vocab)
+Step = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ def beam_search(first_log_probs: np.ndarray, step: Step, start: int, eos: frozen
     """The best hypothesis (tokens after the start token, end token excluded) per input.
 
     ``first_log_probs``: (inputs * num_beams, vocab), the :func:`log_softmax` of the first step's logits, beams of an
-    input next to each other. ``step(rows, tokens)``: reorders the caches to ``rows`` (flat indices), feeds
-    ``tokens``, returns the log-probabilities (a step graph computes them, see ``runtime.seq2seq``).
+    input next to each other. ``step(rows, tokens, kept)``: reorders the caches to ``rows`` (flat indices), keeps
+    the inputs ``kept`` (indices among the last step's; None: all), feeds ``tokens``, returns the log-probabilities
+    (a step graph computes them, see ``runtime.seq2seq``).
     """
     beams, penalty = settings.num_beams, settings.length_penalty
     inputs, vocab = len(first_log_probs) // beams, first_log_probs.shape[1]
@@ -84,6 +87,7 @@ def beam_search(first_log_probs: np.ndarray, step: Step, start: int, eos: frozen
     lengths = np.zeros((inputs, beams), dtype=np.int64)  # generated tokens of each kept hypothesis
     improvable = np.ones((inputs, 1), dtype=bool)
     log_probs, length = first_log_probs, 1
+    searched, best_of = np.arange(inputs), [[] for _ in range(inputs)]  # the inputs in the batch; each one's result
     while True:
         log_probs = rules.apply(running[:, :, :length].reshape(inputs * beams, length), log_probs, max_length)
         totals = (log_probs.reshape(inputs, beams, vocab) + running_scores[:, :, None]).reshape(inputs, beams * vocab)
@@ -113,8 +117,19 @@ def beam_search(first_log_probs: np.ndarray, step: Step, start: int, eos: frozen
         improvable &= _could_improve(running_scores, scores, finished, length, max_length, settings)
         if not improvable.any() or (finished.all() and settings.early_stopping is True) or ended.all():
             break
-        log_probs = step(rows, running[:, :, length - 1].reshape(-1))
-    return [until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos) for i in range(inputs)]
+        kept = None
+        if not improvable.all():  # done inputs leave the batch with their best hypothesis
+            done, kept = np.flatnonzero(~improvable[:, 0]), np.flatnonzero(improvable[:, 0])
+            for i in done:
+                best_of[searched[i]] = until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos)
+            searched, rows = searched[kept], rows.reshape(inputs, beams)[kept].reshape(-1)
+            running, running_scores, scores, finished, lengths, finished_tokens, improvable = (
+                state[kept] for state in (running, running_scores, scores, finished, lengths, finished_tokens, improvable))
+            inputs = len(kept)
+        log_probs = step(rows, running[:, :, length - 1].reshape(-1), kept)
+    for i, source in enumerate(searched):
+        best_of[source] = until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos)
+    return best_of
 
 
 def _could_improve(running_scores: np.ndarray, scores: np.ndarray, finished: np.ndarray, length: int,

@@ -132,6 +132,13 @@ class Seq2Seq:
         """Caches for ``beams`` rows per source, next to each other, from one row per source."""
         return caches.select(np.repeat(np.arange(len(caches.source_mask)), beams), cross=not self.per_source)
 
+    def keep_sources(self, caches: Caches, kept: np.ndarray, beams: int) -> None:
+        """The cross-attention caches and source mask of the sources ``kept`` only (beam search's done inputs leave);
+        their self-attention caches follow the rows :meth:`step` reorders to."""
+        rows = kept if self.per_source else (kept[:, None] * beams + np.arange(beams)).reshape(-1)
+        caches.cross = {name: value[rows] for name, value in caches.cross.items()}
+        caches.source_mask = caches.source_mask[rows]
+
     def step(self, caches: Caches, tokens: np.ndarray, log_probs: bool = False, reorder: np.ndarray | None = None) -> np.ndarray:
         """One more token per row (``tokens``: (rows,)): logits (rows, vocab), or their log-softmax (beam search:
         the step graph's own, multi-threaded, where it has one); ``caches`` grow in place. ``reorder``: the

@@ -156,7 +156,9 @@ class Text2Text(Pipeline):
         logits, caches = self.model.start(hidden, mask, np.full((len(hidden), 1), self.start, dtype=np.int64))
         logits, caches = np.repeat(logits, beams, axis=0), self.model.beams(caches, beams)
 
-        def step(rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        def step(rows: np.ndarray, tokens: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
+            if kept is not None:
+                self.model.keep_sources(caches, kept, beams)
             return self.model.step(caches, tokens, log_probs=True, reorder=rows)
 
         return beam_search(log_softmax(logits), step, self.start, self.eos, budget, decoding.beams, self._constraints(decoding))
