@@ -79,6 +79,8 @@ def test_export_parity_figures(build, family):
         config = json.loads((out / "config.json").read_text())
         step = onnx.load(out / manifest.step_file)
         assert "If" not in {n.op_type for n in step.graph.node} and len(step.graph.node) < 20 * (config["decoder_layers"] + 1)
+        # the logits' bias added only where the model has one (tiny BART's; parity holds with and without)
+        assert ("/lm_head/Add" in {n.name for n in step.graph.node}) == SEQ2SEQ[family].logits_bias
         encoder = [n.op_type for n in onnx.load(out / manifest.encoder_file).graph.node]  # built too, its norms split
         assert encoder.count("MultiHeadAttention") == config["encoder_layers"] and "SkipLayerNormalization" not in encoder
         assert len(encoder) < 20 * (config["encoder_layers"] + 1)

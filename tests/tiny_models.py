@@ -242,6 +242,7 @@ class Seq2SeqFamily:
     template: str  # the source's special tokens around the text
     languages: tuple[str, ...] = ()  # language tokens added as special tokens (mBART-50's target_language)
     suppressed: tuple[str, ...] = ()  # tokens the generation config says never to generate
+    logits_bias: bool = False  # a non-zero final_logits_bias (BART-likes hold zeros; the built graph then adds none)
 
 
 # pad 0, bos 1, eos 2 (the byte-level tokenizer's specials); the target starts with eos (BART, mBART) or pad (T5,
@@ -249,7 +250,7 @@ class Seq2SeqFamily:
 SEQ2SEQ: dict[str, Seq2SeqFamily] = {
     "t5": Seq2SeqFamily("T5Config", {**T5_LAYERS, "decoder_start_token_id": 0}, "$A <|im_end|>"),
     "bart": Seq2SeqFamily("BartConfig", {**SEQ2SEQ_LAYERS, "bos_token_id": 1, "decoder_start_token_id": 2,
-                                         "forced_bos_token_id": None}, "<|im_start|> $A <|im_end|>"),
+                                         "forced_bos_token_id": None}, "<|im_start|> $A <|im_end|>", logits_bias=True),
     # scaled token embeddings and swish, as OPUS-MT's: beside the unit sinusoidal positions unscaled ones were not learnt
     "marian": Seq2SeqFamily("MarianConfig", {**SEQ2SEQ_LAYERS, "decoder_start_token_id": 0, "scale_embedding": True,
                                              "activation_function": "swish"}, "$A <|im_end|>"),
@@ -336,6 +337,9 @@ def make_seq2seq(directory: Path, family: str = "t5", seed: int = 0, tokenizer=N
         optimizer.zero_grad()
         schedule.step()
     model.eval()
+    if kind.logits_bias:
+        with torch.no_grad():
+            model.final_logits_bias.normal_(0.0, 0.5, generator=draw)
     if kind.suppressed:
         model.generation_config.suppress_tokens = tokenizer.convert_tokens_to_ids(list(kind.suppressed))
     model.save_pretrained(directory)

@@ -123,13 +123,12 @@ class _Stack:
 
         normed = self._layers(g, x, {"self_attn": attend, "encoder_attn": attend_source})
         head = s.get("lm_head.weight", s["model.decoder.embed_tokens.weight"])
-        (logits,) = g.op("MatMul", [normed, g.weight("lm_head.weight", head.T)], 1, "/lm_head/MatMul")
-        g.op(
-            "Add",
-            [logits, g.weight("final_logits_bias", s["final_logits_bias"].reshape(-1))],
-            ["logits"],
-            "/lm_head/Add",
-        )
+        bias = s["final_logits_bias"].reshape(-1)
+        unbiased = not bias.any()  # Marian's and BART's are zeros: a pass over every row's logits spared
+        (logits,) = g.op("MatMul", [normed, g.weight("lm_head.weight", head.T)], ["logits"] if unbiased else 1,
+                         "/lm_head/MatMul")  # fmt: skip
+        if not unbiased:
+            g.op("Add", [logits, g.weight("final_logits_bias", bias)], ["logits"], "/lm_head/Add")
 
     def _layers(self, g: Builder, x: str, attentions: dict) -> str:
         """Each layer's attention blocks (``attentions``: block → (layer, normed input, node prefix) → heads' output),
