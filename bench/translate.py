@@ -20,6 +20,7 @@ from onnxforge import corpus
 from onnxforge.quantization.gate import token_agreement
 
 from .systems import ROOT
+from .translate_worker import PASSES
 
 CACHE = ROOT / "bench" / ".cache" / "translate"
 CT2_PYTHON = ROOT / "bench" / ".venv-peers" / "ct2" / "bin" / "python"
@@ -126,6 +127,7 @@ def run(threads: int) -> list[dict]:
                                  "tokens": sum(len(ids) for ids in found["ids"]),
                                  "agreement": token_agreement(wanted, found["ids"]), "peak_rss_mb": found["peak_rss_mb"],
                                  "exact": sum(a == b for a, b in zip(wanted, found["ids"])) / len(texts)})  # fmt: skip
+                    rows[-1]["pass_spread"] = max(found["pass_seconds"]) / found["seconds"] - 1
                     if "session_seconds" in found:
                         rows[-1]["host_share"] = 1 - found["session_seconds"] / found["seconds"]
     return rows
@@ -139,12 +141,16 @@ def _weights_mb(directory: Path) -> float:
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    head = ("| system | size MB | peak RSS MB | batch | beams | sentences/s | host share | new tokens "
+    head = ("| system | size MB | peak RSS MB | batch | beams | sentences/s | pass spread | host share | new tokens "
             "| token agreement vs torch fp32 | identical outputs |")  # fmt: skip
-    lines = [f"### {title}", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"### {title}", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['system']} | {r['size_mb']:.1f} | {_rss(r)} | {r['batch']} | {r['beams']} | "
-              f"{r['sentences_per_s']:.1f} | {_host(r)} | {r['tokens']} | {r['agreement']:.3f} | {r['exact']:.2f} |"
-              for r in rows]  # fmt: skip
+              f"{r['sentences_per_s']:.1f} | {_spread(r)} | {_host(r)} | {r['tokens']} | {r['agreement']:.3f} | "
+              f"{r['exact']:.2f} |" for r in rows]  # fmt: skip
+    if any("pass_spread" in r for r in rows):
+        lines += ["", (f"sentences/s: the fastest of {PASSES} passes over the {SENTENCES} sentences, after one "
+                       "warm-up batch, each system in a process of its own; pass spread: how much slower the "
+                       "slowest pass was.")]  # fmt: skip
     lines += ["", ("Random weights give near-flat logits, so token agreement here shows that a system follows its own "
                    "fp32 decoding, not translation fidelity: any int8 moves such tokens more than a trained model's "
                    "would, and no fidelity claim rests on this column.")]  # fmt: skip
@@ -154,6 +160,11 @@ def markdown(rows: list[dict], title: str) -> str:
 def _host(row: dict) -> str:
     """The share of onnxforge's time outside onnxruntime's run (blank for CTranslate2, or a row measured before)."""
     return f"{row['host_share']:.0%}" if "host_share" in row else ""
+
+
+def _spread(row: dict) -> str:
+    """How much slower the slowest timed pass was than the fastest (blank for a row measured in one pass)."""
+    return f"{row['pass_spread']:.0%}" if "pass_spread" in row else ""
 
 
 def _rss(row: dict) -> str:
