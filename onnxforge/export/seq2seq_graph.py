@@ -2,7 +2,8 @@
 of ``export.families``: Marian, BART, mBART): ~12 nodes a layer instead of Optimum's ~150, and no trace.
 
 - ``encoder_model.onnx``: per layer a packed QKV MatMul → MultiHeadAttention (padding masked) → output MatMul →
-  Add + LayerNormalization (the CPU's SkipLayerNormalization is slower over a batch's every position) → the MLP.
+  Add + LayerNormalization (the CPU's SkipLayerNormalization is slower over a batch's every position) → the MLP,
+  every node but attention over the batch's real positions only (:func:`_packing`).
 
 The two decoders share every weight (by name, so quantization treats them alike and one file can hold them):
 
