@@ -3,7 +3,7 @@ of ``export.families``: Marian, BART, mBART): ~12 nodes a layer instead of Optim
 
 - ``encoder_model.onnx``: per layer a packed QKV MatMul → MultiHeadAttention (padding masked) → output MatMul →
   Add + LayerNormalization (the CPU's SkipLayerNormalization is slower over a batch's every position) → the MLP,
-  every node but attention over the batch's real positions only (:func:`_packing`).
+  every node but attention over the batch's real positions only (:class:`_Packing`).
 
 The two decoders share every weight (by name, so quantization treats them alike and one file can hold them):
 
@@ -25,6 +25,7 @@ weights hold; positions are sinusoidal (Marian) or learned with BART's offset, b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,22 +77,21 @@ class _Stack:
 
     def encode(self, g: Builder) -> None:
         """The encoder: ``last_hidden_state`` of ``input_ids`` and ``attention_mask`` (zeros at padded positions).
-        Every layer but attention runs over the real positions only (:func:`_packing`)."""
+        Every layer but attention runs over the real positions only (:class:`_Packing`)."""
         (mask,) = g.op("Cast", ["attention_mask"], 1, "/padding_mask/Cast", to=TensorProto.INT32)
-        tokens, slots = _packing(g, "attention_mask", self.width, "/packing")
+        real = _packing(g, "attention_mask", self.width, "/packing")
 
         def attend(i: int, normed: str, n: str) -> str:
-            q, k, v, bias = self._qkv(g, i, normed, n, slots)
+            q, k, v, bias = self._qkv(g, i, normed, n, real.slots)
             (out,) = g.op("MultiHeadAttention", [q, k, v, bias, mask], 1, f"{n}/MultiHeadAttention", domain=MS,
                           num_heads=self.heads)  # fmt: skip
-            return _packed(g, out, tokens, "/packing", f"{n}/packed")
+            return real.gather(g, out, f"{n}/packed")
 
-        out = self._layers(g, _packed(g, self._embed(g, past=None), tokens, "/packing", "/packing/embeddings"),
-                           {"self_attn": attend})  # fmt: skip
-        (padded,) = g.op("Gather", [out, slots], 1, "/last_hidden_state/padded")
-        (real,) = g.op("Cast", ["attention_mask"], 1, "/last_hidden_state/real", to=TensorProto.FLOAT)
-        (real,) = g.op("Unsqueeze", [real, g.weight("last_axis", np.array([-1], np.int64))], 1, "/last_hidden_state/axis")
-        g.op("Mul", [padded, real], ["last_hidden_state"], "/last_hidden_state")
+        out = self._layers(g, real.gather(g, self._embed(g, past=None), "/packing/embeddings"), {"self_attn": attend})
+        (padded,) = g.op("Gather", [out, real.slots], 1, "/last_hidden_state/padded")
+        (kept,) = g.op("Cast", ["attention_mask"], 1, "/last_hidden_state/real", to=TensorProto.FLOAT)
+        (kept,) = g.op("Unsqueeze", [kept, g.weight("last_axis", np.array([-1], np.int64))], 1, "/last_hidden_state/axis")
+        g.op("Mul", [padded, kept], ["last_hidden_state"], "/last_hidden_state")
 
     def decode(self, g: Builder, cross, per_source: bool = False) -> None:
         """The decoder, logits last; cross-attention keys and values read from ``cross(i, tensor)``. ``per_source``:
@@ -160,7 +160,7 @@ class _Stack:
 
     def _qkv(self, g: Builder, i: int, normed: str, n: str, slots: str | None = None) -> tuple[str, str, str, str]:
         """Self-attention's query, key and value from one packed MatMul, and their packed bias (MultiHeadAttention's);
-        ``slots``: ``normed`` holds the real positions only, spread back over the padded batch (:func:`_packing`)."""
+        ``slots``: ``normed`` holds the real positions only, spread back over the padded batch (:class:`_Packing`)."""
         attn = f"model.{self.side}.layers.{i}.self_attn"
         w = np.concatenate([self.state[f"{attn}.{t}_proj.weight"] for t in "qkv"]).T
         b = np.concatenate([self.state[f"{attn}.{t}_proj.bias"] for t in "qkv"])
@@ -173,18 +173,18 @@ class _Stack:
     def cross_projections(self, g: Builder, hidden: str, mask: str, suffix: str) -> list[str]:
         """Each layer's cross-attention keys and values of ``hidden`` (batch, source, width), as (batch, heads,
         source, head size): the names ``present.{i}.encoder.{key,value}`` + ``suffix``. Projected at the source's
-        real positions only (``mask``, :func:`_packing`)."""
+        real positions only (``mask``, :class:`_Packing`)."""
         made, head = [], self.width // self.heads
         shape = g.weight("cross_heads_shape", np.array([0, 0, 2 * self.heads, head]))
-        tokens, slots = _packing(g, mask, self.width, "/source_packing")
-        hidden = _packed(g, hidden, tokens, "/source_packing", "/source_packing/states")
+        real = _packing(g, mask, self.width, "/source_packing")
+        hidden = real.gather(g, hidden, "/source_packing/states")
         for i in range(self.layers):
             attn, n = f"model.decoder.layers.{i}.encoder_attn", f"/model/decoder/layers.{i}/encoder_attn"
             w = np.concatenate([self.state[f"{attn}.k_proj.weight"], self.state[f"{attn}.v_proj.weight"]]).T
             b = np.concatenate([self.state[f"{attn}.k_proj.bias"], self.state[f"{attn}.v_proj.bias"]])
             (kv,) = g.op("MatMul", [hidden, g.weight(f"{attn}.kv.weight", w)], 1, f"{n}/kv_proj/MatMul")
             (kv,) = g.op("Add", [kv, g.weight(f"{attn}.kv.bias", b)], 1, f"{n}/kv_proj/Add")
-            (kv,) = g.op("Gather", [kv, slots], 1, f"{n}/kv/padded")
+            (kv,) = g.op("Gather", [kv, real.slots], 1, f"{n}/kv/padded")
             (kv,) = g.op("Reshape", [kv, shape], 1, f"{n}/kv/Reshape")
             (kv,) = g.op("Transpose", [kv], 1, f"{n}/kv/Transpose", perm=[0, 2, 1, 3])
             names = [_cache(i, "encoder", t, "present") + suffix for t in ("key", "value")]
@@ -194,12 +194,12 @@ class _Stack:
     def _embed(self, g: Builder, past: str | None) -> str:
         """Token embeddings (scaled where the config says) plus positions from the length of cache ``past`` on (0
         without one), normed (BART)."""
-        s, c, side = self.state, self.config, f"model.{self.side}"
+        s, c, side, node = self.state, self.config, f"model.{self.side}", f"/model/{self.side}"
         (x,) = g.op("Gather", [g.weight(f"{side}.embed_tokens.weight", s[f"{side}.embed_tokens.weight"]),
-                               "input_ids"], 1, f"/{side.replace('.', '/')}/embed_tokens/Gather")  # fmt: skip
+                               "input_ids"], 1, f"{node}/embed_tokens/Gather")  # fmt: skip
         if c.get("scale_embedding"):
             scale = g.weight("embed_scale", np.array(np.sqrt(self.width), np.float32))
-            (x,) = g.op("Mul", [x, scale], 1, f"/{side.replace('.', '/')}/embed_scale/Mul")
+            (x,) = g.op("Mul", [x, scale], 1, f"{node}/embed_scale/Mul")
         table = s[f"{side}.embed_positions.weight"]
         offset = len(table) - int(c["max_position_embeddings"])  # BART's learned table starts 2 rows in
         # positions past .. past + new - 1, counted up from ones (a Range here trips onnxruntime's GatherToSlice)
@@ -213,8 +213,8 @@ class _Stack:
             (start,) = g.op("Add", [length, start], 1, "/positions/start")
         (ids,) = g.op("Add", [count, start], 1, "/positions/ids")
         (pos,) = g.op("Gather", [g.weight(f"{side}.embed_positions.weight", table), ids], 1,
-                      f"/{side.replace('.', '/')}/embed_positions/Gather")  # fmt: skip
-        (x,) = g.op("Add", [x, pos], 1, f"/{side.replace('.', '/')}/embed_positions/Add")
+                      f"{node}/embed_positions/Gather")  # fmt: skip
+        (x,) = g.op("Add", [x, pos], 1, f"{node}/embed_positions/Add")
         if f"{side}.layernorm_embedding.weight" in s:
             x = self._layer_norm(g, x, f"{side}.layernorm_embedding")
         return x
@@ -244,11 +244,25 @@ class _Stack:
         return g.weight(name, self.state[name].T)
 
 
-def _packing(g: Builder, mask: str, width: int, prefix: str) -> tuple[str, str]:
-    """Where a padded batch's real positions are (``mask``: batch × positions, 1 real): ``tokens``, each real
-    position's index in the flattened batch (T), and ``slots`` (batch × positions), each position's index among
-    them (a padded one: the real position before it, which attention masks). As CTranslate2's encoder does, the
-    products, norms and MLPs run over the T real positions only: a batch of 16 sources is 40-60 % padding."""
+@dataclass(frozen=True)
+class _Packing:
+    """Where a padded batch's real positions are: ``tokens``, each real position's index in the flattened batch
+    (T), and ``slots`` (batch × positions), each position's index among them (a padded one: the real position
+    before it, which attention masks); ``rows``: the shape (-1, width) that flattens the batch."""
+
+    tokens: str
+    slots: str
+    rows: str
+
+    def gather(self, g: Builder, padded: str, name: str) -> str:
+        """The real positions of ``padded`` (batch, positions, width), as (T, width)."""
+        (flat,) = g.op("Reshape", [padded, self.rows], 1, f"{name}/rows")
+        return g.op("Gather", [flat, self.tokens], 1, name)[0]
+
+
+def _packing(g: Builder, mask: str, width: int, prefix: str) -> _Packing:
+    """The real positions of a padded batch (``mask``: batch × positions, 1 real). As CTranslate2's encoder does,
+    the products, norms and MLPs run over them only: a batch of 16 sources is 40-60 % padding."""
     flat_shape = g.weight(f"{prefix}/flat_shape", np.array([-1], np.int64))
     (flat,) = g.op("Reshape", [mask, flat_shape], 1, f"{prefix}/flat")
     (found,) = g.op("NonZero", [flat], 1, f"{prefix}/NonZero")
@@ -257,14 +271,7 @@ def _packing(g: Builder, mask: str, width: int, prefix: str) -> tuple[str, str]:
     (index,) = g.op("Sub", [count, g.weight(f"{prefix}/one", np.array(1, np.int64))], 1, f"{prefix}/index")
     (shape,) = g.op("Shape", [mask], 1, f"{prefix}/shape")
     (slots,) = g.op("Reshape", [index, shape], 1, f"{prefix}/slots")
-    g.weight(f"{prefix}/rows", np.array([-1, width], np.int64))
-    return tokens, slots
-
-
-def _packed(g: Builder, padded: str, tokens: str, prefix: str, name: str) -> str:
-    """The real positions (``tokens`` of :func:`_packing` under ``prefix``) of ``padded`` (batch, positions, width)."""
-    (rows,) = g.op("Reshape", [padded, f"{prefix}/rows"], 1, f"{name}/rows")
-    return g.op("Gather", [rows, tokens], 1, name)[0]
+    return _Packing(tokens, slots, g.weight(f"{prefix}/rows", np.array([-1, width], np.int64)))
 
 
 def build(model_dir: Path, encoder: Path, merged: Path, step: Path, opset: int = 18) -> None:
