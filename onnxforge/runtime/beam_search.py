@@ -88,6 +88,11 @@ def beam_search(first_log_probs: np.ndarray, step: Step, start: int, eos: frozen
     improvable = np.ones((inputs, 1), dtype=bool)
     log_probs, length = first_log_probs, 1
     searched, best_of = np.arange(inputs), [[] for _ in range(inputs)]  # the inputs in the batch; each one's result
+
+    def keep_best(rows: np.ndarray) -> None:  # the best hypothesis of the searched inputs at ``rows``, as their result
+        for i in rows:
+            best_of[searched[i]] = until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos)
+
     while True:
         log_probs = rules.apply(running[:, :, :length].reshape(inputs * beams, length), log_probs, max_length)
         totals = (log_probs.reshape(inputs, beams, vocab) + running_scores[:, :, None]).reshape(inputs, beams * vocab)
@@ -119,16 +124,14 @@ def beam_search(first_log_probs: np.ndarray, step: Step, start: int, eos: frozen
             break
         kept = None
         if not improvable.all():  # done inputs leave the batch with their best hypothesis
-            done, kept = np.flatnonzero(~improvable[:, 0]), np.flatnonzero(improvable[:, 0])
-            for i in done:
-                best_of[searched[i]] = until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos)
+            kept = np.flatnonzero(improvable[:, 0])
+            keep_best(np.flatnonzero(~improvable[:, 0]))
             searched, rows = searched[kept], rows.reshape(inputs, beams)[kept].reshape(-1)
             running, running_scores, scores, finished, lengths, finished_tokens, improvable = (
                 state[kept] for state in (running, running_scores, scores, finished, lengths, finished_tokens, improvable))
             inputs = len(kept)
         log_probs = step(rows, running[:, :, length - 1].reshape(-1), kept)
-    for i, source in enumerate(searched):
-        best_of[source] = until_end(finished_tokens[i, 0, 1 : 1 + lengths[i, 0]], eos)
+    keep_best(np.arange(inputs))
     return best_of
 
 

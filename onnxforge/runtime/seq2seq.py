@@ -105,8 +105,9 @@ class Seq2Seq:
         padded position in every layer, so it runs groups of similar length, each cut to its own longest source. A
         source's states do not depend on the padding after it."""
         lengths = mask.sum(axis=1)
-        groups = [ids] if self.packs_padding else list(length_sorted_batches(lengths, len(ids), ENCODER_PADDING))
-        if len(groups) == 1:
+        # no groups (a packing encoder) or one: the whole batch in one run
+        groups = [] if self.packs_padding else list(length_sorted_batches(lengths, len(ids), ENCODER_PADDING))
+        if len(groups) <= 1:
             return self.encoder.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
         hidden = None
         for rows in groups:
