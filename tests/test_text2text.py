@@ -23,6 +23,7 @@ from onnxforge.export.families import FAMILIES
 from onnxforge.export.graph import graphs
 from onnxforge.quantization.saturation import integer_products, saturating_products
 from onnxforge.runtime import SessionConfig, load
+from onnxforge.runtime.text import pad_batch
 from tests.decoding import cut_at_end
 from tests.tiny_models import LANGUAGES, SEQ2SEQ, make_seq2seq
 
@@ -455,6 +456,13 @@ def test_cross_attention_cache_is_computed_once(build, family):
     assert np.abs(pipeline.model.step(fresh, token) - kept).max() > 1e-3
 
 
+def _padded(pipeline, texts: list[str]) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """Each text's source ids, and the right-padded batch of them (ids, attention mask) as the runtime pads it."""
+    encodings = [pipeline.encoder.tokenizer.encode(text) for text in texts]
+    feeds = pad_batch(encodings, pipeline.encoder.pad_id, ["input_ids", "attention_mask"])
+    return [e.ids for e in encodings], feeds["input_ids"], feeds["attention_mask"]
+
+
 @pytest.mark.parametrize("family", ["t5", "marian"])
 def test_beams_read_their_sources_cross_caches(build, family):
     """A built step graph's beams read one copy of their source's cross caches (Optimum's graphs: a copy per beam),
@@ -465,10 +473,7 @@ def test_beams_read_their_sources_cross_caches(build, family):
     source, out, _ = build(family)
     pipeline = load(out, providers="cpu")
     model = pipeline.model
-    sources = [pipeline.encoder.tokenizer.encode(text).ids for text in TEXTS[:2]]
-    width = max(map(len, sources))
-    ids = np.array([row + [pipeline.encoder.pad_id] * (width - len(row)) for row in sources])
-    mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in sources])
+    sources, ids, mask = _padded(pipeline, TEXTS[:2])
     _, caches = model.start(model.encode(ids, mask), mask, np.full((2, 1), pipeline.start, np.int64))
     beams = model.beams(caches, 3)
     assert len(next(iter(beams.cross.values()))) == (2 if family == "marian" else 6)
@@ -525,10 +530,7 @@ def test_a_built_encoder_and_first_step_project_real_positions_only(build, famil
 
     source, out, manifest = build(family)
     pipeline = load(out, providers="cpu")
-    sources = [pipeline.encoder.tokenizer.encode(text).ids for text in (TEXTS[0], TEXTS[5], TEXTS[1])]
-    width = max(map(len, sources))
-    ids = np.array([row + [pipeline.encoder.pad_id] * (width - len(row)) for row in sources])
-    mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in sources])
+    _, ids, mask = _padded(pipeline, [TEXTS[0], TEXTS[5], TEXTS[1]])
     real = int(mask.sum())
     assert real < mask.size
     rows = _product_rows(out / manifest.encoder_file, {"input_ids": ids, "attention_mask": mask}, tmp_path)
