@@ -14,7 +14,7 @@ import numpy as np
 
 from ..artifact import ArtifactError
 from .base import Loaded, Pipeline
-from .beam_search import BeamSettings, beam_search, log_softmax
+from .beam_search import BeamSettings, beam_search, ending, log_softmax
 from .constraints import Constraints
 from .generate import Request
 from .seq2seq import Seq2Seq
@@ -75,6 +75,7 @@ class Text2Text(Pipeline):
         self.encoder = loaded.text_encoder()
         self.start = pre.decoder_start_token_id
         self.eos = frozenset(pre.eos_token_ids)
+        self.ends = np.array(sorted(self.eos), dtype=np.int64)
         self.target_length = pre.target_length
         self.defaults = dict(pre.generation or {})
         self.clean_up = pre.clean_up_tokenization_spaces
@@ -173,10 +174,10 @@ class Text2Text(Pipeline):
         sequences = np.full((len(hidden), 1), self.start, dtype=np.int64)
         logits, caches = self.model.start(hidden, mask, sequences)
         for length in range(1, budget + 1):
-            scores = rules.apply(sequences, logits.astype(np.float32), budget + 1)
+            scores = rules.apply(sequences, logits.astype(np.float32, copy=False), budget + 1)  # a step's own array
             # the repetition penalty counts the whole target so far, start token included, as transformers does
             tokens = np.array([pickers[row](scores[i], sequences[i]) for i, row in enumerate(alive)], dtype=np.int64)
-            going = ~np.isin(tokens, list(self.eos))
+            going = ~ending(tokens, self.ends)
             for row, token in zip(alive[going], tokens[going]):
                 yield int(row), int(token)
             if length == budget or not going.any():
