@@ -356,3 +356,35 @@ def test_in_place_cache_matches_a_grown_cache(decoder):
     generator.decoder.forward(cache, ids)
     with pytest.raises(ValueError, match="exceed the cache"):
         generator.decoder.forward(cache, [5, 6, 7, 8])
+
+
+def test_a_prefill_projects_only_its_last_position_onto_the_vocabulary(decoder, tmp_path):
+    """The fused graph's ``logits_to_keep`` (default 0, every position): a prefill of n tokens runs the vocabulary
+    product on its last position alone, with the logits it had among all n; a caller that does not feed it
+    (Optimum, the gate, a plain session) gets every position's logits."""
+    import json
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from onnxforge.runtime.decoder import LOGITS_TO_KEEP, Decoder
+
+    _, artifact = decoder("llama")
+    generator = load(artifact, providers="cpu")
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / "prefill")
+    session = ort.InferenceSession(str(artifact / read_manifest(artifact).model_file), options, providers=["CPUExecutionProvider"])
+    assert LOGITS_TO_KEEP not in {i.name for i in session.get_inputs()}
+    assert LOGITS_TO_KEEP not in {spec.name for spec in read_manifest(artifact).inputs}
+    profiled = Decoder(session, generator.context, in_place=True)
+    ids = generator.encode(PROMPTS[0])
+    every = profiled.logits(ids)
+    last = profiled.forward(profiled.empty(len(ids)), ids)
+    plain = session.run(["logits"], profiled.feeds(ids))[0][0]
+    events = json.loads(Path(session.end_profiling()).read_text())
+    rows = [next(iter(e["args"]["input_type_shape"][0].values()))[1] for e in events
+            if e.get("cat") == "Node" and e["name"].startswith("/lm_head/MatMul")]  # fmt: skip
+    assert len(ids) > 4 and rows == [len(ids), 1, len(ids)]
+    assert every.shape == plain.shape == (len(ids), generator.decoder.session.get_outputs()[0].shape[2])
+    np.testing.assert_array_equal(last, every[-1])
+    np.testing.assert_allclose(plain, every, atol=1e-5)

@@ -127,9 +127,13 @@ def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
 
 
 def signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs of the graph in ``path`` (its weights are not loaded)."""
+    """Inputs a caller must feed and outputs of the graph in ``path`` (its weights are not loaded): an input with a
+    default (an initializer of its name, such as ``logits_to_keep``) is left out, as onnxruntime's ``get_inputs``
+    leaves it out."""
     model = onnx.load(str(path), load_external_data=False)
-    return tensor_specs(list(model.graph.input)), tensor_specs(list(model.graph.output))
+    defaulted = {t.name for t in model.graph.initializer}
+    return (tensor_specs([i for i in model.graph.input if i.name not in defaulted]),
+            tensor_specs(list(model.graph.output)))  # fmt: skip
 
 
 def op_counts(path: Path) -> dict[str, int]:

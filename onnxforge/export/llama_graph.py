@@ -8,7 +8,8 @@ GroupQueryAttention (rotary embedding and the KV-cache append inside) → output
 → one packed gate/up MatMul → Split → SiLU × up → down MatMul. Every weight stays a plain MatMul initializer, so
 weight-only quantization treats it like any other graph. Inputs and outputs are the general exporter's
 (``input_ids``, ``attention_mask``, ``past_key_values.*`` → ``logits``, ``present.*``), so the runtime, the parity
-check and Optimum's ORTModelForCausalLM read both alike.
+check and Optimum's ORTModelForCausalLM read both alike; one more, ``logits_to_keep``, has a default and is fed only
+by the runtime's prefill.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..runtime.decoder import LOGITS_TO_KEEP
 from .families import FAMILIES
 from .graph import MS, Builder, save
 
@@ -101,6 +103,17 @@ def _mlp(g: Builder, x: str, state: dict, p: str, n: str, activation: str, out_s
     down_w = state[f"{p}.mlp.down_proj.weight"].T * np.float32(out_scale)
     (down,) = g.op("MatMul", [prod, g.weight(f"{p}.down.weight", down_w)], 1, f"{n}/mlp/down_proj/MatMul")
     return down
+
+
+def _kept_positions(g: Builder, hidden: str) -> str:
+    """The last ``logits_to_keep`` positions of ``hidden`` (batch, sequence, width), all where it is 0: an input
+    with that default (an initializer of the same name), so callers that do not feed it, Optimum's included, get
+    every position's logits, and a prefill that needs only its last token's skips the vocabulary product for the
+    others (a quarter of a 135M model's prefill)."""
+    (start,) = g.op("Neg", [g.weight(LOGITS_TO_KEEP, np.array([0], np.int64))], 1, "/lm_head/keep/Neg")
+    ends, axes = g.weight("/lm_head/keep/end", np.array([2**62], np.int64)), g.weight("/lm_head/keep/axis", np.array([1]))
+    (kept,) = g.op("Slice", [hidden, start, ends, axes], 1, "/lm_head/keep/Slice")
+    return kept
 
 
 def build(model_dir: Path, out: Path, opset: int = 18) -> None:
@@ -206,6 +219,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
                                       4, name, domain=MS, epsilon=eps)  # fmt: skip
     head = state.get("lm_head.weight", state["model.embed_tokens.weight"]) / np.float32(config.get("logits_scaling", 1.0))
     cap = float(config.get("final_logit_softcapping") or 0.0)  # Gemma 2: logits = cap · tanh(logits / cap)
+    normed = _kept_positions(g, normed)
     (logits,) = g.op("MatMul", [normed, g.weight("lm_head.weight", head.T)], ["logits"] if not cap else 1, "/lm_head/MatMul")
     if cap:
         (capped,) = g.op("Div", [logits, g.weight("logit_cap", np.array(cap, np.float32))], 1, "/lm_head/softcap/Div")
@@ -219,7 +233,7 @@ def build(model_dir: Path, out: Path, opset: int = 18) -> None:
     half = len(kv) // 2
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
-              *kv[:half]]  # fmt: skip
+              *kv[:half], helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1])]  # fmt: skip
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", int(config["vocab_size"])]),
                *kv[half:]]  # fmt: skip
     graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, g.weights)

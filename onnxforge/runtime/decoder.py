@@ -4,7 +4,8 @@ The graph takes ``past_key_values.{i}.key/value`` and returns ``present.{i}.key/
 graph (GroupQueryAttention) the cache is preallocated once per generation at its final length and bound as both
 past and present: each step writes its new keys and values in place, nothing is copied or concatenated. With a
 traced graph (which concatenates inside) the present tensors stay onnxruntime values (on the GPU under CUDA)
-bound straight back as the next step's past. Only the last position's logits come back to the host.
+bound straight back as the next step's past. Only the last position's logits come back to the host (and, with the
+fused graph's ``logits_to_keep``, only they are computed).
 
 ``step`` runs one decode step for many sequences at once over rows of such preallocated caches, each row with its
 own length (GroupQueryAttention reads per-row lengths): the continuous-batching engine (``continuous.py``) builds on
@@ -22,6 +23,9 @@ import onnxruntime as ort
 Picker = Callable[[np.ndarray, Sequence[int]], int]  # (last logits, ids so far) → next token
 PAST = "past_key_values."
 PRESENT = "present."
+# an input of onnxforge's fused graph with a default of 0 (every position): as transformers' argument of that name,
+# the logits of only the last n positions; a prefill feeds 1
+LOGITS_TO_KEEP = "logits_to_keep"
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Decoder:
         self.kv_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.mask = np.ones((1, context), dtype=np.int64)
+        keeps = LOGITS_TO_KEEP in {i.name for i in session.get_overridable_initializers()}
+        self.last_only = ort.OrtValue.ortvalue_from_numpy(np.array([1], dtype=np.int64)) if keeps else None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -96,6 +102,8 @@ class Decoder:
             binding.bind_cpu_input("position_ids", np.arange(start, end, dtype=np.int64)[None])
         for name, value in cache.values.items():
             binding.bind_ortvalue_input(name, value)
+        if self.last_only is not None and not all_logits:
+            binding.bind_ortvalue_input(LOGITS_TO_KEEP, self.last_only)  # bind_cpu_input refuses a defaulted input
         binding.bind_output("logits", "cpu")
         for name in self.past:
             if cache.capacity:
