@@ -109,7 +109,7 @@ def _kept_positions(g: Builder, hidden: str) -> str:
     """The last ``logits_to_keep`` positions of ``hidden`` (batch, sequence, width), all where it is 0: an input
     with that default (an initializer of the same name), so callers that do not feed it, Optimum's included, get
     every position's logits, and a prefill that needs only its last token's skips the vocabulary product for the
-    others (a quarter of a 135M model's prefill)."""
+    others (a fifth of a 135M model's prefill work)."""
     (start,) = g.op("Neg", [g.weight(LOGITS_TO_KEEP, np.array([0], np.int64))], 1, "/lm_head/keep/Neg")
     ends, axes = g.weight("/lm_head/keep/end", np.array([2**62], np.int64)), g.weight("/lm_head/keep/axis", np.array([1]))
     (kept,) = g.op("Slice", [hidden, start, ends, axes], 1, "/lm_head/keep/Slice")
