@@ -362,18 +362,12 @@ def test_a_prefill_projects_only_its_last_position_onto_the_vocabulary(decoder, 
     """The fused graph's ``logits_to_keep`` (default 0, every position): a prefill of n tokens runs the vocabulary
     product on its last position alone, with the logits it had among all n; a caller that does not feed it
     (Optimum, the gate, a plain session) gets every position's logits."""
-    import json
-    from pathlib import Path
-
-    import onnxruntime as ort
-
     from onnxforge.runtime.decoder import LOGITS_TO_KEEP, Decoder
+    from tests.util import node_shapes, profiled_session
 
     _, artifact = decoder("llama")
     generator = load(artifact, providers="cpu")
-    options = ort.SessionOptions()
-    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / "prefill")
-    session = ort.InferenceSession(str(artifact / read_manifest(artifact).model_file), options, providers=["CPUExecutionProvider"])
+    session = profiled_session(artifact / read_manifest(artifact).model_file, tmp_path / "prefill")
     assert LOGITS_TO_KEEP not in {i.name for i in session.get_inputs()}
     assert LOGITS_TO_KEEP not in {spec.name for spec in read_manifest(artifact).inputs}
     profiled = Decoder(session, generator.context, in_place=True)
@@ -381,9 +375,7 @@ def test_a_prefill_projects_only_its_last_position_onto_the_vocabulary(decoder, 
     every = profiled.logits(ids)
     last = profiled.forward(profiled.empty(len(ids)), ids)
     plain = session.run(["logits"], profiled.feeds(ids))[0][0]
-    events = json.loads(Path(session.end_profiling()).read_text())
-    rows = [next(iter(e["args"]["input_type_shape"][0].values()))[1] for e in events
-            if e.get("cat") == "Node" and e["name"].startswith("/lm_head/MatMul")]  # fmt: skip
+    rows = [shape[1] for name, _, shape in node_shapes(session) if name.startswith("/lm_head/MatMul")]
     assert len(ids) > 4 and rows == [len(ids), 1, len(ids)]
     assert every.shape == plain.shape == (len(ids), generator.decoder.session.get_outputs()[0].shape[2])
     np.testing.assert_array_equal(last, every[-1])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,6 +25,7 @@ from onnxforge.runtime import SessionConfig, load
 from onnxforge.runtime.text import pad_batch
 from tests.decoding import cut_at_end
 from tests.tiny_models import LANGUAGES, SEQ2SEQ, make_seq2seq
+from tests.util import node_shapes, profiled_session
 
 TEXTS = ["The cat sat on the mat.", "Edge apps ship the runtime and nothing else.",
          "A build engineer runs make artifacts."] + corpus.split(corpus.load()).evaluation[:9]  # fmt: skip
@@ -512,13 +512,9 @@ def test_a_built_decoder_reads_a_whole_target_at_once(build, family):
 def _product_rows(path, feeds: dict, tmp_path) -> dict[str, int]:
     """Each product node's (MatMul, or Gemm as onnxruntime fuses MatMul + Add) rows in onnxruntime's profile of one
     run of the graph at ``path``, subgraphs' nodes included."""
-    options = ort.SessionOptions()
-    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / path.stem)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = profiled_session(path, tmp_path / path.stem)
     session.run(None, feeds)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    return {e["name"]: next(iter(e["args"]["input_type_shape"][0].values()))[0] for e in events
-            if e.get("cat") == "Node" and e.get("args", {}).get("op_name") in ("MatMul", "Gemm")}  # fmt: skip
+    return {name: shape[0] for name, op, shape in node_shapes(session) if op in ("MatMul", "Gemm")}
 
 
 @pytest.mark.parametrize("family", ["marian", "mbart"])  # post-norm and pre-norm

@@ -29,3 +29,22 @@ def first_outputs(directory: Path, texts: list[str]):
     names = {i.name for i in session.get_inputs()}
     feeds = {k: v.astype("int64") for k, v in batch.items() if k in names}
     return session.run(None, feeds)[0], batch["attention_mask"]
+
+
+def profiled_session(path: Path, prefix: Path):
+    """A CPU onnxruntime session of the graph at ``path`` that profiles its runs into files named from ``prefix``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(prefix)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def node_shapes(session) -> list[tuple[str, str, list[int]]]:
+    """(node name, operator, first input's shape) of every node ``session`` (:func:`profiled_session`) has run, in
+    order, subgraphs' nodes included; ends its profiling."""
+    import json
+
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return [(e["name"], e["args"]["op_name"], next(iter(e["args"]["input_type_shape"][0].values()))) for e in events
+            if e.get("cat") == "Node" and "op_name" in e.get("args", {})]  # fmt: skip
