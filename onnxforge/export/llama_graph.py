@@ -111,7 +111,8 @@ def _kept_positions(g: Builder, hidden: str) -> str:
     every position's logits, and a prefill that needs only its last token's skips the vocabulary product for the
     others (a fifth of a 135M model's prefill work)."""
     (start,) = g.op("Neg", [g.weight(LOGITS_TO_KEEP, np.array([0], np.int64))], 1, "/lm_head/keep/Neg")
-    ends, axes = g.weight("/lm_head/keep/end", np.array([2**62], np.int64)), g.weight("/lm_head/keep/axis", np.array([1]))
+    ends = g.weight("/lm_head/keep/end", np.array([2**62], np.int64))
+    axes = g.weight("/lm_head/keep/axis", np.array([1], np.int64))
     (kept,) = g.op("Slice", [hidden, start, ends, axes], 1, "/lm_head/keep/Slice")
     return kept
 
